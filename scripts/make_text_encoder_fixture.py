@@ -52,7 +52,7 @@ def main() -> None:
                            normalize_embeddings=False)
   n_tokens = [len(model.tokenizer(s, truncation=False)["input_ids"]) for s in SENTENCES]
   pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  np.savez(args.out, sentences=np.array(SENTENCES), embeddings=emb_Nx384.astype(np.float32),
+  np.savez_compressed(args.out, sentences=np.array(SENTENCES), embeddings=emb_Nx384.astype(np.float32),
            n_tokens=np.array(n_tokens, np.int32),
            versions=np.array([f"torch=={torch.__version__}",
                               f"sentence-transformers=={sentence_transformers.__version__}"]))
