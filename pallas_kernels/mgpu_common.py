@@ -1,0 +1,93 @@
+"""Pieces shared by the Mosaic GPU matmul-shaped kernels (ln_modulate_linear, mlp).
+
+Both keep a `tile_m x K` activation tile resident in shared memory, stored as K/64 chunks of
+`tile_m x 64` (each one TMA box and one wgmma A operand), and stream the weight through a ring of
+`64 x tile_n` shared-memory slots filled by TMA.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.experimental.pallas as pl
+import jax.experimental.pallas.mosaic_gpu as plgpu
+import jax.numpy as jnp
+
+CHUNK = 64  # K-chunk: 64 bf16 = 128 bytes, one 128-byte swizzle row.
+TRANSFORMS = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+
+
+def round_up(x: int, m: int) -> int:
+  return (x + m - 1) // m * m
+
+
+def pad_rows(x_BxLxD, length: int):
+  if x_BxLxD.shape[1] == length:
+    return x_BxLxD
+  return jnp.pad(x_BxLxD, ((0, 0), (0, length - x_BxLxD.shape[1]), (0, 0)))
+
+
+class WeightStream:
+  """Ring of `slots` shared-memory buffers that TMA fills with 64-row chunks of a weight slab.
+
+  `fetch(i)` starts chunk i into slot i % slots; `wait(i)` blocks until it landed; after the
+  wgmma that read chunk i has completed, `fetch(i + slots)` may reuse the slot. Chunk indices are
+  Python ints (the loops over K are unrolled), so every barrier phase is static.
+  """
+
+  def __init__(self, w_gmem_chunk_fn, smem, barriers, num_chunks: int):
+    self.src = w_gmem_chunk_fn  # i -> GMEM ref of shape (64, tile_n)
+    self.smem, self.barriers = smem, barriers
+    self.slots = smem.shape[0]
+    self.num_chunks = num_chunks
+
+  def fetch(self, i: int):
+    if i < self.num_chunks:
+      s = i % self.slots
+      plgpu.copy_gmem_to_smem(self.src(i), self.smem.at[s], self.barriers.at[s])
+
+  def prologue(self):
+    for i in range(min(self.slots, self.num_chunks)):
+      self.fetch(i)
+
+  def wait(self, i: int):
+    plgpu.barrier_wait(self.barriers.at[i % self.slots])
+    return self.smem.at[i % self.slots]
+
+
+def matmul_resident_a(acc_ref, a_chunks_smem, stream: WeightStream, first_chunk: int = 0):
+  """acc += sum_k A[:, k-chunk] @ W[k-chunk, :], W chunks `first_chunk ..` from `stream`.
+
+  Refills each slot as soon as the wgmma that read it has retired.
+  """
+  k_chunks = a_chunks_smem.shape[0]
+  for kc in range(k_chunks):
+    i = first_chunk + kc
+    w = stream.wait(i)
+    plgpu.wgmma(acc_ref, a_chunks_smem.at[kc], w)
+    plgpu.wgmma_wait(0)
+    stream.fetch(i + stream.slots)
+
+
+def load_row_vector(ref_1d, layout=None):
+  """Loads a (n,) GMEM/SMEM vector as f32 in the layout that broadcasts over WGMMA columns."""
+  return plgpu.load(ref_1d, layout=layout or plgpu.Layout.WGMMA.reduce(0)).astype(jnp.float32)
+
+
+def bcast_cols(vec_N, shape):
+  return jax.lax.broadcast_in_dim(vec_N, shape, [1])
+
+
+def bcast_rows(vec_M, shape):
+  return jax.lax.broadcast_in_dim(vec_M, shape, [0])
+
+
+def store_tile(out_smem, out_gmem, value):
+  """Registers -> SMEM -> TMA store to `out_gmem`; waits for the store to finish."""
+  out_smem[...] = value.astype(out_smem.dtype)
+  plgpu.commit_smem()
+  plgpu.copy_smem_to_gmem(out_smem, out_gmem)
+  plgpu.wait_smem_to_gmem(0)
+
+
+__all__ = ["CHUNK", "TRANSFORMS", "round_up", "pad_rows", "WeightStream", "matmul_resident_a",
+           "load_row_vector", "bcast_cols", "bcast_rows", "store_tile", "pl"]
