@@ -29,6 +29,18 @@ def write_clip(path: pathlib.Path, **kwargs) -> pathlib.Path:
   return path
 
 
+class ClipFactory:
+  """What tests need to make videos, as a fixture (tests do not import conftest)."""
+  num_frames, step = NUM_FRAMES, STEP
+  write = staticmethod(write_clip)
+  add_corrupt = staticmethod(lambda folder, rng: add_corrupt_files(folder, rng))
+
+
+@pytest.fixture
+def clips():
+  return ClipFactory()
+
+
 @pytest.fixture
 def good_folder(tmp_path):
   folder = tmp_path / "videos"

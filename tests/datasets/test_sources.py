@@ -7,22 +7,21 @@ import numpy as np
 import pytest
 
 from lsd_jax.datasets import sources, video
-from tests.datasets.conftest import NUM_FRAMES, STEP, add_corrupt_files, write_clip
 
 SAMPLES = pathlib.Path(__file__).parents[2] / "data" / "samples"
 
 
-def test_iter_frames_and_read_frames_agree(tmp_path):
-  path = write_clip(tmp_path / "c.mp4")
+def test_iter_frames_and_read_frames_agree(tmp_path, clips):
+  path = clips.write(tmp_path / "c.mp4")
   frames = np.stack(list(video.iter_frames(path)))
-  assert frames.shape == (NUM_FRAMES, 48, 64, 3) and frames.dtype == np.uint8
-  # Brightness encodes the frame index (+STEP per frame), so the order must come back.
-  np.testing.assert_allclose(np.diff(frames.mean(axis=(1, 2, 3))), STEP, atol=1.5)
+  assert frames.shape == (clips.num_frames, 48, 64, 3) and frames.dtype == np.uint8
+  # Brightness encodes the frame index (+step per frame), so the order must come back.
+  np.testing.assert_allclose(np.diff(frames.mean(axis=(1, 2, 3))), clips.step, atol=1.5)
   for start, stride in [(0, 1), (5, 3), (13, 2)]:  # 13 is past a keyframe: a real seek
     clip = video.read_frames(path, start, 4, stride)
     np.testing.assert_array_equal(clip, frames[start:start + 4 * stride:stride])
   with pytest.raises(video.VideoReadError):
-    video.read_frames(path, NUM_FRAMES - 2, 4)
+    video.read_frames(path, clips.num_frames - 2, 4)
 
 
 @pytest.mark.parametrize("hw", [(32, 48), (40, 24)])
@@ -45,21 +44,21 @@ def test_clip_source_deterministic_given_seed_and_index(good_folder):
   assert any(not np.array_equal(a[i], c[i]) for i in range(5))
 
 
-def test_clip_source_temporal_stride_and_flip(good_folder):
+def test_clip_source_temporal_stride_and_flip(good_folder, clips):
   src = sources.VideoClipSource.from_folder(good_folder, height=16, width=16, num_frames=4,
                                             strides=(3,), min_crop_scale=0.3)
   orientations = set()
   for i in range(24):
     clip = src[i].astype(np.float64)
-    # +STEP brightness per source frame and stride 3: +3 STEP per output frame.
-    np.testing.assert_allclose(np.diff(clip.mean(axis=(1, 2, 3))), 3 * STEP, atol=2.0)
+    # +step brightness per source frame and stride 3: +3 steps per output frame.
+    np.testing.assert_allclose(np.diff(clip.mean(axis=(1, 2, 3))), 3 * clips.step, atol=2.0)
     left, right = clip[..., :4, :].mean(), clip[..., -4:, :].mean()
     orientations.add(bool(left < right))
   assert orientations == {True, False}  # both the original ramp and its mirror occur
 
 
-def test_corrupt_files_are_skipped_counted_and_warned(good_folder, caplog):
-  add_corrupt_files(good_folder, np.random.default_rng(0))
+def test_corrupt_files_are_skipped_counted_and_warned(good_folder, clips, caplog):
+  clips.add_corrupt(good_folder, np.random.default_rng(0))
   with caplog.at_level(logging.WARNING):
     src = sources.VideoClipSource.from_folder(good_folder, height=32, width=32, num_frames=4)
   assert sorted(pathlib.Path(c.path).name for c in src.clips) == ["a.mp4", "b.mp4"]
@@ -70,16 +69,16 @@ def test_corrupt_files_are_skipped_counted_and_warned(good_folder, caplog):
   assert src[0].shape == (4, 32, 32, 3)
 
 
-def test_too_short_clips_are_skipped(good_folder):
-  write_clip(good_folder / "short.mp4", num_frames=3)
+def test_too_short_clips_are_skipped(good_folder, clips):
+  clips.write(good_folder / "short.mp4", num_frames=3)
   src = sources.VideoClipSource.from_folder(good_folder, height=32, width=32, num_frames=4)
   assert len(src.clips) == 2 and src.stats["too_short"] == 1
 
 
-def test_all_corrupt_folder_raises_naming_the_folder(tmp_path):
+def test_all_corrupt_folder_raises_naming_the_folder(tmp_path, clips):
   folder = tmp_path / "bad_videos"
   folder.mkdir()
-  add_corrupt_files(folder, np.random.default_rng(1))
+  clips.add_corrupt(folder, np.random.default_rng(1))
   with pytest.raises(sources.NoReadableClipError, match="bad_videos"):
     sources.VideoClipSource.from_folder(folder, height=32, width=32, num_frames=4)
   with pytest.raises(sources.NoReadableClipError, match="does_not_exist"):
@@ -87,11 +86,11 @@ def test_all_corrupt_folder_raises_naming_the_folder(tmp_path):
                                         num_frames=4)
 
 
-def test_file_truncated_after_its_header_is_replaced_and_counted(tmp_path, caplog):
+def test_file_truncated_after_its_header_is_replaced_and_counted(tmp_path, clips, caplog):
   folder = tmp_path / "v"
   folder.mkdir()
-  write_clip(folder / "good.mp4")
-  whole = write_clip(folder / "cut.mp4", num_frames=200).read_bytes()
+  clips.write(folder / "good.mp4")
+  whole = clips.write(folder / "cut.mp4", num_frames=200).read_bytes()
   (folder / "cut.mp4").write_bytes(whole[:len(whole) // 3])  # header intact, frames lost
   src = sources.VideoClipSource.from_folder(folder, height=16, width=16, num_frames=4)
   assert len(src.clips) == 2  # the cut file probes fine
