@@ -15,6 +15,7 @@ kernel for the chosen backend falls back to XLA, logged once.
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Callable
 
 import jax
@@ -55,16 +56,37 @@ def _warn_fallback(op: str, backend: str) -> None:
   logging.warning("pallas_kernels: no %s kernel for %r; using XLA", backend, op)
 
 
+def warn_fallback_once(op: str, why: str) -> None:
+  """For kernels that fall back to XLA on shapes they do not support."""
+  _warn_fallback(op, why)
+
+
 def resolve(implementation: str) -> str:
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
   return _default_backend() if implementation == "auto" else implementation
 
 
+# Modules whose import registers kernels; imported on first use, so that the XLA path never
+# imports Pallas GPU code.
+_KERNEL_MODULES = {
+    "mosaic": ("pallas_kernels.attention_mgpu", "pallas_kernels.ln_modulate_linear_mgpu",
+               "pallas_kernels.mlp_mgpu"),
+    "triton": (),
+}
+
+
+@functools.cache
+def _load_kernels(backend: str) -> None:
+  for name in _KERNEL_MODULES.get(backend, ()):
+    importlib.import_module(name)
+
+
 def _pick(op: str, implementation: str, xla_fn: Callable) -> Callable:
   backend = resolve(implementation)
   if backend == "xla":
     return xla_fn
+  _load_kernels(backend)
   fn = _REGISTRY.get((op, backend))
   if fn is None:
     _warn_fallback(op, backend)

@@ -52,11 +52,20 @@ class TuningConfig:
 DEFAULT_CONFIG = TuningConfig()
 
 
-def _pick_tile_n(f: int, config: TuningConfig) -> int:
+def fit_config(d: int, f: int, config: TuningConfig) -> TuningConfig:
+  """`config` with tile_n dividing F, shrunk (slots, then tile_n) until shared memory fits."""
   tile_n = config.tile_n
   while f % tile_n:
     tile_n -= 64
-  return tile_n
+  config = dataclasses.replace(config, tile_n=tile_n)
+  while config.smem_bytes(d) > _SMEM_BYTES:
+    if config.weight_slots > 2:
+      config = dataclasses.replace(config, weight_slots=config.weight_slots - 1)
+    elif config.tile_n > 64 and f % (config.tile_n - 64) == 0:
+      config = dataclasses.replace(config, tile_n=config.tile_n - 64)
+    else:
+      raise ValueError(f"no config fits shared memory for D={d}, F={f} (from {config})")
+  return config
 
 
 def _forward(x, shift, scale, w, b, *, eps: float, config: TuningConfig):
@@ -65,10 +74,8 @@ def _forward(x, shift, scale, w, b, *, eps: float, config: TuningConfig):
   dtype = x.dtype
   if d % mc.CHUNK or f % 64:
     raise ValueError(f"D={d} and F={f} must be multiples of 64")
-  tile_m = config.tile_m
-  tile_n = _pick_tile_n(f, config)
-  if (need := dataclasses.replace(config, tile_n=tile_n).smem_bytes(d)) > _SMEM_BYTES:
-    raise ValueError(f"{config} needs {need} bytes of shared memory for D={d}")
+  config = fit_config(d, f, config)
+  tile_m, tile_n = config.tile_m, config.tile_n
   l_pad = mc.round_up(length, tile_m)
   x = mc.pad_rows(x, l_pad)
   w = w.astype(dtype)
@@ -186,9 +193,7 @@ def main(_) -> None:
     b = jax.random.normal(keys[4], (f,), jnp.bfloat16)
     ref = ln_modulate_linear_reference(x, shift, scale, w, b)
     for tile_n in (64, 128, 256):
-      config = TuningConfig(tile_n=tile_n)
-      if config.smem_bytes(d) > _SMEM_BYTES:
-        continue
+      config = fit_config(d, f, TuningConfig(tile_n=tile_n))
       fn = jax.jit(functools.partial(ln_modulate_linear, config=config))
       out = fn(x, shift, scale, w, b)
       t = bench.time_fn(fn, x, shift, scale, w, b)

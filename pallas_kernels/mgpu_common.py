@@ -30,8 +30,8 @@ class WeightStream:
   """Ring of `slots` shared-memory buffers that TMA fills with 64-row chunks of a weight slab.
 
   `fetch(i)` starts chunk i into slot i % slots; `wait(i)` blocks until it landed; after the
-  wgmma that read chunk i has completed, `fetch(i + slots)` may reuse the slot. Chunk indices are
-  Python ints (the loops over K are unrolled), so every barrier phase is static.
+  wgmma that read chunk i has retired, `fetch(i + slots)` may reuse the slot. `i` may be a
+  Python int or a traced int32 (inside `fori_loop`); chunks past the end are skipped.
   """
 
   def __init__(self, w_gmem_chunk_fn, smem, barriers, num_chunks: int):
@@ -40,21 +40,31 @@ class WeightStream:
     self.slots = smem.shape[0]
     self.num_chunks = num_chunks
 
-  def fetch(self, i: int):
-    if i < self.num_chunks:
-      s = i % self.slots
+  def _slot(self, i):
+    return i % self.slots if isinstance(i, int) else jax.lax.rem(i, jnp.int32(self.slots))
+
+  def fetch(self, i):
+    def go():
+      s = self._slot(i)
       plgpu.copy_gmem_to_smem(self.src(i), self.smem.at[s], self.barriers.at[s])
+
+    if isinstance(i, int):
+      if i < self.num_chunks:
+        go()
+    else:
+      pl.when(i < self.num_chunks)(go)
 
   def prologue(self):
     for i in range(min(self.slots, self.num_chunks)):
       self.fetch(i)
 
-  def wait(self, i: int):
-    plgpu.barrier_wait(self.barriers.at[i % self.slots])
-    return self.smem.at[i % self.slots]
+  def wait(self, i):
+    s = self._slot(i)
+    plgpu.barrier_wait(self.barriers.at[s])
+    return self.smem.at[s]
 
 
-def matmul_resident_a(acc_ref, a_chunks_smem, stream: WeightStream, first_chunk: int = 0):
+def matmul_resident_a(acc_ref, a_chunks_smem, stream: WeightStream, first_chunk=0):
   """acc += sum_k A[:, k-chunk] @ W[k-chunk, :], W chunks `first_chunk ..` from `stream`.
 
   Refills each slot as soon as the wgmma that read it has retired.

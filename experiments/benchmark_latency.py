@@ -1,0 +1,235 @@
+r"""Per-frame latency of the LSD denoiser step and of a whole frame, XLA path vs kernel path.
+
+For each model size x resolution: one denoiser step (one frame, concat history mode) and one whole
+frame (encode the input frame, S shortcut steps, decode) for S in --steps, each timed per call
+(host clock around a synchronised call: what a one-frame-at-a-time stream sees), p50 and p99;
+plus the FLOP floor (matmul/conv FLOPs over --peak_tflops) and the byte floor (bf16 weights
+read once over --hbm_tbps), and the kernel path's output error against the XLA path on the same
+weights. Weights are random (every leaf, the adaLN-zero gates too, so that every block does
+work); large is labelled so. Writes latency.md, latency.json and latency.png under --out_dir.
+
+Run on one H100 (the XLA flags are process-wide, so compare command-buffer settings in separate
+processes, e.g. with XLA_FLAGS=--xla_gpu_enable_command_buffer= for "off"):
+
+  PYTHONPATH=. python experiments/benchmark_latency.py --sizes=small,base \
+      --out_dir=reports/latency --label=default
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lsd_jax.diffusion import sampler
+from lsd_jax.models import lsd, sizes
+from pallas_kernels import api, bench
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("sizes", ["small", "base", "large"], "Model sizes.")
+flags.DEFINE_list("resolutions", ["256x256", "512x512", "832x480"], "WxH.")
+flags.DEFINE_list("steps", ["1", "2", "4"], "Shortcut steps S per frame.")
+flags.DEFINE_list("impls", ["xla", "auto"], "pallas_kernels implementations to compare.")
+flags.DEFINE_list("frame_only", [], "size:WxH:S triples to restrict the whole-frame timing to "
+                  "(empty: all); the step is always timed.")
+flags.DEFINE_integer("iters", 100, "Timed calls per measurement.")
+flags.DEFINE_integer("warmup", 10, "Untimed calls first.")
+flags.DEFINE_float("peak_tflops", 790.0, "bf16 matmul rate for the FLOP floor (H100 measured).")
+flags.DEFINE_float("hbm_tbps", 3.0, "Device-memory bandwidth for the byte floor, TB/s.")
+flags.DEFINE_string("out_dir", "reports/latency", "Where the table, JSON and plot go.")
+flags.DEFINE_string("label", "default", "Name of this run (e.g. the command-buffer setting).")
+
+
+def _random_params(key, params):
+  """Every leaf random: matrices ~ N(0, 1/fan_in), vectors ~ N(0, 0.02^2); cast to bf16."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  out = []
+  for k, p in zip(keys, leaves):
+    std = 1.0 / np.sqrt(np.prod(p.shape[:-1])) if p.ndim >= 2 else 0.02
+    out.append((jax.random.normal(k, p.shape, jnp.float32) * std).astype(jnp.bfloat16))
+  return jax.tree.unflatten(treedef, out)
+
+
+def _step_inputs(cfg: lsd.LSDConfig, key):
+  h, w, c = cfg.latent_shape
+  k = cfg.history_len
+  ks = jax.random.split(key, 5)
+  return dict(
+      z=jax.random.normal(ks[0], (1, 1, h, w, c)), c=jax.random.normal(ks[1], (1, 1, h, w, c)),
+      t=jnp.full((1, 1), 0.5), d=jnp.full((1, 1), 0.5),
+      prompt=jax.random.normal(ks[2], (1, sizes.PROMPT_DIM)),
+      hist=jax.random.normal(ks[3], (1, 1, k, h, w, c)),
+      tau=jax.random.uniform(ks[4], (1, 1, k)))
+
+
+def _make_fns(cfg: lsd.LSDConfig):
+  ae, den = lsd.build(cfg)
+
+  @jax.jit
+  def step(den_params, x):
+    return den.apply({"params": den_params}, x["z"], x["c"], x["t"], x["d"], x["prompt"],
+                     x["hist"], x["tau"])
+
+  def frame_fn(steps: int):
+    @jax.jit
+    def frame(params, frame_u8, ring, prompt, key):
+      c = lsd.encode(ae, params["autoencoder"], frame_u8)
+      vel = lsd.velocity_fn(den, params["denoiser"])
+      z = sampler.sample_frame(vel, key, c, ring, prompt, tau_inf=cfg.tau_inf, steps=steps,
+                               mode=cfg.history_mode)
+      return lsd.decode(ae, params["autoencoder"], z)
+
+    return frame
+
+  return step, frame_fn
+
+
+def _floors(cfg: lsd.LSDConfig, steps: int) -> dict[str, float]:
+  rep = sizes.report(cfg.size, cfg.height, cfg.width, steps, cfg.history_mode, cfg.history_len)
+  peak = FLAGS.peak_tflops * 1e12
+  bw = FLAGS.hbm_tbps * 1e12
+  return {
+      "tokens": rep["tokens_per_frame"],
+      "params_denoiser": rep["params_denoiser"],
+      "step_flop_floor_ms": rep["flops_denoiser_step"] / peak * 1e3,
+      "step_byte_floor_ms": 2 * rep["params_denoiser"] / bw * 1e3,
+      "frame_flop_floor_ms": rep["flops_frame"] / peak * 1e3,
+      "frame_byte_floor_ms": (steps * 2 * rep["params_denoiser"] + 2 * rep["params_autoencoder"])
+                             / bw * 1e3,
+  }
+
+
+def _want_frame(size: str, res: str, steps: int) -> bool:
+  return not FLAGS.frame_only or f"{size}:{res}:{steps}" in FLAGS.frame_only
+
+
+def _bench_one(size: str, res: str) -> list[dict]:
+  width, height = (int(v) for v in res.split("x"))
+  rows = []
+  base_cfg = lsd.LSDConfig(size=size, height=height, width=width)
+  key = jax.random.key(0)
+  params = _random_params(jax.random.fold_in(key, 1), lsd.init_params(key, base_cfg))
+  x = _step_inputs(base_cfg, jax.random.fold_in(key, 2))
+  frame_u8 = jax.random.randint(jax.random.fold_in(key, 3), (1, height, width, 3), 0, 256,
+                                jnp.int32).astype(jnp.uint8)
+  h, w, c = base_cfg.latent_shape
+  ring = sampler.empty_ring(1, base_cfg.history_len, h, w, c)
+  ring = ring._replace(frames_BxKxHxWxC=jax.random.normal(jax.random.fold_in(key, 4),
+                                                          ring.frames_BxKxHxWxC.shape))
+  prompt = x["prompt"]
+  ref_step = None
+  for impl in FLAGS.impls:
+    cfg = lsd.LSDConfig(size=size, height=height, width=width, kernel_impl=impl)
+    step, frame_fn = _make_fns(cfg)
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(step(params["denoiser"], x))
+    compile_s = time.perf_counter() - t0
+    if ref_step is None:
+      ref_step = out
+    err = bench.rel_err(out, ref_step)
+    st = bench.time_fn(step, params["denoiser"], x, warmup=FLAGS.warmup, iters=FLAGS.iters)
+    fl = _floors(cfg, 1)
+    row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": api.resolve(impl),
+           "what": "step", "steps": 1, **st, "rel_err_vs_xla": err, "compile_s": compile_s,
+           "random_weights": True, **fl}
+    logging.info("%s", row)
+    rows.append(row)
+    for s in (int(v) for v in FLAGS.steps):
+      if not _want_frame(size, res, s):
+        continue
+      frame = frame_fn(s)
+      fkey = jax.random.fold_in(key, 10 + s)
+      jax.block_until_ready(frame(params, frame_u8, ring, prompt, fkey))
+      ft = bench.time_fn(frame, params, frame_u8, ring, prompt, fkey, warmup=FLAGS.warmup,
+                         iters=FLAGS.iters)
+      row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": api.resolve(impl),
+             "what": "frame", "steps": s, **ft, "random_weights": True, **_floors(cfg, s)}
+      logging.info("%s", row)
+      rows.append(row)
+  return rows
+
+
+def _ratios(rows: list[dict]) -> None:
+  """Adds xla_over_kernel (>1: kernel path faster) to each non-XLA row."""
+  xla = {(r["label"], r["size"], r["resolution"], r["what"], r["steps"]): r for r in rows
+         if r["impl"] == "xla"}
+  for r in rows:
+    ref = xla.get((r["label"], r["size"], r["resolution"], r["what"], r["steps"]))
+    if ref is not None and r["impl"] != "xla":
+      r["xla_over_kernel_p50"] = ref["p50_ms"] / r["p50_ms"]
+
+
+def _markdown(rows: list[dict]) -> str:
+  dev = jax.devices()[0]
+  head = (f"Device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, label {FLAGS.label!r}, "
+          f"{FLAGS.iters} timed calls each, random weights (all sizes).\n\n")
+  lines = ["| size | WxH | tokens | what | S | impl | p50 ms | p99 ms | FLOP floor ms | "
+           "byte floor ms | XLA/kernel p50 | rel err vs XLA |", "|" + "---|" * 12]
+  for r in rows:
+    floor_f = r["step_flop_floor_ms"] if r["what"] == "step" else r["frame_flop_floor_ms"]
+    floor_b = r["step_byte_floor_ms"] if r["what"] == "step" else r["frame_byte_floor_ms"]
+    ratio = f"{r['xla_over_kernel_p50']:.2f}" if "xla_over_kernel_p50" in r else ""
+    err = f"{r['rel_err_vs_xla']:.1e}" if "rel_err_vs_xla" in r else ""
+    lines.append(f"| {r['size']} | {r['resolution']} | {r['tokens']} | {r['what']} | "
+                 f"{r['steps']} | {r['impl']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+                 f"{floor_f:.3f} | {floor_b:.3f} | {ratio} | {err} |")
+  return head + "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict], path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  steps_rows = [r for r in rows if r["what"] == "step"]
+  fig, ax = plt.subplots(figsize=(10, 4.5))
+  names = sorted({(r["size"], r["resolution"]) for r in steps_rows},
+                 key=lambda k: (FLAGS.sizes.index(k[0]), k[1]))
+  impls = sorted({r["impl"] for r in steps_rows})
+  width = 0.8 / (len(impls) + 1)
+  for j, impl in enumerate(impls):
+    vals = [next((r["p50_ms"] for r in steps_rows if (r["size"], r["resolution"]) == n
+                  and r["impl"] == impl), np.nan) for n in names]
+    ax.bar(np.arange(len(names)) + j * width, vals, width, label=f"{impl} p50")
+  floors = [next(r["step_flop_floor_ms"] for r in steps_rows if (r["size"], r["resolution"]) == n)
+            for n in names]
+  ax.bar(np.arange(len(names)) + len(impls) * width, floors, width, label="FLOP floor")
+  ax.set_xticks(np.arange(len(names)) + width * len(impls) / 2)
+  ax.set_xticklabels([f"{s}\n{r}" for s, r in names])
+  ax.set_yscale("log")
+  ax.set_ylabel("ms per denoiser step (one frame)")
+  ax.set_title(f"LSD denoiser step latency, {jax.devices()[0].device_kind}, {FLAGS.label}")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(argv) -> None:
+  del argv
+  os.makedirs(FLAGS.out_dir, exist_ok=True)
+  rows = []
+  for size in FLAGS.sizes:
+    for res in FLAGS.resolutions:
+      rows += _bench_one(size, res)
+  _ratios(rows)
+  stem = os.path.join(FLAGS.out_dir, f"latency_{FLAGS.label}")
+  with open(stem + ".json", "w") as f:
+    json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+               "xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": rows}, f, indent=1)
+  md = _markdown(rows)
+  with open(stem + ".md", "w") as f:
+    f.write(md)
+  _plot(rows, stem + ".png")
+  print(md)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,23 @@
+#!/bin/bash
+# One GPU session: check the kernels at the model's shapes, time them, then the latency benchmark.
+# Usage (on the device machine, repo root): bash pallas_kernels/gpu_session.sh STAGE...
+# Stages: tests, kernels, bench_small_base, bench_large, bench_cmdbuf. Logs and results go to $OUT.
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+for stage in "$@"; do
+  case $stage in
+    tests) timeout 200 python3 -m pytest -q -m gpu -x tests/pallas_kernels 2>&1 | tail -40 > "$OUT/tests.log"; tail -5 "$OUT/tests.log";;
+    kernels) for k in attention_mgpu ln_modulate_linear_mgpu mlp_mgpu; do
+               timeout 120 python3 -m pallas_kernels.$k 2>&1 | grep -v "^W\|^I" ; done 2>&1 | tee "$OUT/kernels.log";;
+    bench_small_base) timeout 300 python3 experiments/benchmark_latency.py --sizes=small,base \
+        --resolutions=256x256,512x512,832x480 --steps=1,2,4 --impls=xla,mosaic --iters=50 \
+        --out_dir="$OUT" --label=small_base 2>&1 | grep -v "^I" | tail -30;;
+    bench_large) timeout 400 python3 experiments/benchmark_latency.py --sizes=large \
+        --resolutions=256x256,512x512,832x480 --steps=2 --impls=xla,mosaic --iters=50 \
+        --out_dir="$OUT" --label=large 2>&1 | grep -v "^I" | tail -12;;
+    bench_cmdbuf) for flags in "--xla_gpu_enable_command_buffer=" "--xla_gpu_graph_min_graph_size=1"; do
+        XLA_FLAGS="$flags" timeout 200 python3 experiments/benchmark_latency.py --sizes=small,base \
+        --resolutions=256x256 --steps=2 --impls=xla,mosaic --iters=50 --out_dir="$OUT" \
+        --label="cmdbuf${flags##*=}" 2>&1 | grep -v "^I" | tail -8; done;;
+  esac
+done
