@@ -18,11 +18,13 @@ with no readable clip raises NoReadableClipError naming where it looked.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
 import os
 import pathlib
+import threading
 from collections.abc import Iterator, Sequence
 
 import cv2
@@ -108,6 +110,8 @@ class VideoClipSource:
     self.strides = tuple(sorted(int(s) for s in strides))
     self.min_crop_scale, self.flip, self.seed = min_crop_scale, flip, seed
     self._length = length
+    self.max_open_files = 16
+    self._local = threading.local()
     self.where = where or f"{len(paths)} listed files"
     self.stats = {"unreadable": 0, "too_short": 0, "read_failures": 0}
     self.clips = self._probe_all(paths)
@@ -181,9 +185,37 @@ class VideoClipSource:
     flip = bool(self.flip and rng.random() < 0.5)
     return start, stride, (y0, x0, crop_h, crop_w), flip
 
+  def _reader(self, path: str) -> video.VideoReader:
+    """This thread's open reader of `path` (a few readers kept open, least recent closed)."""
+    if not hasattr(self._local, "readers"):
+      self._local.readers = collections.OrderedDict()
+    readers = self._local.readers
+    if path in readers:
+      readers.move_to_end(path)
+    else:
+      readers[path] = video.VideoReader(path)
+      if len(readers) > self.max_open_files:
+        readers.popitem(last=False)[1].close()
+    return readers[path]
+
+  def __getstate__(self):  # grain pickles sources into worker processes; readers stay here
+    state = dict(self.__dict__)
+    del state["_local"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._local = threading.local()
+
   def _read(self, rng: np.random.Generator, clip: ClipSpec) -> np.ndarray:
     start, stride, (y0, x0, ch, cw), flip = self._sample_window(rng, clip)
-    frames = video.read_frames(clip.path, start, self.num_frames, stride)
+    try:
+      frames = self._reader(clip.path).read(start, self.num_frames, stride)
+    except video.VideoReadError:
+      reader = getattr(self._local, "readers", {}).pop(clip.path, None)
+      if reader is not None:  # reopen next time, from a clean state
+        reader.close()
+      raise
     out = np.empty((self.num_frames, self.height, self.width, 3), np.uint8)
     for t, frame in enumerate(frames):
       crop = frame[y0:y0 + ch, x0:x0 + cw]
@@ -242,7 +274,10 @@ class PhotoSource:
     _check_geometry(height, width, num_frames)
     if not images:
       raise NoReadableClipError("PhotoSource got no images")
-    self.images = [np.ascontiguousarray(im) for im in images]
+    # Shrink photos once so the largest view is at most 1.5 source pixels per output pixel;
+    # per-example shrinking of a 1411x1411 photo would cost more than the warp.
+    self.images = [self._fit(np.ascontiguousarray(im), height, width, view_fraction[1])
+                   for im in images]
     self.names = list(names) if names is not None else [str(i) for i in range(len(images))]
     self.height, self.width, self.num_frames, self.seed = height, width, num_frames, seed
     self.max_omega, self.max_zoom = max_omega, max_zoom
@@ -250,6 +285,14 @@ class PhotoSource:
     self.view_fraction = view_fraction
     self._length = length
     self.skipped = 0
+
+  @staticmethod
+  def _fit(image: np.ndarray, height: int, width: int, fraction: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = fraction * min(h / height, w / width) / 1.5
+    if scale <= 1:
+      return image
+    return resize_to(image, max(8, round(h / scale)), max(8, round(w / scale)))
 
   @classmethod
   def from_skimage(cls, split: str = "train", **kwargs) -> PhotoSource:

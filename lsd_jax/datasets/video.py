@@ -140,22 +140,51 @@ def _decode_from(container, stream, start: int) -> Iterator[av.VideoFrame]:
     yield frame
 
 
+class VideoReader:
+  """An open file for repeated random-access reads (opening an mp4 costs ~10 ms).
+
+  Not thread-safe: give each thread its own. Decoding is single-threaded, since a read is a few
+  frames and the pipeline already reads clips in parallel.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = os.fspath(path)
+    self._container = _open(path)
+    self._stream = self._container.streams.video[0]
+
+  def read(self, start: int, num_frames: int, stride: int = 1) -> np.ndarray:
+    """Frames start, start + stride, ... (num_frames of them) as uint8 `clip_TxHxWx3`.
+
+    Raises VideoReadError if the file ends or fails before num_frames frames were read.
+    """
+    if stride < 1 or start < 0:
+      raise ValueError(f"need start >= 0 and stride >= 1, got {start=} {stride=}")
+    frames = []
+    try:
+      for i, frame in enumerate(_decode_from(self._container, self._stream, start)):
+        if i % stride == 0:
+          frames.append(frame.to_ndarray(format="rgb24"))
+          if len(frames) == num_frames:
+            break
+    except av.FFmpegError as e:
+      raise VideoReadError(f"decoding {self.path} failed: {e!r}") from e
+    if len(frames) < num_frames:
+      raise VideoReadError(f"{self.path}: wanted {num_frames} frames from {start} "
+                           f"(stride {stride}), got {len(frames)}")
+    return np.stack(frames)
+
+  def close(self) -> None:
+    self._container.close()
+
+
 def read_frames(path: str | os.PathLike, start: int, num_frames: int,
                 stride: int = 1) -> np.ndarray:
-  """Frames start, start + stride, ... (num_frames of them) as uint8 `clip_TxHxWx3`.
-
-  Raises VideoReadError if the file ends or fails before num_frames frames were read.
-  """
-  frames = []
-  # Single-threaded: a few frames per call, and the pipeline already reads clips in parallel.
-  for frame in iter_frames(path, start=start, stride=stride, threads=False):
-    frames.append(frame)
-    if len(frames) == num_frames:
-      break
-  if len(frames) < num_frames:
-    raise VideoReadError(
-        f"{path}: wanted {num_frames} frames from {start} (stride {stride}), got {len(frames)}")
-  return np.stack(frames)
+  """One random-access read (opens and closes the file); see VideoReader.read."""
+  reader = VideoReader(path)
+  try:
+    return reader.read(start, num_frames, stride)
+  finally:
+    reader.close()
 
 
 def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float, *,
