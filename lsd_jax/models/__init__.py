@@ -1,0 +1,1 @@
+"""Models: the per-frame autoencoder, the causal DiT denoiser, the text encoder, named sizes."""

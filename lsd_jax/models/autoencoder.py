@@ -1,0 +1,103 @@
+"""Per-frame convolutional autoencoder, spatial factor 8, no temporal compression.
+
+A temporal autoencoder would force chunks; this one encodes and decodes each frame alone, so
+the stream stays one frame in, one frame out. Deterministic (not a VAE): latents are divided
+by `latent_scale`, measured on data after training, so the diffusion sees roughly unit variance.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lsd_jax.models import sharding as sh
+from lsd_jax.models.sizes import AE_FACTOR, AutoencoderSize
+
+
+def _conv(features: int, stride: int = 1, kernel: int = 3, name: str | None = None, dtype=jnp.bfloat16):
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME", dtype=dtype,
+                 kernel_init=sh.init(nn.initializers.lecun_normal(), sh.KERNEL_HW, sh.KERNEL_HW,
+                                     sh.CONV_IN, sh.CONV_OUT),
+                 bias_init=sh.init(nn.initializers.zeros, sh.CONV_OUT), name=name)
+
+
+def _norm(name: str | None = None):
+  return nn.GroupNorm(num_groups=8, epsilon=1e-5, dtype=jnp.float32, name=name,
+                      scale_init=sh.init(nn.initializers.ones, sh.CONV_OUT),
+                      bias_init=sh.init(nn.initializers.zeros, sh.CONV_OUT))
+
+
+class ResBlock(nn.Module):
+  features: int
+  dtype: jnp.dtype = jnp.bfloat16
+
+  @nn.compact
+  def __call__(self, x):
+    h = _conv(self.features, dtype=self.dtype)(nn.silu(_norm()(x)).astype(self.dtype))
+    h = _conv(self.features, dtype=self.dtype)(nn.silu(_norm()(h)).astype(self.dtype))
+    if x.shape[-1] != self.features:
+      x = _conv(self.features, kernel=1, dtype=self.dtype)(x.astype(self.dtype))
+    return x + h
+
+
+class Encoder(nn.Module):
+  size: AutoencoderSize
+  dtype: jnp.dtype = jnp.bfloat16
+
+  @nn.compact
+  def __call__(self, x_NxHxWx3):
+    ch = self.size.channels
+    x = _conv(ch[0], dtype=self.dtype)(x_NxHxWx3.astype(self.dtype))
+    for i, w in enumerate(ch):
+      for _ in range(self.size.blocks):
+        x = ResBlock(w, self.dtype)(x)
+      if i < len(ch) - 1:
+        x = _conv(x.shape[-1], stride=2, dtype=self.dtype)(x)
+    x = nn.silu(_norm()(x)).astype(self.dtype)
+    return _conv(self.size.latent_channels, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class Decoder(nn.Module):
+  size: AutoencoderSize
+  dtype: jnp.dtype = jnp.bfloat16
+
+  @nn.compact
+  def __call__(self, z_NxhxwxC):
+    ch = self.size.channels[::-1]
+    x = _conv(ch[0], dtype=self.dtype)(z_NxhxwxC.astype(self.dtype))
+    for i, w in enumerate(ch):
+      for _ in range(self.size.blocks):
+        x = ResBlock(w, self.dtype)(x)
+      if i < len(ch) - 1:
+        n, h, wd, c = x.shape
+        x = jax.image.resize(x, (n, 2 * h, 2 * wd, c), "nearest")
+        x = _conv(c, dtype=self.dtype)(x)
+    x = nn.silu(_norm()(x)).astype(self.dtype)
+    return _conv(3, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class Autoencoder(nn.Module):
+  """Frames in [-1, 1] (N x H x W x 3, H and W divisible by 8) <-> latents N x H/8 x W/8 x C."""
+
+  size: AutoencoderSize
+  latent_scale: float = 1.0
+  dtype: jnp.dtype = jnp.bfloat16
+
+  def setup(self):
+    if len(self.size.channels) != 4:
+      raise ValueError("the autoencoder needs 4 levels for its factor of 8")
+    self.encoder = Encoder(self.size, self.dtype)
+    self.decoder = Decoder(self.size, self.dtype)
+
+  def encode(self, x_NxHxWx3):
+    _, h, w, c = x_NxHxWx3.shape
+    if h % AE_FACTOR or w % AE_FACTOR or c != 3:
+      raise ValueError(f"frames must be N x H x W x 3 with H, W divisible by {AE_FACTOR}; got {x_NxHxWx3.shape}")
+    return self.encoder(x_NxHxWx3) / self.latent_scale
+
+  def decode(self, z_NxhxwxC):
+    return self.decoder(z_NxhxwxC * self.latent_scale)
+
+  def __call__(self, x_NxHxWx3):
+    return self.decode(self.encode(x_NxHxWx3))

@@ -1,0 +1,114 @@
+"""The LSD model bundle: autoencoder + denoiser for one size, resolution and history mode.
+
+`LSDConfig` is what a checkpoint records and what the training, streaming and benchmark code
+build models from. Parameters are a plain dict {"autoencoder": ..., "denoiser": ...}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lsd_jax.diffusion.shortcut import VelocityFn
+from lsd_jax.models import sizes
+from lsd_jax.models.autoencoder import Autoencoder
+from lsd_jax.models.denoiser import Denoiser, DenoiserConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class LSDConfig:
+  size: str = "small"
+  height: int = 256
+  width: int = 256
+  history_mode: str = "concat"
+  history_len: int = 3  # K
+  tau_inf: float = 0.1  # history noise level at inference
+  steps: int = 2  # S shortcut steps per frame
+  latent_scale: float = 1.0
+  kernel_impl: str = "xla"
+
+  def __post_init__(self):
+    sizes.tokens_per_frame(sizes.get_size(self.size), self.height, self.width)  # validates
+    if not 0.0 <= self.tau_inf < 1.0:
+      raise ValueError(f"tau_inf must be in [0, 1), got {self.tau_inf}")
+    if self.steps < 1:
+      raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+  @property
+  def model_size(self) -> sizes.ModelSize:
+    return sizes.get_size(self.size)
+
+  @property
+  def latent_shape(self) -> tuple[int, int, int]:
+    a = self.model_size.autoencoder
+    return (self.height // sizes.AE_FACTOR, self.width // sizes.AE_FACTOR, a.latent_channels)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "LSDConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+      raise ValueError(f"unknown LSDConfig fields {sorted(unknown)}")
+    return cls(**dict(d))
+
+
+def build(cfg: LSDConfig) -> tuple[Autoencoder, Denoiser]:
+  s = cfg.model_size
+  ae = Autoencoder(s.autoencoder, latent_scale=cfg.latent_scale)
+  den = Denoiser(DenoiserConfig(s.denoiser, s.autoencoder.latent_channels, cfg.history_mode,
+                                cfg.history_len, cfg.kernel_impl))
+  return ae, den
+
+
+def dummy_inputs(cfg: LSDConfig, batch: int = 1):
+  """Arguments of one denoiser call in this config's mode (zeros; for init and shapes)."""
+  h, w, c = cfg.latent_shape
+  k = cfg.history_len
+  t = 1 if cfg.history_mode == "concat" else k + 1
+  args = (jnp.zeros((batch, t, h, w, c)), jnp.zeros((batch, t, h, w, c)), jnp.zeros((batch, t)),
+          jnp.zeros((batch, t)), jnp.zeros((batch, sizes.PROMPT_DIM)))
+  kw = {}
+  if cfg.history_mode == "concat":
+    kw = {"hist_BxTxKxHxWxC": jnp.zeros((batch, t, k, h, w, c)), "tau_BxTxK": jnp.zeros((batch, t, k))}
+  return args, kw
+
+
+def init_params(key, cfg: LSDConfig, *, boxed: bool = False) -> dict[str, Any]:
+  """Fresh parameters (float32). With `boxed`, keeps flax's logical-partitioning boxes."""
+  ae, den = build(cfg)
+  k_ae, k_den = jax.random.split(key)
+  ae_vars = ae.init(k_ae, jnp.zeros((1, cfg.height, cfg.width, 3)))
+  args, kw = dummy_inputs(cfg)
+  den_vars = den.init(k_den, *args, **kw)
+  params = {"autoencoder": ae_vars["params"], "denoiser": den_vars["params"]}
+  return params if boxed else nn.meta.unbox(params)
+
+
+def velocity_fn(den: Denoiser, den_params) -> VelocityFn:
+  """u(x, t, d, cond) with cond = {"c", "prompt"[, "hist", "tau"]}, as the objective and sampler expect."""
+
+  def fn(x, t, d, cond):
+    return den.apply({"params": den_params}, x, cond["c"], t, d, cond["prompt"],
+                     cond.get("hist"), cond.get("tau"))
+
+  return fn
+
+
+def encode(ae: Autoencoder, ae_params, frames_NxHxWx3):
+  """uint8 or [0, 1] float frames -> latents."""
+  x = frames_NxHxWx3
+  x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+  return ae.apply({"params": ae_params}, x * 2.0 - 1.0, method=Autoencoder.encode)
+
+
+def decode(ae: Autoencoder, ae_params, z_NxhxwxC):
+  """Latents -> frames as floats in [0, 1]."""
+  x = ae.apply({"params": ae_params}, z_NxhxwxC, method=Autoencoder.decode)
+  return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0)

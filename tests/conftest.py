@@ -1,0 +1,21 @@
+"""Shared fixtures: tests run on the CPU, in float32 matmul precision, fast by default."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+
+def randomize(params, key, scale: float = 0.2):
+  """Replaces every parameter by noise: zero-initialised layers would hide dependencies."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+
+
+@pytest.fixture
+def rng():
+  return jax.random.key(0)
