@@ -32,6 +32,21 @@ def time_fn(fn, *args, warmup: int = 5, iters: int = 100) -> dict[str, float]:
           "mean_ms": float(t.mean())}
 
 
+def kernel_time_ms(fn, *args) -> float | None:
+  """Sum of the GPU kernels' own times in one call (CUPTI, via Mosaic GPU's profiler): launch
+  gaps and host dispatch excluded. None off-GPU or if the profiler is unavailable."""
+  if jax.devices()[0].platform not in ("gpu", "cuda"):
+    return None
+  try:
+    from jax.experimental.mosaic.gpu import profiler
+
+    jax.block_until_ready(fn(*args))
+    ms = [profiler.measure(fn)(*args)[1] for _ in range(5)]
+    return float(np.median(ms))
+  except Exception:  # noqa: BLE001  (profiler support varies by jaxlib build)
+    return None
+
+
 def device_time_fn(fn, *args, iters: int = 100) -> float:
   """Median device time (ms) of `iters` back-to-back calls, launch gaps included, no host sync."""
   jax.block_until_ready(fn(*args))

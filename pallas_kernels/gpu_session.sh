@@ -6,9 +6,9 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 for stage in "$@"; do
   case $stage in
-    tests) timeout 200 python3 -m pytest -q -m gpu -x tests/pallas_kernels 2>&1 | tail -40 > "$OUT/tests.log"; tail -5 "$OUT/tests.log";;
+    tests) timeout 150 python3 -m pytest -q -rs -m gpu tests/pallas_kernels 2>&1 | tail -40 > "$OUT/tests.log"; tail -5 "$OUT/tests.log";;
     kernels) for k in attention_mgpu ln_modulate_linear_mgpu mlp_mgpu; do
-               timeout 120 python3 -m pallas_kernels.$k 2>&1 | grep -v "^W\|^I" ; done 2>&1 | tee "$OUT/kernels.log";;
+               timeout 100 python3 -m pallas_kernels.$k 2>&1 | grep -E "^L=|xla:|Error" ; done 2>&1 | tee "$OUT/kernels.log";;
     bench_small_base) timeout 300 python3 experiments/benchmark_latency.py --sizes=small,base \
         --resolutions=256x256,512x512,832x480 --steps=1,2,4 --impls=xla,mosaic --iters=50 \
         --out_dir="$OUT" --label=small_base 2>&1 | grep -v "^I" | tail -30;;
@@ -16,8 +16,9 @@ for stage in "$@"; do
         --resolutions=256x256,512x512,832x480 --steps=2 --impls=xla,mosaic --iters=50 \
         --out_dir="$OUT" --label=large 2>&1 | grep -v "^I" | tail -12;;
     bench_cmdbuf) for flags in "--xla_gpu_enable_command_buffer=" "--xla_gpu_graph_min_graph_size=1"; do
+        label=$([ "$flags" = "--xla_gpu_enable_command_buffer=" ] && echo cmdbuf_off || echo graph_min1)
         XLA_FLAGS="$flags" timeout 200 python3 experiments/benchmark_latency.py --sizes=small,base \
         --resolutions=256x256 --steps=2 --impls=xla,mosaic --iters=50 --out_dir="$OUT" \
-        --label="cmdbuf${flags##*=}" 2>&1 | grep -v "^I" | tail -8; done;;
+        --label="$label" 2>&1 | grep -v "^I" | tail -8; done;;
   esac
 done

@@ -4,6 +4,8 @@ import jax
 import jax.experimental.pallas.mosaic_gpu as plgpu
 import pytest
 
+from pallas_kernels import api
+
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "gpu: needs a Hopper (sm_90) GPU; skipped otherwise")
@@ -21,6 +23,6 @@ def interpret():
 
 @pytest.fixture
 def hopper():
-  dev = jax.devices()[0]
-  if dev.platform != "gpu" or not str(getattr(dev, "compute_capability", "")).startswith("9"):
+  if not api.is_hopper():
+    dev = jax.devices()[0]
     pytest.skip(f"needs a Hopper GPU, have {dev.device_kind} ({dev.platform})")

@@ -143,7 +143,7 @@ def test_mlp_grad_interpret(interpret):
 
 
 def test_mlp_falls_back_when_too_wide():
-  assert mlp_mgpu.supports(768) and not mlp_mgpu.supports(1536)
+  assert mlp_mgpu.supports(768, 3072) and not mlp_mgpu.supports(1536, 6144)
 
 
 # ------------------------------------------------------------------ GPU: the model's shapes
