@@ -38,17 +38,21 @@ def register(op: str, backend: str):
   return wrap
 
 
+def is_hopper() -> bool:
+  """True when the default device is an NVIDIA Hopper GPU (compute capability 9.x)."""
+  dev = jax.devices()[0]
+  if dev.platform not in ("gpu", "cuda"):
+    return False
+  cc = str(getattr(dev, "compute_capability", ""))
+  return cc.startswith("9") or any(n in dev.device_kind for n in ("H100", "H200", "H800", "GH200"))
+
+
 @functools.cache
 def _default_backend() -> str:
   dev = jax.devices()[0]
-  if dev.platform != "gpu":
+  if dev.platform not in ("gpu", "cuda"):
     return "xla"
-  kind = getattr(dev, "compute_capability", None)
-  try:
-    major = int(str(kind).split(".")[0]) if kind is not None else 0
-  except ValueError:
-    major = 0
-  return "mosaic" if major == 9 else "triton"
+  return "mosaic" if is_hopper() else "triton"
 
 
 @functools.cache
