@@ -17,7 +17,7 @@ from lsd_jax.models.sizes import AE_FACTOR, AutoencoderSize
 
 def _conv(features: int, stride: int = 1, kernel: int = 3, name: str | None = None, dtype=jnp.bfloat16):
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME", dtype=dtype,
-                 kernel_init=sh.init(nn.initializers.lecun_normal(), sh.KERNEL_HW, sh.KERNEL_HW,
+                 kernel_init=sh.init(nn.initializers.lecun_normal(), sh.KERNEL_H, sh.KERNEL_W,
                                      sh.CONV_IN, sh.CONV_OUT),
                  bias_init=sh.init(nn.initializers.zeros, sh.CONV_OUT), name=name)
 

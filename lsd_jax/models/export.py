@@ -25,19 +25,38 @@ class CheckpointError(ValueError):
   """A model folder that is missing, incomplete or corrupt."""
 
 
-def save(directory: str, cfg: LSDConfig, params: dict[str, Any], *, dtype: str = "bfloat16",
-         metadata: dict[str, Any] | None = None) -> str:
-  """Writes config.json and params.safetensors (atomically, via temporary names)."""
+def save_params(path: str, params: dict[str, Any], *, dtype: str = "bfloat16") -> str:
+  """A parameter tree as one safetensors file ("/"-joined names), written atomically."""
   import ml_dtypes
   from safetensors.numpy import save_file
 
-  os.makedirs(directory, exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   flat = traverse_util.flatten_dict(params, sep="/")
   np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}[dtype]
   arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32).astype(np_dtype)) for k, v in flat.items()}
-  tmp = os.path.join(directory, PARAMS_FILE + ".tmp")
-  save_file(arrays, tmp)
-  os.replace(tmp, os.path.join(directory, PARAMS_FILE))
+  save_file(arrays, path + ".tmp")
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def load_params(path: str, *, dtype=np.float32) -> dict[str, Any]:
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
+
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path} is missing")
+  try:
+    flat = load_file(path)
+  except (SafetensorError, OSError, ValueError) as e:
+    raise CheckpointError(f"{path}: corrupt weights ({e})") from e
+  return traverse_util.unflatten_dict({k: v.astype(dtype) for k, v in flat.items()}, sep="/")
+
+
+def save(directory: str, cfg: LSDConfig, params: dict[str, Any], *, dtype: str = "bfloat16",
+         metadata: dict[str, Any] | None = None) -> str:
+  """Writes config.json and params.safetensors (atomically, via temporary names)."""
+  os.makedirs(directory, exist_ok=True)
+  save_params(os.path.join(directory, PARAMS_FILE), params, dtype=dtype)
   doc = {"lsd_config": cfg.to_dict(), "dtype": dtype, "metadata": metadata or {}}
   tmp = os.path.join(directory, CONFIG_FILE + ".tmp")
   with open(tmp, "w") as f:
@@ -48,9 +67,6 @@ def save(directory: str, cfg: LSDConfig, params: dict[str, Any], *, dtype: str =
 
 def load(directory: str, *, dtype=np.float32) -> tuple[LSDConfig, dict[str, Any], dict[str, Any]]:
   """Returns (config, params, metadata); raises CheckpointError with the reason."""
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
-
   cfg_path, params_path = os.path.join(directory, CONFIG_FILE), os.path.join(directory, PARAMS_FILE)
   for p in (cfg_path, params_path):
     if not os.path.isfile(p):
@@ -61,11 +77,7 @@ def load(directory: str, *, dtype=np.float32) -> tuple[LSDConfig, dict[str, Any]
     cfg = LSDConfig.from_dict(doc["lsd_config"])
   except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{cfg_path}: unreadable model config ({e})") from e
-  try:
-    flat = load_file(params_path)
-  except (SafetensorError, OSError, ValueError) as e:
-    raise CheckpointError(f"{params_path}: corrupt weights ({e})") from e
-  params = traverse_util.unflatten_dict({k: v.astype(dtype) for k, v in flat.items()}, sep="/")
+  params = load_params(params_path, dtype=dtype)
   _check_tree(cfg, params, directory)
   logging.info("loaded %s model (%s, %dx%d) from %s", cfg.size, cfg.history_mode, cfg.width, cfg.height, directory)
   return cfg, params, doc.get("metadata", {})

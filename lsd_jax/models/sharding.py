@@ -21,7 +21,8 @@ COND = "cond"
 PATCH_IN = "patch_in"
 CONV_IN = "conv_in"
 CONV_OUT = "conv_out"
-KERNEL_HW = "kernel_hw"
+KERNEL_H = "kernel_h"
+KERNEL_W = "kernel_w"
 HEIGHT = "height"
 WIDTH = "width"
 CHANNEL = "channel"
@@ -40,7 +41,8 @@ DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
     (PATCH_IN, None),
     (CONV_IN, None),
     (CONV_OUT, None),
-    (KERNEL_HW, None),
+    (KERNEL_H, None),
+    (KERNEL_W, None),
     (HEIGHT, None),
     (WIDTH, None),
     (CHANNEL, None),

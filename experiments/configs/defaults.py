@@ -1,0 +1,44 @@
+"""The fields every training config shares; experiment configs copy and override them."""
+
+import ml_collections
+
+from lsd_jax.datasets import pipeline
+from lsd_jax.models import sharding
+
+# History augmentation used by the LSD configs ("full" in the ablations).
+FULL_AUGMENT = (
+    {"name": "blur", "max": 1.0, "p": 0.3},
+    {"name": "color", "max": 1.0, "p": 0.3},
+    {"name": "jitter", "max": 1.0, "p": 0.3},
+    {"name": "quantize", "max": 0.6, "p": 0.2},
+    {"name": "drop_repeat", "max": 0.3, "p": 0.3},
+    {"name": "model", "max": 1.0, "p": 0.1},
+)
+
+
+def base(task: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = task
+  c.task = task
+  c.seed = 0
+  c.total_steps = 10_000
+  c.stop_at = 0  # > 0: stop early at this step (the run resumes later)
+  c.max_minutes = 0.0  # > 0: stop (checkpointed) after this much wall time
+  c.export_on_stop = True
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.mesh = {"data": -1, "fsdp": 1}
+  c.rules = [list(r) for r in sharding.DEFAULT_RULES]
+  c.data = pipeline.default_data_config()
+  c.model = ml_collections.ConfigDict({"size": "small", "history_mode": "concat", "history_len": 3,
+                                       "tau_inf": 0.1, "steps": 2, "kernel_impl": "xla"})
+  c.optim = ml_collections.ConfigDict({"lr": 3e-4, "warmup_steps": 500, "weight_decay": 0.01, "clip_norm": 1.0})
+  c.train = ml_collections.ConfigDict({
+      "ema_decay": 0.999, "latent_penalty": 1e-4,
+      "tau_kind": "uniform", "tau_max": 0.5, "p_stream_start": 0.1,
+      "augment": [dict(a) for a in FULL_AUGMENT],
+      "bootstrap_frac": 0.25, "max_log2": 7, "level_kind": "logit_normal", "p_no_prompt": 0.05,
+  })
+  c.autoencoder_dir = ""
+  return c

@@ -1,0 +1,1 @@
+"""Training: state, optimizer, sharding, jitted steps, orbax checkpoints and the loop."""

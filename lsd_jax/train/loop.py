@@ -1,0 +1,191 @@
+"""The training loop: auto-resume, sharded jitted step, metrics one step late, checkpoints.
+
+`train(config, workdir)` runs the task named by `config.task`:
+- ``"autoencoder"``: the per-frame autoencoder on input frames and their effect targets; at the
+  end measures `latent_scale` and writes `workdir/autoencoder/` (weights + JSON).
+- ``"lsd"``: the denoiser with diffusion forcing, history augmentation and the shortcut
+  objective, on top of a frozen autoencoder (`config.autoencoder_dir`); at the end exports the
+  shipped-model folder (`lsd_jax.models.export`) to `workdir/export/` (EMA weights).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lsd_jax.datasets import pipeline
+from lsd_jax.diffusion import forcing
+from lsd_jax.models import export, lsd
+from lsd_jax.models.autoencoder import Autoencoder
+from lsd_jax.train import checkpoint, sharding, steps, writers
+from lsd_jax.train import state as state_lib
+
+AE_FILE = "autoencoder/params.safetensors"
+AE_META = "autoencoder/meta.json"
+
+
+def prompt_table(split: str) -> pipeline.PromptTable:
+  from lsd_jax.datasets import prompts
+
+  t = prompts.load_embedding_table(split)
+  return pipeline.PromptTable(t.texts, t.embeddings, t.frame_ids, t.temporal_ids, t.params)
+
+
+def lsd_config(config: ml_collections.ConfigDict, latent_scale: float = 1.0) -> lsd.LSDConfig:
+  m = config.model
+  return lsd.LSDConfig(size=m.size, height=config.data.height, width=config.data.width,
+                       history_mode=m.history_mode, history_len=m.history_len, tau_inf=m.tau_inf,
+                       steps=m.steps, latent_scale=latent_scale, kernel_impl=m.kernel_impl)
+
+
+def load_autoencoder(directory: str) -> tuple[Any, dict[str, Any]]:
+  with open(os.path.join(directory, AE_META)) as f:
+    meta = json.load(f)
+  return export.load_params(os.path.join(directory, AE_FILE)), meta
+
+
+def step_config(config) -> steps.LSDStepConfig:
+  t = config.train
+  return steps.LSDStepConfig(
+      forcing=forcing.ForcingConfig(mode=config.model.history_mode, history_len=config.model.history_len,
+                                    tau_kind=t.tau_kind, tau_max=t.tau_max, p_stream_start=t.p_stream_start),
+      augment=tuple(dict(a) for a in t.augment), bootstrap_frac=t.bootstrap_frac, max_log2=t.max_log2,
+      level_kind=t.level_kind, ema_decay=t.ema_decay, p_no_prompt=t.p_no_prompt)
+
+
+def _build(config, workdir):
+  """Models, the boxed-state init function and the step function for the configured task."""
+  opt = config.optim
+  tx = state_lib.make_optimizer(opt.lr, config.total_steps, opt.warmup_steps, opt.weight_decay, opt.clip_norm)
+  if config.task == "autoencoder":
+    cfg = lsd_config(config)
+    ae = Autoencoder(cfg.model_size.autoencoder)
+
+    def init_fn():
+      p = ae.init(jax.random.key(config.seed), jnp.zeros((1, cfg.height, cfg.width, 3)))["params"]
+      return state_lib.create(p, tx)
+
+    step = functools.partial(steps.ae_train_step, ae=ae, tx=tx,
+                             cfg=steps.AEStepConfig(ema_decay=config.train.ema_decay,
+                                                    latent_penalty=config.train.latent_penalty))
+    return {"cfg": cfg, "ae": ae}, init_fn, step, ()
+  if config.task == "lsd":
+    ae_params, meta = load_autoencoder(config.autoencoder_dir)
+    cfg = lsd_config(config, latent_scale=float(meta["latent_scale"]))
+    if meta["size"] != cfg.size:
+      raise ValueError(f"autoencoder in {config.autoencoder_dir} is {meta['size']!r}, model is {cfg.size!r}")
+    ae, den = lsd.build(cfg)
+    args, kw = lsd.dummy_inputs(cfg)
+
+    def init_fn():
+      p = den.init(jax.random.key(config.seed), *args, **kw)["params"]
+      return state_lib.create(p, tx)
+
+    step = functools.partial(steps.lsd_train_step, den=den, ae=ae, tx=tx, cfg=step_config(config))
+    return {"cfg": cfg, "ae": ae, "den": den, "ae_params": ae_params}, init_fn, step, ("ae_params",)
+  raise ValueError(f"unknown task {config.task!r}")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          prompts: pipeline.PromptTable | None = None) -> dict[str, Any]:
+  """Trains until config.total_steps (or config.stop_at / config.max_minutes); returns a summary.
+  `prompts` defaults to the precomputed table of `config.data.prompt_split`."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  mesh = sharding.make_mesh(dict(config.mesh))
+  rules = [(r[0], tuple(r[1]) if isinstance(r[1], (list, tuple)) else r[1]) for r in config.rules]
+  models, init_fn, step_fn, extra_names = _build(config, workdir)
+  state, shardings = sharding.sharded_init(init_fn, mesh, rules)
+  data_iter = pipeline.make_iterator(config.data, prompts or prompt_table(config.data.prompt_split))
+  mgr = checkpoint.manager(workdir, keep=config.keep_checkpoints, every=config.checkpoint_every)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+  restored, start = checkpoint.restore_latest(mgr, abstract, data_iter)
+  if restored is not None:
+    state = restored
+  batch_sh = sharding.batch_sharding(mesh)
+  extras = {n: jax.device_put(models[n], sharding.replicated(mesh)) for n in extra_names}
+  jitted = jax.jit(lambda s, b, k, ex: step_fn(s, b, k, **ex),
+                   in_shardings=(shardings, batch_sh, sharding.replicated(mesh), sharding.replicated(mesh)),
+                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  writer = writers.MetricWriter(workdir)
+  key = jax.random.key(config.seed + 1)
+  stop = min(config.total_steps, config.get("stop_at") or config.total_steps)
+  deadline = time.time() + 60 * config.max_minutes if config.get("max_minutes") else math.inf
+  pending, t_last, n_last, step = None, time.time(), 0, start
+  logging.info("training %s from step %d to %d on %s", config.task, start, stop, mesh)
+  with mesh, nn.logical_axis_rules(rules):
+    while step < stop and time.time() < deadline:
+      batch = pipeline.to_global_batch(next(data_iter), mesh, batch_sh.spec)
+      state, metrics = jitted(state, batch, key, extras)
+      step += 1
+      if pending is not None:  # read one step late, so the host never waits on the device
+        _log(writer, *pending, t_last, n_last, config)
+        t_last, n_last = (time.time(), pending[0]) if pending[0] % config.log_every == 0 else (t_last, n_last)
+      pending = (step, metrics)
+      checkpoint.save(mgr, step, state, data_iter)
+    if pending is not None:
+      _log(writer, *pending, t_last, n_last, config, force=True)
+    if mgr.latest_step() != step:
+      checkpoint.save(mgr, step, state, data_iter, force=True)
+    mgr.wait_until_finished()
+  writer.plot()
+  writer.close()
+  summary = {"task": config.task, "start_step": start, "end_step": step}
+  if step >= config.total_steps or config.get("export_on_stop", True):
+    summary.update(_finish(config, workdir, models, state, data_iter))
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def _log(writer, step, metrics, t_last, n_last, config, force=False):
+  vals = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not math.isfinite(vals["loss"]):
+    raise FloatingPointError(f"loss is {vals['loss']} at step {step}; stopping (last checkpoint kept)")
+  if step % config.log_every and not force:
+    return
+  dt = time.time() - t_last
+  vals["steps_per_sec"] = (step - n_last) / dt if dt > 0 and step > n_last else float("nan")
+  writer.write(step, vals)
+  logging.info("step %d | loss %.5f | %.2f steps/s | %s", step, vals["loss"], vals["steps_per_sec"],
+               " ".join(f"{k} {v:.4g}" for k, v in vals.items() if k not in ("loss", "steps_per_sec")))
+
+
+def _finish(config, workdir, models, state, data_iter) -> dict[str, Any]:
+  params = jax.device_get(state.ema_params)
+  if config.task == "autoencoder":
+    scale = _latent_scale(models["ae"], params, data_iter, batches=4)
+    export.save_params(os.path.join(workdir, AE_FILE), params, dtype="float32")
+    meta = {"size": config.model.size, "latent_scale": scale, "steps": int(state.step)}
+    with open(os.path.join(workdir, AE_META), "w") as f:
+      json.dump(meta, f, indent=2)
+    return {"latent_scale": scale}
+  cfg = models["cfg"]
+  full = {"autoencoder": jax.device_get(models["ae_params"]), "denoiser": params}
+  out = os.path.join(workdir, "export")
+  export.save(out, cfg, full, metadata={"steps": int(state.step), "config": config.name,
+                                        "autoencoder_dir": config.autoencoder_dir})
+  return {"export": out}
+
+
+def _latent_scale(ae, params, data_iter, batches: int) -> float:
+  """Std of the encoder's latents over a few batches of inputs: the diffusion's unit scale."""
+  enc = jax.jit(lambda p, x: ae.apply({"params": p}, x, method=Autoencoder.encode))
+  vals = []
+  for _ in range(batches):
+    clip = np.asarray(next(data_iter)["clip"])
+    x = clip.reshape((-1,) + clip.shape[2:]).astype(np.float32) / 127.5 - 1.0
+    vals.append(np.asarray(enc(params, x)).ravel())
+  return float(np.std(np.concatenate(vals)))

@@ -1,0 +1,146 @@
+"""The jitted train steps: the autoencoder, and the LSD denoiser on prompted effects.
+
+Each is a pure `step(state, batch, ...) -> (state, metrics)`; `fold_in(key, state.step)` gives
+the step's randomness, so a resumed run reproduces the same noise. Ground truth is rendered on
+device inside the step: the effect of every clip, then both clips through the frozen encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lsd_jax.datasets import effects
+from lsd_jax.diffusion import forcing, history, shortcut
+from lsd_jax.models import lsd
+from lsd_jax.models.autoencoder import Autoencoder
+from lsd_jax.train import state as state_lib
+
+
+def frames_01(clip_uint8):
+  return clip_uint8.astype(jnp.float32) / 255.0
+
+
+def render_targets(batch, key):
+  """Effect ground truth for every clip of the batch, on device: B x T x H x W x 3 in [0, 1]."""
+  spec = effects.EffectSpec(batch["effect_frame_id"], batch["effect_temporal_id"], batch["effect_params"])
+  clips = frames_01(batch["clip"])
+  keys = jax.random.split(key, clips.shape[0])
+  return jax.vmap(effects.render_clip)(spec, clips, keys)
+
+
+# ------------------------------------------------------------------------------ autoencoder
+
+
+@dataclasses.dataclass(frozen=True)
+class AEStepConfig:
+  latent_penalty: float = 1e-4  # keeps latents near unit scale
+  ema_decay: float = 0.999
+  frames_per_clip: int = 2  # frames of each clip (input and target) used per step
+
+
+def ae_loss(ae: Autoencoder, params, x_Nx_HxWx3_01, latent_penalty: float):
+  x = x_Nx_HxWx3_01 * 2.0 - 1.0
+  z = ae.apply({"params": params}, x, method=Autoencoder.encode)
+  y = ae.apply({"params": params}, z, method=Autoencoder.decode)
+  l1 = jnp.mean(jnp.abs(y - x))
+  mse = jnp.mean(jnp.square(y - x))
+  reg = jnp.mean(jnp.square(z))
+  loss = l1 + mse + latent_penalty * reg
+  psnr = 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))  # range [-1, 1] -> peak-to-peak 2
+  return loss, {"loss": loss, "l1": l1, "psnr": psnr, "latent_rms": jnp.sqrt(reg)}
+
+
+def ae_train_step(state: state_lib.TrainState, batch, key, *, ae: Autoencoder, tx: optax.GradientTransformation,
+                  cfg: AEStepConfig):
+  key = jax.random.fold_in(key, state.step)
+  k_fx, k_pick = jax.random.split(key)
+  targets = render_targets(batch, k_fx)
+  b, t = targets.shape[:2]
+  pick = jax.random.randint(k_pick, (b, cfg.frames_per_clip), 0, t)
+  take = lambda x: jnp.take_along_axis(x, pick[:, :, None, None, None], axis=1)  # noqa: E731
+  x = jnp.concatenate([take(frames_01(batch["clip"])), take(targets)], axis=1)
+  x = x.reshape((-1,) + x.shape[2:])
+  (_, info), grads = jax.value_and_grad(lambda p: ae_loss(ae, p, x, cfg.latent_penalty), has_aux=True)(state.params)
+  info["grad_norm"] = optax.global_norm(grads)
+  return state_lib.apply_gradients(state, grads, tx, cfg.ema_decay), info
+
+
+# ------------------------------------------------------------------------------ LSD denoiser
+
+
+@dataclasses.dataclass(frozen=True)
+class LSDStepConfig:
+  forcing: forcing.ForcingConfig = forcing.ForcingConfig()
+  augment: tuple[dict[str, Any], ...] = ()  # history transforms, see history.compose
+  bootstrap_frac: float = 0.25
+  max_log2: int = 7
+  level_kind: str = "logit_normal"
+  ema_decay: float = 0.999
+  p_no_prompt: float = 0.0  # chance of replacing the prompt by zeros (and the target by the input)
+
+
+def lsd_inputs(batch, key, *, ae: Autoencoder, ae_params, cfg: LSDStepConfig):
+  """Encoded input and target clips (the last K+1 frames) and the prompt embeddings."""
+  k_fx, k_drop = jax.random.split(key)
+  targets = render_targets(batch, k_fx)
+  clips = frames_01(batch["clip"])
+  prompt = batch["prompt_emb"].astype(jnp.float32)
+  if cfg.p_no_prompt > 0:  # an empty prompt is the identity effect
+    drop = jax.random.uniform(k_drop, (clips.shape[0],)) < cfg.p_no_prompt
+    targets = jnp.where(drop[:, None, None, None, None], clips, targets)
+    prompt = jnp.where(drop[:, None], 0.0, prompt)
+  n = cfg.forcing.history_len + 1
+  clips, targets = clips[:, -n:], targets[:, -n:]  # earlier frames only warm up temporal effects
+  b, t = clips.shape[:2]
+  both = jnp.concatenate([clips, targets], axis=0).reshape((2 * b * t,) + clips.shape[2:])
+  z = jax.lax.stop_gradient(lsd.encode(ae, ae_params, both))
+  z = z.reshape((2, b, t) + z.shape[1:])
+  return z[0], z[1], prompt
+
+
+def lsd_loss(den_params, batch, key, *, den, ae, ae_params, cfg: LSDStepConfig, teacher_fn=None):
+  k_in, k_force, k_loss = jax.random.split(key, 3)
+  c, y, prompt = lsd_inputs(batch, k_in, ae=ae, ae_params=ae_params, cfg=cfg)
+  vf = lsd.velocity_fn(den, den_params)
+  # The model-made history hook: a one-step re-denoise of noised history by the current model.
+  extra = {"model": history.model_history(_self_history(vf, c, prompt, cfg.forcing))}
+  augment = history.compose(cfg.augment, extra=extra) if cfg.augment else None
+  x0, x0_in, cond, last = forcing.make_inputs(k_force, c, y, prompt, cfg.forcing, augment)
+  return shortcut.shortcut_loss(vf, k_loss, x0, cond, x0_in=x0_in, bootstrap_frac=cfg.bootstrap_frac,
+                                max_log2=cfg.max_log2, level_kind=cfg.level_kind, bootstrap_last_only=last,
+                                teacher_fn=teacher_fn)
+
+
+def _self_history(vf, c_BxTxHxWxC, prompt_BxE, fcfg: forcing.ForcingConfig, level: float = 0.5):
+  """predict_fn for the model-history hook: each history frame noised to `level`, then one
+  shortcut step of size `level` back, conditioned on its own input frame (no history)."""
+
+  def predict(key, frames_BxKxHxWxC):
+    b, k = frames_BxKxHxWxC.shape[:2]
+    eps = jax.random.normal(key, frames_BxKxHxWxC.shape)
+    x = (1 - level) * frames_BxKxHxWxC + level * eps
+    t = jnp.full((b, k), level)
+    cin = c_BxTxHxWxC[:, :k]
+    if fcfg.mode == "concat":
+      cond = {"c": cin, "prompt": prompt_BxE, "hist": jnp.zeros((b, k, k) + frames_BxKxHxWxC.shape[2:]),
+              "tau": jnp.ones((b, k, k))}
+      d = jnp.full((b, k), level)
+    else:
+      cond = {"c": cin, "prompt": prompt_BxE}
+      d = jnp.full((b, k), level)
+    return x - level * vf(x, t, d, cond)
+
+  return predict
+
+
+def lsd_train_step(state: state_lib.TrainState, batch, key, *, den, ae, ae_params, tx, cfg: LSDStepConfig):
+  key = jax.random.fold_in(key, state.step)
+  (_, info), grads = jax.value_and_grad(
+      lambda p: lsd_loss(p, batch, key, den=den, ae=ae, ae_params=ae_params, cfg=cfg), has_aux=True)(state.params)
+  info["grad_norm"] = optax.global_norm(grads)
+  return state_lib.apply_gradients(state, grads, tx, cfg.ema_decay), info
