@@ -35,6 +35,8 @@ flags.DEFINE_list("sizes", ["small", "base", "large"], "Model sizes.")
 flags.DEFINE_list("resolutions", ["256x256", "512x512", "832x480"], "WxH.")
 flags.DEFINE_list("steps", ["1", "2", "4"], "Shortcut steps S per frame.")
 flags.DEFINE_list("impls", ["xla", "auto"], "pallas_kernels implementations to compare.")
+flags.DEFINE_list("kernel_ops", ["attention"], "Ops the kernel backend runs as kernels "
+                  "(pallas_kernels.api.set_kernel_ops); the others use XLA.")
 flags.DEFINE_list("frame_only", [], "size:WxH:S triples to restrict the whole-frame timing to "
                   "(empty: all); the step is always timed.")
 flags.DEFINE_integer("iters", 100, "Timed calls per measurement.")
@@ -169,6 +171,7 @@ def _markdown(rows: list[dict]) -> str:
   dev = jax.devices()[0]
   head = (f"Device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, label {FLAGS.label!r}, "
+          f"kernel ops {','.join(FLAGS.kernel_ops)}, "
           f"{FLAGS.iters} timed calls each, random weights (all sizes).\n\n")
   lines = ["| size | WxH | tokens | what | S | impl | p50 ms | p99 ms | FLOP floor ms | "
            "byte floor ms | XLA/kernel p50 | rel err vs XLA |", "|" + "---|" * 12]
@@ -215,15 +218,18 @@ def _plot(rows: list[dict], path: str) -> None:
 def main(argv) -> None:
   del argv
   os.makedirs(FLAGS.out_dir, exist_ok=True)
+  for backend in ("mosaic", "triton"):
+    api.set_kernel_ops(backend, FLAGS.kernel_ops)
   rows = []
+  stem = os.path.join(FLAGS.out_dir, f"latency_{FLAGS.label}")
   for size in FLAGS.sizes:
     for res in FLAGS.resolutions:
       rows += _bench_one(size, res)
-  _ratios(rows)
-  stem = os.path.join(FLAGS.out_dir, f"latency_{FLAGS.label}")
-  with open(stem + ".json", "w") as f:
-    json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-               "xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": rows}, f, indent=1)
+      _ratios(rows)
+      with open(stem + ".json", "w") as f:  # after every configuration: a timeout keeps the rest
+        json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                   "xla_flags": os.environ.get("XLA_FLAGS", ""), "kernel_ops": FLAGS.kernel_ops,
+                   "rows": rows}, f, indent=1)
   md = _markdown(rows)
   with open(stem + ".md", "w") as f:
     f.write(md)

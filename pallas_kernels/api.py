@@ -80,6 +80,20 @@ _KERNEL_MODULES = {
 }
 
 
+# Ops whose kernel a backend actually uses. Measured on one H100 (pallas_kernels/NOTES.md): the
+# Mosaic attention kernel beats XLA; the Mosaic ln_modulate_linear and mlp kernels are slower than
+# XLA's cuBLAS path at the model's shapes, so they are opt-in (`set_kernel_ops`).
+_KERNEL_OPS = {"mosaic": {"attention"}, "triton": set()}
+
+
+def set_kernel_ops(backend: str, ops) -> frozenset:
+  """Selects which ops `backend` runs as kernels (the rest use XLA); returns the old selection.
+  Takes effect for functions traced afterwards."""
+  old = frozenset(_KERNEL_OPS[backend])
+  _KERNEL_OPS[backend] = set(ops)
+  return old
+
+
 @functools.cache
 def _load_kernels(backend: str) -> None:
   for name in _KERNEL_MODULES.get(backend, ()):
@@ -89,6 +103,8 @@ def _load_kernels(backend: str) -> None:
 def _pick(op: str, implementation: str, xla_fn: Callable) -> Callable:
   backend = resolve(implementation)
   if backend == "xla":
+    return xla_fn
+  if op not in _KERNEL_OPS.get(backend, ()):
     return xla_fn
   _load_kernels(backend)
   fn = _REGISTRY.get((op, backend))

@@ -70,6 +70,18 @@ def test_attention_grad_interpret(interpret):
 def test_api_dispatch_reaches_kernels(interpret):
   """implementation="mosaic" runs the registered kernels (the default attention config feeds P
   to wgmma from registers, which interpret mode does not model, so it is checked on the GPU)."""
+  old = api.set_kernel_ops("mosaic", {"attention", "ln_modulate_linear", "mlp"})
+  try:
+    _check_dispatch()
+  finally:
+    api.set_kernel_ops("mosaic", old)
+
+
+def test_default_kernel_ops_are_the_measured_winners():
+  assert api._KERNEL_OPS["mosaic"] == {"attention"}
+
+
+def _check_dispatch():
   args = _ln_args(1, 64, 128, 128)
   out = api.ln_modulate_linear(*args, implementation="mosaic")
   assert bench.rel_err(out, ln_modulate_linear_mgpu.ln_modulate_linear_reference(*args)) < BF16_TOL
