@@ -8,10 +8,13 @@ jax.distributed.initialize(), which reads the cluster from the environment).
 """
 
 import os
+import sys
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs import experiments.*
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/<exp>.py:<arg>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and exports go")

@@ -1,0 +1,56 @@
+"""Reconstruction PSNR of a trained autoencoder on held-out real clips (never trained on).
+
+  python experiments/eval_autoencoder.py --autoencoder_dir=workdirs/ae_small \
+      --manifest=data/library/manifest.json --height=256 --width=256 --out=reports/autoencoder.json
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+_AE = flags.DEFINE_string("autoencoder_dir", None, "workdir of an autoencoder run")
+_MANIFEST = flags.DEFINE_string("manifest", "data/library/manifest.json", "clip library manifest")
+_SPLIT = flags.DEFINE_string("split", "heldout", "manifest split")
+_H = flags.DEFINE_integer("height", 256, "frame height")
+_W = flags.DEFINE_integer("width", 256, "frame width")
+_CLIPS = flags.DEFINE_integer("clips", 64, "random clips drawn")
+_OUT = flags.DEFINE_string("out", None, "JSON written here")
+flags.mark_flags_as_required(["autoencoder_dir"])
+
+
+def main(argv):
+  del argv
+  from lsd_jax.datasets import sources
+  from lsd_jax.eval import metrics
+  from lsd_jax.models import lsd, sizes
+  from lsd_jax.models.autoencoder import Autoencoder
+  from lsd_jax.train import loop
+
+  params, meta = loop.load_autoencoder(_AE.value)
+  ae = Autoencoder(sizes.get_size(meta["size"]).autoencoder, latent_scale=meta["latent_scale"])
+  src = sources.VideoClipSource.from_manifest(_MANIFEST.value, _SPLIT.value, height=_H.value, width=_W.value,
+                                              num_frames=4, seed=123)
+  fn = jax.jit(lambda p, x: lsd.decode(ae, p, lsd.encode(ae, p, x)))
+  vals = []
+  for i in range(_CLIPS.value):
+    clip = src[i]
+    out = np.asarray(fn(params, clip))
+    vals.extend(metrics.psnr(out, clip.astype(np.float32) / 255.0, axis=(1, 2, 3)).tolist())
+  result = {"psnr_db_mean": float(np.mean(vals)), "psnr_db_median": float(np.median(vals)),
+            "psnr_db_p10": float(np.percentile(vals, 10)), "frames": len(vals), "split": _SPLIT.value,
+            "clips": sorted({c["name"] for c in json.load(open(_MANIFEST.value))["clips"] if c["split"] == _SPLIT.value}),
+            "resolution": f"{_W.value}x{_H.value}", "autoencoder": meta}
+  logging.info("held-out PSNR %.2f dB (median %.2f) over %d frames", result["psnr_db_mean"],
+               result["psnr_db_median"], len(vals))
+  if _OUT.value:
+    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    with open(_OUT.value, "w") as f:
+      json.dump(result, f, indent=2)
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Evaluation: fidelity, flicker, particle statistics, prompt response and drift."""

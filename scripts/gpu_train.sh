@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Training stages on the lent H100 (see BENCHMARKS.md). Usage inside a device call:
+#   bash scripts/gpu_train.sh STAGE...   stages: ae lsd eval_ae export
+# Needs the carried wheels (.whl) and clip library (.carry/library); writes under $OUT.
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" workdirs
+LIB=.carry/library/manifest.json
+AE_MIN=${AE_MIN:-3.5}; LSD_MIN=${LSD_MIN:-5}
+for stage in "$@"; do
+  case "$stage" in
+    env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
+         python3 -c "import jax, flax, optax, orbax.checkpoint as o, grain, av; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())" ;;
+    ae) python3 experiments/main.py --config=experiments/configs/autoencoder.py:small --workdir=workdirs/ae_small \
+          --config.data.sources.library.manifest=$LIB --config.max_minutes=$AE_MIN --config.data.worker_count=12 \
+          2>&1 | grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion" | tee -a "$OUT/ae.log"
+        cp workdirs/ae_small/train_metrics.jsonl "$OUT/ae_metrics.jsonl"; cp workdirs/ae_small/train_curves.png "$OUT/ae_curves.png" ;;
+    eval_ae) python3 experiments/eval_autoencoder.py --autoencoder_dir=workdirs/ae_small --manifest=$LIB \
+          --out="$OUT/ae_eval.json" 2>&1 | tail -3 ;;
+    lsd) python3 experiments/main.py --config=experiments/configs/lsd.py:small --workdir=workdirs/lsd_small \
+          --config.autoencoder_dir=workdirs/ae_small --config.data.sources.library.manifest=$LIB \
+          --config.max_minutes=$LSD_MIN --config.data.worker_count=14 \
+          2>&1 | grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion" | tee -a "$OUT/lsd.log"
+         cp workdirs/lsd_small/train_metrics.jsonl "$OUT/lsd_metrics.jsonl"; cp workdirs/lsd_small/train_curves.png "$OUT/lsd_curves.png" ;;
+    export) mkdir -p "$OUT/export"; cp workdirs/lsd_small/export/config.json "$OUT/export/";
+            split -b 15m workdirs/lsd_small/export/params.safetensors "$OUT/export/params.part_" ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
