@@ -1,0 +1,367 @@
+"""The streaming engine: one jitted pure `stream_step` and the `StreamSession` around it.
+
+Per frame (DESIGN.md section 1), inside ONE jitted function with static shapes and a donated
+state, so a stream never recompiles after warm-up and never grows memory:
+
+  uint8 frame (already at the model's size) -> encode -> sample_frame(key = fold_in(stream key,
+  frame number)) -> push into the history ring -> decode -> uint8 frame
+
+`StreamModel` is what several streams share (config, parameters on device, the compiled step,
+the prompt-embedding cache); `StreamSession` is one stream's state on top of it. The text
+encoder runs once per new prompt text, never per frame.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import os
+import pathlib
+import threading
+import time
+from typing import Any, Callable, NamedTuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lsd_jax.diffusion import sampler
+from lsd_jax.models import export, lsd, sizes
+from lsd_jax.stream import frames as frames_lib
+
+DEFAULT_CHECKPOINT = "checkpoints/lsd_small"  # relative to the repository root
+RANDOM_TINY_LABEL = "random-init tiny (untrained)"
+FALLBACK_CONFIG = lsd.LSDConfig(size="tiny", height=256, width=256)
+EMBEDDING_CACHE_SIZE = 128  # prompts kept; bounded so a long-running server stays flat
+
+
+def repo_root() -> pathlib.Path:
+  return pathlib.Path(__file__).resolve().parents[2]
+
+
+def default_checkpoint_dir() -> pathlib.Path:
+  return repo_root() / DEFAULT_CHECKPOINT
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+  """What a stream reports about its model (CLI summary, stats JSON, web page, logs)."""
+  name: str
+  label: str
+  trained: bool
+  checkpoint: str | None
+  size: str
+  resolution: str
+  steps: int
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def random_params(seed: int, cfg: lsd.LSDConfig) -> dict[str, Any]:
+  """Every leaf random, the adaLN-zero gates included, so that every block (and the prompt)
+  changes the output: kernels ~ N(0, 1/fan_in), norm scales 1 + N(0, 0.02^2), biases N(0, 0.02^2).
+  Drawn with numpy from the shapes alone (an eager flax init takes half a minute on a CPU).
+  """
+  from flax import traverse_util
+
+  shapes = jax.eval_shape(lambda: lsd.init_params(jax.random.key(0), cfg))
+  flat = traverse_util.flatten_dict(shapes)
+  rng = np.random.default_rng(seed)
+  out = {}
+  for path in sorted(flat):
+    shape = flat[path].shape
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    if len(shape) >= 2:
+      out[path] = noise / np.float32(np.sqrt(np.prod(shape[:-1])))
+    elif path[-1] == "scale":
+      out[path] = 1.0 + 0.02 * noise
+    else:
+      out[path] = 0.02 * noise
+  return traverse_util.unflatten_dict(out)
+
+
+def load_model(checkpoint: str | os.PathLike | None = None, *, seed: int = 0,
+               fallback: lsd.LSDConfig = FALLBACK_CONFIG) -> tuple[lsd.LSDConfig, dict, ModelInfo]:
+  """(config, params, info) from a model folder; None means DEFAULT_CHECKPOINT, and where that
+  folder does not exist yet a random-init tiny model, labelled so. An explicit folder that is
+  missing or broken raises export.CheckpointError."""
+  if checkpoint is None:
+    default = default_checkpoint_dir()
+    if (default / export.CONFIG_FILE).is_file():
+      checkpoint = default
+    else:
+      logging.warning("No trained model at %s yet: streaming with a %s model (%s, %dx%d). "
+                      "Its output is noise-like; it exercises the runtime, not the effects.",
+                      default, RANDOM_TINY_LABEL, fallback.size, fallback.width, fallback.height)
+      info = ModelInfo(name="random-tiny", label=RANDOM_TINY_LABEL, trained=False, checkpoint=None,
+                       size=fallback.size, resolution=f"{fallback.width}x{fallback.height}",
+                       steps=fallback.steps)
+      return fallback, random_params(seed, fallback), info
+  cfg, params, meta = export.load(os.fspath(checkpoint))
+  name = str(meta.get("name") or pathlib.Path(checkpoint).resolve().name)
+  trained = not meta.get("random_weights", False)
+  label = f"{name} ({cfg.size}, {cfg.width}x{cfg.height}{'' if trained else ', random weights'})"
+  info = ModelInfo(name=name, label=label, trained=trained, checkpoint=os.fspath(checkpoint),
+                   size=cfg.size, resolution=f"{cfg.width}x{cfg.height}", steps=cfg.steps)
+  return cfg, params, info
+
+
+class StreamState(NamedTuple):
+  ring: sampler.Ring  # the last K generated latents (batch 1)
+  index: jax.Array  # int32 scalar: frames processed so far
+  key_data: jax.Array  # uint32 raw data of the stream key (a plain array, so it can be donated)
+
+
+def initial_state(cfg: lsd.LSDConfig, seed: int) -> StreamState:
+  """The state of a fresh stream, as host (numpy) arrays: no device work, no compilation."""
+  h, w, c = cfg.latent_shape
+  k = cfg.history_len
+  zeros = np.zeros((1, k, h, w, c), np.float32)
+  ring = sampler.Ring(zeros, zeros.copy(), np.ones((1, k), np.float32))
+  key_data = np.asarray(jax.random.key_data(jax.random.key(seed)))
+  return StreamState(ring, np.zeros((), np.int32), key_data)
+
+
+class StepFns(NamedTuple):
+  """The fused step and its three pieces (for the `profile` timing mode only)."""
+  step: Callable  # (params, state, frame_HxWx3, prompt_E) -> (state, out_HxWx3), state donated
+  encode: Callable  # (params, frame_HxWx3) -> c_1xhxwxC
+  denoise: Callable  # (params, state, c, prompt_E) -> (state, z_1xhxwxC), state donated
+  decode: Callable  # (params, z) -> out_HxWx3 uint8
+
+
+@functools.lru_cache(maxsize=8)
+def make_step_fns(cfg: lsd.LSDConfig) -> StepFns:
+  """Jitted functions for one config; cached, so models of one config share their compilations
+  (the parameters are arguments, not constants)."""
+  ae, den = lsd.build(cfg)
+
+  def encode(params, frame_HxWx3):
+    return lsd.encode(ae, params["autoencoder"], frame_HxWx3[None])
+
+  def denoise(params, state: StreamState, c_1xhxwxC, prompt_E):
+    index = state.index + 1  # DESIGN.md: frame i+1 uses fold_in(stream_key, i+1)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key_data), index)
+    vel = lsd.velocity_fn(den, params["denoiser"])
+    z = sampler.sample_frame(vel, key, c_1xhxwxC, state.ring, prompt_E[None].astype(jnp.float32),
+                             tau_inf=cfg.tau_inf, steps=cfg.steps, mode=cfg.history_mode)
+    return StreamState(sampler.push(state.ring, z, c_1xhxwxC), index, state.key_data), z
+
+  def decode(params, z_1xhxwxC):
+    x = lsd.decode(ae, params["autoencoder"], z_1xhxwxC)[0]
+    return jnp.round(x * 255.0).astype(jnp.uint8)
+
+  def stream_step(params, state: StreamState, frame_HxWx3, prompt_E):
+    c = encode(params, frame_HxWx3)
+    state, z = denoise(params, state, c, prompt_E)
+    return state, decode(params, z)
+
+  return StepFns(step=jax.jit(stream_step, donate_argnums=(1,)), encode=jax.jit(encode),
+                 denoise=jax.jit(denoise, donate_argnums=(1,)), decode=jax.jit(decode))
+
+
+class StreamModel:
+  """What streams share: config, parameters on device, compiled functions, prompt embeddings."""
+
+  def __init__(self, cfg: lsd.LSDConfig, params, info: ModelInfo, *, steps: int | None = None,
+               param_dtype=None, text_encoder=None):
+    if steps is not None and steps != cfg.steps:
+      cfg = dataclasses.replace(cfg, steps=steps)
+      info = dataclasses.replace(info, steps=steps)
+    self.cfg, self.info = cfg, info
+    if param_dtype is not None:
+      params = jax.tree.map(lambda p: jnp.asarray(p, param_dtype), params)
+    self.params = jax.device_put(params)
+    self.fns = make_step_fns(cfg)
+    self._text_encoder = text_encoder
+    self._embeddings: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+    self._lock = threading.Lock()
+    self.encoder_calls = 0
+
+  @classmethod
+  def load(cls, checkpoint: str | os.PathLike | None = None, *, seed: int = 0, **kw) -> "StreamModel":
+    cfg, params, info = load_model(checkpoint, seed=seed)
+    return cls(cfg, params, info, **kw)
+
+  @property
+  def height(self) -> int:
+    return self.cfg.height
+
+  @property
+  def width(self) -> int:
+    return self.cfg.width
+
+  def embed(self, text: str) -> np.ndarray:
+    """The prompt's float32 [384] embedding, computed once per distinct text (LRU cache)."""
+    with self._lock:
+      if text in self._embeddings:
+        self._embeddings.move_to_end(text)
+        return self._embeddings[text]
+    if not text.strip():
+      emb = np.zeros((sizes.PROMPT_DIM,), np.float32)  # the text encoder's own "no effect"
+    else:
+      if self._text_encoder is None:
+        from lsd_jax.models import text_encoder
+
+        self._text_encoder = text_encoder.default_encoder()
+      emb = np.asarray(self._text_encoder.encode([text])[0], np.float32)
+      self.encoder_calls += 1
+    with self._lock:
+      self._embeddings[text] = emb
+      while len(self._embeddings) > EMBEDDING_CACHE_SIZE:
+        self._embeddings.popitem(last=False)
+    return emb
+
+  def add_embedding(self, text: str, embedding) -> None:
+    """Registers a precomputed embedding for `text` (e.g. from a .npy, where no text encoder
+    is installed); set_prompt(text) then never calls the encoder."""
+    emb = np.asarray(embedding, np.float32).reshape(-1)
+    if emb.shape != (sizes.PROMPT_DIM,):
+      raise ValueError(f"embedding must have {sizes.PROMPT_DIM} values, got {emb.shape}")
+    with self._lock:
+      self._embeddings[text] = emb
+      while len(self._embeddings) > EMBEDDING_CACHE_SIZE:
+        self._embeddings.popitem(last=False)
+
+  def compilations(self) -> int:
+    """Compiled variants of the fused step (1 after warm-up, forever after)."""
+    return self.fns.step._cache_size()  # pylint: disable=protected-access
+
+
+class StreamSession:
+  """One stream: `session(frame) -> frame`, `set_prompt(text, transition_frames)`, `reset()`.
+
+  `model` is a StreamModel, or a checkpoint folder (None: DEFAULT_CHECKPOINT, else the labelled
+  random-init tiny model). Output frames are uint8 at the model's resolution. Not thread-safe:
+  one session is driven by one thread at a time (share the StreamModel instead).
+  """
+
+  def __init__(self, model: StreamModel | str | os.PathLike | None = None, *, seed: int = 0,
+               prompt: str = "", steps: int | None = None):
+    if not isinstance(model, StreamModel):
+      model = StreamModel.load(model, steps=steps)
+    elif steps is not None and steps != model.cfg.steps:
+      raise ValueError("steps is fixed by the StreamModel; build the model with steps=")
+    self.model = model
+    self.seed = seed
+    self._initial = initial_state(model.cfg, seed)
+    self._state = jax.device_put(self._initial)
+    emb = model.embed(prompt)
+    self.prompt = prompt
+    self._emb_from = self._emb_to = emb
+    self._emb_dev = jax.device_put(emb)
+    self._transition = 0
+    self._since_set = 0
+    self.last_input: np.ndarray | None = None  # the last frame as the model saw it (sinks)
+
+  # -- prompt ---------------------------------------------------------------------------------
+
+  def set_prompt(self, text: str, transition_frames: int = 0) -> None:
+    """Takes effect on the next frame; with transition_frames = T > 0 the embedding moves
+    linearly from the one in effect now to the new one over the next T frames."""
+    if transition_frames < 0:
+      raise ValueError(f"transition_frames must be >= 0, got {transition_frames}")
+    target = self.model.embed(text)
+    self._emb_from = self._current_embedding()
+    self._emb_to = target
+    self._transition = int(transition_frames)
+    self._since_set = 0
+    self.prompt = text
+    if self._transition == 0:
+      self._emb_dev = jax.device_put(target)
+
+  def _current_embedding(self) -> np.ndarray:
+    """The embedding the last frame used."""
+    if self._transition == 0 or self._since_set >= self._transition:
+      return self._emb_to
+    a = self._since_set / self._transition
+    return ((1.0 - a) * self._emb_from + a * self._emb_to).astype(np.float32)
+
+  @property
+  def current_embedding(self) -> np.ndarray:
+    """The prompt embedding the last frame used (mid-transition: the blend)."""
+    return self._current_embedding()
+
+  def _next_prompt(self):
+    """The embedding for the next frame, on device (a fresh copy only during a transition)."""
+    if self._transition and self._since_set < self._transition:
+      self._since_set += 1
+      self._emb_dev = jax.device_put(self._current_embedding())
+    return self._emb_dev
+
+  # -- frames ---------------------------------------------------------------------------------
+
+  def prepare(self, frame) -> np.ndarray:
+    return frames_lib.prepare_frame(frame, self.model.height, self.model.width)
+
+  def __call__(self, frame) -> np.ndarray:
+    """One input frame (any size / layout, see frames.prepare_frame) -> one output frame."""
+    frame_HxWx3 = self.prepare(frame)
+    self._state, out = self.model.fns.step(self.model.params, self._state, frame_HxWx3,
+                                           self._next_prompt())
+    return np.asarray(out)
+
+  def process_timed(self, frame, *, profile: bool = False) -> tuple[np.ndarray, dict[str, float]]:
+    """Like __call__, also returning seconds per stage.
+
+    Default: `preprocess` (host) and `device` = the fused jitted step with its transfers
+    (host frame in -> host frame out), one dispatch as in __call__. With profile=True the step
+    runs as three jitted pieces, each waited for: `encode` (with the frame's upload), `denoise`
+    (S steps + ring push) and `decode` (with the download); the sum is a little slower than the
+    fused step, which XLA optimises as a whole.
+    """
+    t0 = time.perf_counter()
+    frame_HxWx3 = self.last_input = self.prepare(frame)
+    prompt = self._next_prompt()
+    t1 = time.perf_counter()
+    p, fns = self.model.params, self.model.fns
+    if not profile:
+      self._state, out = fns.step(p, self._state, frame_HxWx3, prompt)
+      out = np.asarray(out)
+      return out, {"preprocess": t1 - t0, "device": time.perf_counter() - t1}
+    c = jax.block_until_ready(fns.encode(p, frame_HxWx3))
+    t2 = time.perf_counter()
+    self._state, z = fns.denoise(p, self._state, c, prompt)
+    z = jax.block_until_ready(z)
+    t3 = time.perf_counter()
+    out = np.asarray(fns.decode(p, z))
+    t4 = time.perf_counter()
+    return out, {"preprocess": t1 - t0, "encode": t2 - t1, "denoise": t3 - t2, "decode": t4 - t3,
+                 "device": t4 - t1}
+
+  def reset(self) -> None:
+    """Back to the stream's initial state (empty history, frame 0, the seed's key); the prompt
+    stays, and a transition in progress jumps to its target."""
+    self._state = jax.device_put(self._initial)
+    self._emb_from = self._emb_to
+    self._transition = 0
+    self._emb_dev = jax.device_put(self._emb_to)
+
+  def warmup(self, *, profile: bool = False) -> float:
+    """Compiles the step (or its profile pieces) on a throwaway copy of the state; returns the
+    seconds it took. The stream's own state is untouched."""
+    t0 = time.perf_counter()
+    p, fns = self.model.params, self.model.fns
+    frame = np.zeros((self.model.height, self.model.width, 3), np.uint8)
+    _, out = fns.step(p, jax.device_put(self._initial), frame, self._emb_dev)
+    jax.block_until_ready(out)
+    if profile:
+      _, z = fns.denoise(p, jax.device_put(self._initial), fns.encode(p, frame), self._emb_dev)
+      jax.block_until_ready(fns.decode(p, z))
+    return time.perf_counter() - t0
+
+  @property
+  def frame_index(self) -> int:
+    """Frames processed since the start or the last reset."""
+    return int(self._state.index)
+
+  @property
+  def state(self) -> StreamState:
+    return self._state
+
+  @property
+  def info(self) -> ModelInfo:
+    return self.model.info
