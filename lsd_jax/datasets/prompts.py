@@ -1,0 +1,369 @@
+"""Prompts for the effects: a small grammar from data/prompts/, a sampler, and text -> effect.
+
+A prompt is a per-frame effect phrase, a temporal effect phrase, or both joined by a connector
+("cartoon with heavy snow"), wrapped in a template ("make it {x}"). Modifier words set the
+parameters ("subtle", "heavy", "fast", "red", ...; data/prompts/modifiers.json). The "train" and
+"val" splits use disjoint effect paraphrases, templates and connectors, so the val prompts test
+whether free-form text that was never trained on still reaches the right effect.
+
+`match(text)` finds the nearest train prompt by cosine similarity of MiniLM embeddings and returns
+its effect's name; `spec_from_text(text)` adds the parameters read from the text's modifier words.
+The empty prompt is the identity effect (its embedding is the zero vector, see text_encoder).
+The embeddings of every train and val prompt are precomputed by scripts/make_prompt_embeddings.py
+into data/prompt_embeddings.npz (`load_embedding_table`), so training needs no text encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import pathlib
+import re
+from typing import NamedTuple
+
+from absl import logging
+import numpy as np
+
+from lsd_jax.datasets import effects
+
+DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "data"
+PROMPTS_DIR = DATA_DIR / "prompts"
+EMBEDDINGS_PATH = DATA_DIR / "prompt_embeddings.npz"
+SPLITS = ("train", "val")
+# How many distinct prompt texts the table holds per split, and the seed that draws them.
+TABLE_SIZES = {"train": 1500, "val": 400}
+TABLE_SEEDS = {"train": 0, "val": 1}
+# What a sampled prompt is made of, with probabilities.
+KIND_PROBS = {"identity": 0.05, "frame": 0.40, "temporal": 0.20, "compose": 0.35}
+MODIFIER_PROB = 0.4  # chance of each modifier (strength, scale, density, speed, size) being said
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+  """The grammar's word lists (data/prompts/*.json)."""
+  paraphrases: dict  # {"frame"|"temporal": {effect: {split: [phrase]}}}
+  templates: dict  # {split: ["... {x} ..."]}
+  connectors: dict  # {split: ["{f} ... {t}"]}
+  modifiers: dict  # {param: {"default": v, "levels": {level: {"value": v, "words": [...]}}}}
+  digest: str  # sha256 of the three files, to notice a stale embedding table
+
+
+@functools.cache
+def load_vocabulary(directory: str | pathlib.Path = PROMPTS_DIR) -> Vocabulary:
+  directory = pathlib.Path(directory)
+  raw = {name: (directory / f"{name}.json").read_bytes()
+         for name in ("paraphrases", "templates", "modifiers")}
+  data = {name: json.loads(blob) for name, blob in raw.items()}
+  digest = hashlib.sha256(b"".join(raw[k] for k in sorted(raw))).hexdigest()
+  return Vocabulary(paraphrases={k: data["paraphrases"][k] for k in ("frame", "temporal")},
+                    templates=data["templates"]["templates"],
+                    connectors=data["templates"]["connectors"],
+                    modifiers={k: v for k, v in data["modifiers"].items() if not k.startswith("_")},
+                    digest=digest)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _choice(rng: np.random.Generator, items):
+  return items[int(rng.integers(len(items)))]
+
+
+def _maybe_level(rng: np.random.Generator, modifier: dict) -> tuple[str, float]:
+  """A modifier word and its value, or ("", default) when the prompt does not say it."""
+  if rng.uniform() >= MODIFIER_PROB:
+    return "", float(modifier["default"])
+  level = modifier["levels"][_choice(rng, sorted(modifier["levels"]))]
+  return _choice(rng, level["words"]), float(level["value"])
+
+
+def _frame_part(rng: np.random.Generator, vocab: Vocabulary, split: str) -> tuple[str, str, dict]:
+  mods = vocab.modifiers
+  name = _choice(rng, [n for n in effects.FRAME_EFFECTS if n != "identity"])
+  phrase = _choice(rng, vocab.paraphrases["frame"][name][split])
+  values: dict = {}
+  if "{color}" in phrase:
+    color = _choice(rng, sorted(mods["colors"]))
+    phrase, values["color"] = phrase.replace("{color}", color), tuple(mods["colors"][color])
+  strength_word, values["strength"] = _maybe_level(rng, mods["strength"])
+  scale_word, values["scale"] = "", float(mods["scale"]["default"])
+  if name in mods["scale"]["applies_to"]:
+    scale_word, values["scale"] = _maybe_level(rng, mods["scale"])
+  return name, " ".join(w for w in (strength_word, scale_word, phrase) if w), values
+
+
+def _temporal_part(rng: np.random.Generator, vocab: Vocabulary,
+                   split: str) -> tuple[str, str, dict]:
+  mods = vocab.modifiers
+  name = _choice(rng, effects.TEMPORAL_EFFECTS[1:])
+  phrase = _choice(rng, vocab.paraphrases["temporal"][name][split])
+  values: dict = {}
+  words = []
+  for param in ("density", "speed", "size"):
+    word, values[param] = "", float(mods[param]["default"])
+    if param == "density" or name in mods[param]["applies_to"]:
+      word, values[param] = _maybe_level(rng, mods[param])
+    words.append(word)
+  return name, " ".join(w for w in (*words, phrase) if w), values
+
+
+def sample_prompt(rng: np.random.Generator,
+                  split: str = "train") -> tuple[str, effects.EffectSpec]:
+  """A random prompt of `split` and its effect spec (numpy). Deterministic given rng's state."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  vocab = load_vocabulary()
+  kinds = list(KIND_PROBS)
+  kind = kinds[int(rng.choice(len(kinds), p=list(KIND_PROBS.values())))]
+  if kind == "identity":
+    return (_choice(rng, vocab.paraphrases["frame"]["identity"][split]),
+            effects.make_spec(strength=vocab.modifiers["strength"]["default"],
+                              **_default_temporal_values(vocab)))
+  frame, temporal, values = "identity", "none", {}
+  parts = {}
+  if kind in ("frame", "compose"):
+    frame, parts["f"], frame_values = _frame_part(rng, vocab, split)
+    values.update(frame_values)
+  else:
+    values.update(strength=vocab.modifiers["strength"]["default"],
+                  scale=vocab.modifiers["scale"]["default"])
+  if kind in ("temporal", "compose"):
+    temporal, parts["t"], temporal_values = _temporal_part(rng, vocab, split)
+    values.update(temporal_values)
+  else:
+    values.update(_default_temporal_values(vocab))
+  x = _choice(rng, vocab.connectors[split]).format(**parts) if len(parts) == 2 else next(
+      iter(parts.values()))
+  text = " ".join(_choice(rng, vocab.templates[split]).format(x=x).split())
+  return text, effects.make_spec(frame, temporal, **values)
+
+
+def _default_temporal_values(vocab: Vocabulary) -> dict:
+  return {p: float(vocab.modifiers[p]["default"]) for p in ("density", "speed", "size")}
+
+
+def build_prompt_set(split: str, n: int | None = None,
+                     seed: int | None = None) -> list[tuple[str, effects.EffectSpec]]:
+  """The first n distinct prompts the sampler draws for `split` (the embedding table's rows).
+
+  The train set also holds the empty prompt, which means identity.
+  """
+  n = TABLE_SIZES[split] if n is None else n
+  rng = np.random.default_rng(TABLE_SEEDS[split] if seed is None else seed)
+  vocab = load_vocabulary()
+  rows: dict[str, effects.EffectSpec] = {}
+  if split == "train":
+    rows[""] = effects.make_spec(strength=vocab.modifiers["strength"]["default"],
+                                 **_default_temporal_values(vocab))
+  for _ in range(200 * n):
+    if len(rows) >= n:
+      break
+    text, spec = sample_prompt(rng, split)
+    rows.setdefault(text, spec)
+  if len(rows) < n:
+    raise ValueError(f"the {split} grammar yields only {len(rows)} distinct prompts, wanted {n}")
+  return list(rows.items())
+
+
+# ----------------------------------------------------------------------------- words -> params
+
+
+def _has_word(text: str, word: str) -> bool:
+  return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text) is not None
+
+
+def params_from_words(text: str, frame: str, temporal: str) -> np.ndarray:
+  """The parameter vector that the modifier words of `text` ask for, for the given effects."""
+  vocab = load_vocabulary()
+  mods = vocab.modifiers
+  text = text.lower()
+  values = {p: float(mods[p]["default"]) for p in ("strength", "scale", "density", "speed", "size")}
+  for param in values:
+    applies = mods[param].get("applies_to")
+    if param in ("density", "speed", "size") and temporal == "none":
+      continue
+    if applies is not None and frame not in applies and temporal not in applies:
+      continue
+    for level in mods[param]["levels"].values():
+      if any(_has_word(text, w) for w in level["words"]):
+        values[param] = float(level["value"])
+  color = None
+  if frame in mods["color_effects"]:
+    color = tuple(mods["colors"][mods["color_effects"][frame]])
+    for name, rgb in mods["colors"].items():
+      if _has_word(text, name):
+        color = tuple(rgb)
+  return effects.make_spec(frame, temporal, color=color, **values).params
+
+
+# ----------------------------------------------------------------------------- embedding table
+
+
+class EmbeddingTable(NamedTuple):
+  """Prompt texts with their MiniLM embeddings and effect specs (row i is one prompt)."""
+  texts: tuple[str, ...]
+  embeddings: np.ndarray  # N x 384 float32 (stored as float16)
+  frame_ids: np.ndarray  # N int32
+  temporal_ids: np.ndarray  # N int32
+  params: np.ndarray  # N x NUM_PARAMS float32
+  splits: np.ndarray  # N str, "train" or "val"
+  # The train effect phrases that `match` decomposes a prompt into (see `decompose`).
+  phrase_kinds: np.ndarray  # M str, "frame" or "temporal"
+  phrase_effects: np.ndarray  # M str, effect name
+  phrase_embeddings: np.ndarray  # M x 384 float32
+  pair_margin: float
+
+  def spec(self, i: int) -> effects.EffectSpec:
+    return effects.EffectSpec(self.frame_ids[i], self.temporal_ids[i], self.params[i])
+
+  def names(self) -> list[str]:
+    return [effects.spec_name(self.spec(i)) for i in range(len(self.texts))]
+
+
+def save_embedding_table(path: str | pathlib.Path, texts: list[str], embeddings: np.ndarray,
+                         specs: list[effects.EffectSpec], splits: list[str],
+                         phrases: list[tuple[str, str, str]], phrase_embeddings: np.ndarray,
+                         pair_margin: float) -> None:
+  batch = effects.stack_specs(specs)
+  np.savez_compressed(path, texts=np.array(texts, dtype=np.str_),
+                      phrase_kinds=np.array([k for k, _, _ in phrases], dtype=np.str_),
+                      phrase_effects=np.array([e for _, e, _ in phrases], dtype=np.str_),
+                      phrase_embeddings=np.asarray(phrase_embeddings, np.float16),
+                      pair_margin=np.float32(pair_margin),
+                      embeddings=np.asarray(embeddings, np.float16), frame_ids=batch.frame_id,
+                      temporal_ids=batch.temporal_id, params=batch.params,
+                      splits=np.array(splits, dtype=np.str_),
+                      vocabulary_digest=np.array(load_vocabulary().digest),
+                      frame_effects=np.array(effects.FRAME_EFFECTS),
+                      temporal_effects=np.array(effects.TEMPORAL_EFFECTS))
+
+
+@functools.cache
+def _load_npz(path: str) -> EmbeddingTable:
+  with np.load(path) as f:
+    if (tuple(f["frame_effects"]) != effects.FRAME_EFFECTS
+        or tuple(f["temporal_effects"]) != effects.TEMPORAL_EFFECTS):
+      raise ValueError(f"{path} was made for other effect tables; rerun "
+                       "scripts/make_prompt_embeddings.py")
+    if str(f["vocabulary_digest"]) != load_vocabulary().digest:
+      logging.warning("%s is stale: data/prompts/ changed since it was made; rerun "
+                      "scripts/make_prompt_embeddings.py", path)
+    return EmbeddingTable(tuple(str(t) for t in f["texts"]), f["embeddings"].astype(np.float32),
+                          f["frame_ids"].astype(np.int32), f["temporal_ids"].astype(np.int32),
+                          f["params"].astype(np.float32), f["splits"].astype(str),
+                          f["phrase_kinds"].astype(str), f["phrase_effects"].astype(str),
+                          f["phrase_embeddings"].astype(np.float32), float(f["pair_margin"]))
+
+
+def load_embedding_table(split: str | None = None,
+                         path: str | pathlib.Path = EMBEDDINGS_PATH) -> EmbeddingTable:
+  """The precomputed prompt table: one split ("train", "val") or both (None)."""
+  table = _load_npz(str(path))
+  if split is None:
+    return table
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+  keep = np.flatnonzero(table.splits == split)
+  return table._replace(texts=tuple(table.texts[i] for i in keep),
+                        embeddings=table.embeddings[keep], frame_ids=table.frame_ids[keep],
+                        temporal_ids=table.temporal_ids[keep], params=table.params[keep],
+                        splits=table.splits[keep])
+
+
+# ----------------------------------------------------------------------------- text -> effect
+
+
+def strip_modifiers(text: str) -> str:
+  """The text without its parameter words (they say how much, not which effect)."""
+  mods = load_vocabulary().modifiers
+  words = [w for p in ("strength", "scale", "density", "speed", "size")
+           for level in mods[p]["levels"].values() for w in level["words"]]
+  text = text.lower()
+  for w in sorted(words, key=len, reverse=True):
+    text = re.sub(rf"(?<![\w-]){re.escape(w)}(?![\w-])", " ", text)
+  return " ".join(text.split())
+
+
+def effect_phrases(split: str = "train") -> list[tuple[str, str, str]]:
+  """(kind, effect, phrase) for every paraphrase of `split`, colour slots filled with each colour."""
+  vocab = load_vocabulary()
+  out = []
+  for kind in ("frame", "temporal"):
+    for name, by_split in vocab.paraphrases[kind].items():
+      for phrase in by_split[split]:
+        colors = sorted(vocab.modifiers["colors"]) if "{color}" in phrase else [None]
+        out += [(kind, name, phrase.replace("{color}", c) if c else phrase) for c in colors]
+  return out
+
+
+def decompose(query_NxD: np.ndarray, table: EmbeddingTable) -> tuple[list[str], np.ndarray]:
+  """Effect names of query embeddings as one effect or a frame + temporal composition.
+
+  Each query is projected onto the span of one train effect phrase (cosine) or of a pair (frame
+  phrase, temporal phrase) with positive weights. A pair wins when its squared projection beats
+  the best single phrase by more than table.pair_margin, chosen on the train prompts. The score
+  is the cosine between the query and its projection.
+  """
+  kinds, effect_names, phrase_NxD = table.phrase_kinds, table.phrase_effects, table.phrase_embeddings
+  f_idx, t_idx = np.flatnonzero(kinds == "frame"), np.flatnonzero(kinds == "temporal")
+  q_NxD = np.asarray(query_NxD, np.float32)
+  x_NxF, y_NxT = q_NxD @ phrase_NxD[f_idx].T, q_NxD @ phrase_NxD[t_idx].T
+  g_FxT = phrase_NxD[f_idx] @ phrase_NxD[t_idx].T
+  x, y, g = x_NxF[:, :, None], y_NxT[:, None, :], g_FxT[None]
+  den = np.maximum(1.0 - g * g, 1e-6)
+  positive = ((x - g * y) / den > 0) & ((y - g * x) / den > 0)
+  pair2_NxFxT = np.where(positive, (x * x + y * y - 2 * g * x * y) / den, 0.0)
+  names, scores = [], []
+  for i in range(len(q_NxD)):
+    fi, ti = int(x_NxF[i].argmax()), int(y_NxT[i].argmax())
+    fs, ts = max(float(x_NxF[i, fi]), 0.0) ** 2, max(float(y_NxT[i, ti]), 0.0) ** 2
+    single_name, single2 = ((effect_names[f_idx[fi]], "none"), fs) if fs >= ts else (
+        ("identity", effect_names[t_idx[ti]]), ts)
+    best = int(pair2_NxFxT[i].argmax())
+    pf, pt = divmod(best, len(t_idx))
+    pair2 = float(pair2_NxFxT[i].reshape(-1)[best])
+    if pair2 > single2 + table.pair_margin:
+      frame, temporal = effect_names[f_idx[pf]], effect_names[t_idx[pt]]
+      score2 = pair2
+    else:
+      (frame, temporal), score2 = single_name, single2
+    names.append(effects.spec_name(effects.make_spec(frame, temporal)))
+    scores.append(np.sqrt(score2))
+  return names, np.array(scores, np.float32)
+
+
+def match(text: str, encoder=None, table: EmbeddingTable | None = None) -> tuple[str, float]:
+  """The known effect nearest to free-form text, e.g. ("cartoon+snowfall", 0.83).
+
+  Uses `decompose` on the embedding of the text without its modifier words. The empty prompt
+  is ("identity", 1.0). `encoder` defaults to the shared MiniLM encoder.
+  """
+  if not text.strip():
+    return "identity", 1.0
+  if encoder is None:
+    from lsd_jax.models import text_encoder  # pylint: disable=import-outside-toplevel
+    encoder = text_encoder.default_encoder()
+  table = load_embedding_table() if table is None else table
+  names, scores = decompose(encoder.encode([strip_modifiers(text) or text]), table)
+  return names[0], float(scores[0])
+
+
+def spec_from_text(text: str, encoder=None) -> tuple[effects.EffectSpec, float]:
+  """The effect of free-form text: ids from `match`, parameters from its modifier words."""
+  name, score = match(text, encoder)
+  frame, temporal = parse_name(name)
+  return effects.EffectSpec(np.int32(effects.FRAME_EFFECTS.index(frame)),
+                            np.int32(effects.TEMPORAL_EFFECTS.index(temporal)),
+                            params_from_words(text, frame, temporal)), score
+
+
+def parse_name(name: str) -> tuple[str, str]:
+  """Inverse of effects.spec_name: 'cartoon+snowfall' -> ('cartoon', 'snowfall')."""
+  if "+" in name:
+    frame, temporal = name.split("+")
+    return frame, temporal
+  if name in effects.TEMPORAL_EFFECTS:
+    return "identity", name
+  return name, "none"
