@@ -51,7 +51,8 @@ MAX_PIXELS = 4096 * 4096  # a decoded frame's cap: a small JPEG can claim a huge
 MAX_PROMPT_CHARS = 2000  # the text encoder keeps 254 word pieces anyway
 JPEG_QUALITY = 85
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-WEB_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript")}
+WEB_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
+             "/style.css": ("style.css", "text/css")}
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; img-src 'self' blob: data:; "
                                 "media-src 'self' blob: mediastream:; connect-src 'self'; "
