@@ -330,7 +330,7 @@ def decompose(query_NxD: np.ndarray, table: EmbeddingTable) -> tuple[list[str], 
     else:
       (frame, temporal), score2 = single_name, single2
     names.append(effects.spec_name(effects.make_spec(frame, temporal)))
-    scores.append(np.sqrt(score2))
+    scores.append(np.sqrt(min(score2, 1.0)))  # float16 phrases can overshoot 1 by ~1e-5
   return names, np.array(scores, np.float32)
 
 
