@@ -548,6 +548,7 @@ def benchmark(height: int = 256, width: int = 256, batch: int = 8, frames: int =
 
   Every item of the batch has a different effect (vmapped switches evaluate every branch, as in
   a training batch). Returns the median over `repeats` after one warm-up call.
+  Command line: scripts/bench_effects.py.
   """
   rng = np.random.default_rng(seed)
   specs = stack_specs([make_spec(FRAME_EFFECTS[i % len(FRAME_EFFECTS)],
@@ -567,14 +568,3 @@ def benchmark(height: int = 256, width: int = 256, batch: int = 8, frames: int =
             "height": height, "width": width, "batch": batch, "device": jax.devices()[0].device_kind}
   logging.info("effects benchmark: %s", result)
   return result
-
-
-def main() -> None:
-  """python -m lsd_jax.datasets.effects: prints the rendering throughput on this machine."""
-  logging.set_verbosity(logging.INFO)
-  for h, w, b in ((256, 256, 8), (480, 832, 8)):
-    print(benchmark(h, w, b))  # the one place this module prints: it is its command line
-
-
-if __name__ == "__main__":
-  main()
