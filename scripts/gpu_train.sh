@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Training stages on the lent H100 (see BENCHMARKS.md). Usage inside a device call:
-#   bash scripts/gpu_train.sh STAGE...   stages: ae lsd eval_ae export
+#   bash scripts/gpu_train.sh STAGE...   stages: env ae eval_ae lsd eval_fid export
 # Needs the carried wheels (.whl) and clip library (.carry/library); writes under $OUT.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -14,15 +14,17 @@ for stage in "$@"; do
          python3 -c "import jax, flax, optax, orbax.checkpoint as o, grain, av; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())" ;;
     ae) python3 experiments/main.py --config=experiments/configs/autoencoder.py:small --workdir=workdirs/ae_small \
           --config.data.sources.library.manifest=$LIB --config.max_minutes=$AE_MIN --config.data.worker_count=12 \
-          2>&1 | grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion" | tee -a "$OUT/ae.log"
+          2>&1 | grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion" | tee -a workdirs/ae.log
         cp workdirs/ae_small/train_metrics.jsonl "$OUT/ae_metrics.jsonl"; cp workdirs/ae_small/train_curves.png "$OUT/ae_curves.png" ;;
     eval_ae) python3 experiments/eval_autoencoder.py --autoencoder_dir=workdirs/ae_small --manifest=$LIB \
           --out="$OUT/ae_eval.json" 2>&1 | tail -3 ;;
     lsd) python3 experiments/main.py --config=experiments/configs/lsd.py:small --workdir=workdirs/lsd_small \
           --config.autoencoder_dir=workdirs/ae_small --config.data.sources.library.manifest=$LIB \
           --config.max_minutes=$LSD_MIN --config.data.worker_count=14 \
-          2>&1 | grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion" | tee -a "$OUT/lsd.log"
+          2>&1 | grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion" | tee -a workdirs/lsd.log
          cp workdirs/lsd_small/train_metrics.jsonl "$OUT/lsd_metrics.jsonl"; cp workdirs/lsd_small/train_curves.png "$OUT/lsd_curves.png" ;;
+    eval_fid) python3 experiments/eval_fidelity.py --model=workdirs/lsd_small/export --manifest=$LIB \
+          --clips=4 --frames=24 --out="$OUT/fidelity" 2>&1 | grep -v -E "^W1124|^I1124" | tail -30 ;;
     export) mkdir -p "$OUT/export"; cp workdirs/lsd_small/export/config.json "$OUT/export/";
             split -b 15m workdirs/lsd_small/export/params.safetensors "$OUT/export/params.part_" ;;
     *) echo "unknown stage $stage"; exit 2 ;;

@@ -1,0 +1,50 @@
+"""Held-out fidelity per effect at S = 1, 2, 4 for an exported model (lossless streams).
+
+  python experiments/eval_fidelity.py --model=checkpoints/lsd_small \
+      --manifest=data/library/manifest.json --clips=4 --frames=24 --out=reports/fidelity
+"""
+
+import json
+import os
+
+import numpy as np
+from absl import app, flags, logging
+
+_MODEL = flags.DEFINE_string("model", "checkpoints/lsd_small", "exported model folder")
+_MANIFEST = flags.DEFINE_string("manifest", "data/library/manifest.json", "clip library manifest")
+_CLIPS = flags.DEFINE_integer("clips", 4, "held-out clips per effect")
+_FRAMES = flags.DEFINE_integer("frames", 24, "frames per clip")
+_STEPS = flags.DEFINE_list("steps", ["1", "2", "4"], "step counts S")
+_COMPOSITIONS = flags.DEFINE_bool("compositions", False, "also composed effects (per-frame + temporal)")
+_OUT = flags.DEFINE_string("out", "reports/fidelity", "output folder")
+
+
+def main(argv):
+  del argv
+  from lsd_jax.datasets import prompts, sources
+  from lsd_jax.eval import fidelity
+  from lsd_jax.models import export
+
+  cfg, params, meta = export.load(_MODEL.value)
+  src = sources.VideoClipSource.from_manifest(_MANIFEST.value, "heldout", height=cfg.height, width=cfg.width,
+                                              num_frames=_FRAMES.value, seed=7, strides=(1,))
+  clips = [src[i] for i in range(_CLIPS.value)]
+  table = prompts.load_embedding_table()
+  chosen = fidelity.pick_prompts(table)
+  if not _COMPOSITIONS.value:
+    chosen = {k: v for k, v in chosen.items() if "+" not in k}
+  steps = tuple(int(s) for s in _STEPS.value)
+  results = fidelity.evaluate(cfg, params, clips, chosen, steps_list=steps)
+  os.makedirs(_OUT.value, exist_ok=True)
+  with open(os.path.join(_OUT.value, "fidelity.json"), "w") as f:
+    json.dump({"model": _MODEL.value, "metadata": meta, "clips": _CLIPS.value, "frames": _FRAMES.value,
+               "results": results}, f, indent=2)
+  md = fidelity.markdown(results, steps)
+  with open(os.path.join(_OUT.value, "fidelity.md"), "w") as f:
+    f.write(md + "\n")
+  logging.info("\n%s", md)
+  print(md)
+
+
+if __name__ == "__main__":
+  app.run(main)
