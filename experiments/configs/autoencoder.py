@@ -24,16 +24,8 @@ def get_config(arg: str = "small"):
     c.optim.warmup_steps = 200
     c.data.worker_count = 8
   elif arg == "smoke":
-    c.model.size = "tiny"
-    c.data.height = c.data.width = 32
+    defaults.smoke(c)
     c.data.num_frames = 2
-    c.data.global_batch_size = 8
-    c.data.sources.library.weight = 0.0  # needs no clip library
-    c.total_steps = 20
-    c.log_every = 5
-    c.checkpoint_every = 10
-    c.optim.lr = 1e-3
-    c.optim.warmup_steps = 2
   else:
     raise ValueError(f"unknown autoencoder config {arg!r}")
   return c

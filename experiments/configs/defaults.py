@@ -42,3 +42,17 @@ def base(task: str) -> ml_collections.ConfigDict:
   })
   c.autoencoder_dir = ""
   return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to a tiny model at 32x32 that trains in seconds on a CPU (tests, CI)."""
+  c.model.size = "tiny"
+  c.data.height = c.data.width = 32
+  c.data.global_batch_size = 8
+  c.data.sources.library.weight = 0.0  # needs no clip library
+  c.total_steps = 20
+  c.log_every = 5
+  c.checkpoint_every = 10
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 2
+  return c

@@ -27,15 +27,7 @@ def get_config(arg: str = "small"):
     c.optim.lr = 3e-4 if arg == "small" else 2e-4
     c.data.worker_count = 12
   elif arg == "smoke":
-    c.model.size = "tiny"
-    c.data.height = c.data.width = 32
-    c.data.global_batch_size = 8
-    c.data.sources.library.weight = 0.0
-    c.total_steps = 20
-    c.log_every = 5
-    c.checkpoint_every = 10
-    c.optim.lr = 1e-3
-    c.optim.warmup_steps = 2
+    defaults.smoke(c)
   else:
     raise ValueError(f"unknown lsd config {arg!r}")
   return c
