@@ -9,3 +9,181 @@ def psnr(x, y, axis=None, peak: float = 1.0):
   """Peak signal-to-noise ratio in dB over `axis` (all axes when None)."""
   mse = np.mean(np.square(np.asarray(x, np.float64) - np.asarray(y, np.float64)), axis=axis)
   return 10.0 * np.log10(peak ** 2 / np.maximum(mse, 1e-12))
+
+
+# ----------------------------------------------------------------------------- SSIM
+
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = 5  # window 11, as skimage's gaussian_weights=True (truncate 3.5 at sigma 1.5)
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def _gauss_window(sigma: float = SSIM_SIGMA, radius: int = SSIM_RADIUS) -> np.ndarray:
+  x = np.arange(-radius, radius + 1, dtype=np.float64)
+  w = np.exp(-0.5 * (x / sigma) ** 2)
+  return (w / w.sum()).astype(np.float32)
+
+
+def _valid_blur(x_NxHxWxC, taps):
+  """Separable 'valid' Gaussian correlation: only window positions fully inside the image."""
+  k = taps.shape[0]
+  h, w = x_NxHxWxC.shape[1], x_NxHxWxC.shape[2]
+  y = sum(taps[i] * x_NxHxWxC[:, i:h - k + 1 + i] for i in range(k))
+  return sum(taps[i] * y[:, :, i:w - k + 1 + i] for i in range(k))
+
+
+def ssim(x, y, data_range: float = 1.0):
+  """Mean SSIM per frame (Wang et al. 2004: Gaussian window sigma 1.5, K1 0.01, K2 0.03,
+  population covariances), averaged over the pixels whose 11x11 window lies inside the frame and
+  over channels -- the numbers of `skimage.metrics.structural_similarity(x, y, channel_axis=-1,
+  gaussian_weights=True, use_sample_covariance=False, data_range=...)`.
+
+  x, y: [..., H, W, C] (numpy or jax; traceable under jit). Returns [...] (leading axes kept).
+  """
+  import jax.numpy as jnp
+
+  x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+  lead = x.shape[:-3]
+  x = x.reshape((-1,) + x.shape[-3:])
+  y = y.reshape((-1,) + y.shape[-3:])
+  taps = jnp.asarray(_gauss_window())
+  blur = lambda a: _valid_blur(a, taps)
+  mx, my = blur(x), blur(y)
+  vx = blur(x * x) - mx * mx
+  vy = blur(y * y) - my * my
+  cxy = blur(x * y) - mx * my
+  c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+  s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+  return jnp.mean(s, axis=(1, 2, 3)).reshape(lead)
+
+
+def psnr_frames(x, y, peak: float = 1.0):
+  """PSNR per frame of [..., H, W, C] in jax (traceable; the numpy `psnr` reads arrays on host)."""
+  import jax.numpy as jnp
+
+  mse = jnp.mean(jnp.square(jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32)), axis=(-3, -2, -1))
+  return 10.0 * jnp.log10(peak ** 2 / jnp.maximum(mse, 1e-12))
+
+
+# ----------------------------------------------------------------------------- temporal metrics
+
+
+def flicker_step(y_prev, y, g_prev, g):
+  """mean |(y_t - y_{t-1}) - (g_t - g_{t-1})| of one frame pair ([..., H, W, C] -> [...]):
+  the output's temporal change that the ground truth does not have (jax, traceable)."""
+  import jax.numpy as jnp
+
+  return jnp.mean(jnp.abs((y - y_prev) - (g - g_prev)), axis=(-3, -2, -1))
+
+
+def flicker(y_TxHxWxC, g_TxHxWxC) -> float:
+  """Flicker of a whole clip: the mean of `flicker_step` over frames 1..T-1."""
+  y = np.asarray(y_TxHxWxC, np.float64)
+  g = np.asarray(g_TxHxWxC, np.float64)
+  if y.shape[0] < 2:
+    raise ValueError("flicker needs at least two frames")
+  return float(np.mean(np.abs(np.diff(y, axis=0) - np.diff(g, axis=0))))
+
+
+# ----------------------------------------------------------------------------- particles
+
+# A pixel counts as particle when the frame is this much brighter (luminance, [0, 1]) than the
+# frame with only the per-frame effect: snow, rain, fireflies and bubble rims all brighten.
+PARTICLE_THRESHOLD = 0.1
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def particle_layer(frame_HxWx3, frame_only_HxWx3):
+  """max(0, luma(frame) - luma(per-frame-effect-only frame)): the particles' added brightness."""
+  import jax.numpy as jnp
+
+  luma = jnp.asarray(_LUMA)
+  return jnp.maximum(jnp.asarray(frame_HxWx3, jnp.float32) @ luma
+                     - jnp.asarray(frame_only_HxWx3, jnp.float32) @ luma, 0.0)
+
+
+def particle_density(layer_HxW, threshold: float = PARTICLE_THRESHOLD):
+  """Fraction of pixels whose particle layer exceeds `threshold` (covered by a bright particle)."""
+  import jax.numpy as jnp
+
+  return jnp.mean((layer_HxW > threshold).astype(jnp.float32), axis=(-2, -1))
+
+
+def phase_shift(prev_HxW, cur_HxW):
+  """(dy, dx) displacement of `cur` relative to `prev` by phase correlation: the integer shift
+  that best aligns the two particle layers (mean-removed; wrapped to [-H/2, H/2) x [-W/2, W/2)).
+  For a layer of particles that all move by v, this is v rounded; for mixed speeds it is the
+  dominant (most mass-weighted) displacement. jax, traceable."""
+  import jax.numpy as jnp
+
+  a = prev_HxW - jnp.mean(prev_HxW)
+  b = cur_HxW - jnp.mean(cur_HxW)
+  cross = jnp.fft.fft2(b) * jnp.conj(jnp.fft.fft2(a))
+  corr = jnp.real(jnp.fft.ifft2(cross / jnp.maximum(jnp.abs(cross), 1e-9)))
+  h, w = corr.shape
+  i = jnp.argmax(corr)
+  dy, dx = i // w, i % w
+  dy = jnp.where(dy >= h // 2, dy - h, dy)
+  dx = jnp.where(dx >= w // 2, dx - w, dx)
+  return jnp.stack([dy, dx]).astype(jnp.float32)
+
+
+def spec_particle_stats(spec, height: int, width: int) -> dict[str, float] | None:
+  """What the effect spec asks for (None for non-particle effects): visible particle count, and
+  the nominal mean velocity (dy, dx) in pixels per frame (style direction x mean of its speed
+  range x speed_factor x pixel scale; styles with a random direction have nominal velocity 0)."""
+  from lsd_jax.datasets import effects
+
+  name = effects.TEMPORAL_EFFECTS[int(spec.temporal_id)]
+  style = effects._PARTICLES.get(name)  # noqa: SLF001 -- the style table is the spec's meaning
+  if style is None:
+    return None
+  params = np.asarray(spec.params, np.float32)
+  n = round(float(np.clip(params[effects.P_DENSITY], 0, 1)) * style.max_fraction * effects.MAX_PARTICLES)
+  px = min(height, width) / effects.REF_SIZE
+  speed = float(effects.speed_factor(params)) * 0.5 * (style.speed[0] + style.speed[1]) * px
+  d = np.asarray(style.direction, np.float64)
+  d = d / np.linalg.norm(d) if np.linalg.norm(d) > 0 else d
+  return {"visible_particles": int(n), "nominal_vel_y": float(speed * d[0]),
+          "nominal_vel_x": float(speed * d[1]), "nominal_speed": speed}
+
+
+# ----------------------------------------------------------------------------- stream summaries
+
+
+def switch_response(fidelity_T, switch_at: int, *, steady_frames: int | None = None,
+                    fraction: float = 0.9) -> int | None:
+  """Frames after a prompt switch at index `switch_at` until per-frame fidelity first reaches
+  `fraction` of the way from its value at the switch frame to its steady state (the mean of the
+  last `steady_frames` frames of the series; default the last quarter after the switch).
+
+  0 when the switch frame already is there (or when fidelity does not rise: the steady state is
+  no better than the switch frame); None when the series never gets there.
+  """
+  f = np.asarray(fidelity_T, np.float64)[switch_at:]
+  if f.size == 0:
+    raise ValueError(f"switch_at {switch_at} is past the series ({len(fidelity_T)} frames)")
+  n = steady_frames or max(1, f.size // 4)
+  steady, start = float(np.mean(f[-n:])), float(f[0])
+  if steady <= start:
+    return 0
+  hit = np.flatnonzero(f >= start + fraction * (steady - start))
+  return int(hit[0]) if hit.size else None
+
+
+def drift_curve(fidelity_T, segment: int) -> np.ndarray:
+  """Mean fidelity of each full segment of `segment` frames (a trailing partial one is dropped
+  unless it is the only one)."""
+  f = np.asarray(fidelity_T, np.float64)
+  n = f.size // segment
+  if n == 0:
+    return np.array([f.mean()]) if f.size else np.zeros(0)
+  return f[:n * segment].reshape(n, segment).mean(axis=1)
+
+
+def drift_ratio(curve) -> float:
+  """Last segment's fidelity over the first's (1.0: no drift; < 1: fidelity decays)."""
+  c = np.asarray(curve, np.float64)
+  if c.size == 0:
+    raise ValueError("empty drift curve")
+  return float(c[-1] / c[0])
