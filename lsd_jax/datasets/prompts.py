@@ -337,11 +337,12 @@ def decompose(query_NxD: np.ndarray, table: EmbeddingTable) -> tuple[list[str], 
 
 # Words that may join two effect phrases ("cartoon with snow", "rain over a sketch"): generic
 # English conjunctions, prepositions and punctuation, not a copy of any split's connectors.
-# `split_prompt` cuts a prompt at each run of them; articles and pronouns are trimmed from the parts.
+# `split_prompt` cuts a prompt at each run of them; articles and pronouns are trimmed from the
+# parts.
 JOIN_WORDS = frozenset("""with and plus while whilst under in over on of by as then also along
 together through across behind beneath below above atop onto into within during amid amidst among
-against featuring including having adding but or & + , ; / - alongside where at from to top beside near upon
-inside throughout besides""".split())
+against featuring including having adding but or & + , ; / - alongside where at from to top beside
+near upon inside throughout besides""".split())
 TRIM_WORDS = frozenset("the a an some its it this that these those my me".split())
 # A split composes when both parts reach their effect phrases with at least this cosine. Chosen on
 # the train prompts with each prompt's own phrases left out of the table (so train mimics unseen
@@ -410,7 +411,8 @@ def match_many(texts: list[str], encoder=None,
       for a, b in ((row[left], row[right]), (row[right], row[left])):  # a frame, b temporal
         c = min(float(best_f[a]), float(best_t[b]))
         if c > best[0]:
-          best = (c, (effect_names[f_idx[arg_f[a]]], effect_names[t_idx[arg_t[b]]]))
+          best = (c, (effect_names[f_idx[arg_f[a]]],
+                      effect_names[t_idx[arg_t[b]]]))
     if best[1] is not None:
       names[i] = effects.spec_name(effects.make_spec(*best[1]))
       scores[i] = min(best[0], 1.0)
