@@ -376,8 +376,8 @@ def match_many(texts: list[str], encoder=None,
 
   Each text without its modifier words is cut by `split_prompt`; a part that matches a
   (non-identity) frame phrase and the other part a temporal phrase, both with cosine >
-  SPLIT_MIN_COS, make a composition (the best such split by its weaker cosine, which is the score). Otherwise the whole
-  text goes through `decompose`.
+  SPLIT_MIN_COS, make a composition (the best such split by its weaker cosine, which is the
+  score). Otherwise the whole text goes through `decompose`.
   """
   if encoder is None:
     from lsd_jax.models import text_encoder  # pylint: disable=import-outside-toplevel
