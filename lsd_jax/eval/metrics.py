@@ -111,8 +111,8 @@ def particle_density(layer_HxW, threshold: float = PARTICLE_THRESHOLD):
 
 def phase_shift(prev_HxW, cur_HxW):
   """(dy, dx) displacement of `cur` relative to `prev` by phase correlation: the integer shift
-  that best aligns the two particle layers (mean-removed; wrapped to [-H/2, H/2) x [-W/2, W/2)).
-  For a layer of particles that all move by v, this is v rounded; for mixed speeds it is the
+  that best aligns the two particle layers (mean-removed; wrapped to [-H/2, H/2) x [-W/2, W/2)),
+  refined to sub-pixel by a parabola through the correlation peak and its neighbours. For a layer of particles that all move by v, this is v rounded; for mixed speeds it is the
   dominant (most mass-weighted) displacement. jax, traceable."""
   import jax.numpy as jnp
 
@@ -122,10 +122,19 @@ def phase_shift(prev_HxW, cur_HxW):
   corr = jnp.real(jnp.fft.ifft2(cross / jnp.maximum(jnp.abs(cross), 1e-9)))
   h, w = corr.shape
   i = jnp.argmax(corr)
-  dy, dx = i // w, i % w
-  dy = jnp.where(dy >= h // 2, dy - h, dy)
-  dx = jnp.where(dx >= w // 2, dx - w, dx)
-  return jnp.stack([dy, dx]).astype(jnp.float32)
+  iy, ix = i // w, i % w
+  dy = jnp.where(iy >= h // 2, iy - h, iy).astype(jnp.float32)
+  dx = jnp.where(ix >= w // 2, ix - w, ix).astype(jnp.float32)
+  return jnp.stack([dy + _parabola(corr[(iy - 1) % h, ix], corr[iy, ix], corr[(iy + 1) % h, ix]),
+                    dx + _parabola(corr[iy, (ix - 1) % w], corr[iy, ix], corr[iy, (ix + 1) % w])])
+
+
+def _parabola(left, centre, right):
+  """Sub-pixel offset of the vertex of the parabola through three samples (in [-0.5, 0.5])."""
+  import jax.numpy as jnp
+
+  den = left - 2.0 * centre + right
+  return jnp.where(den < 0, jnp.clip(0.5 * (left - right) / jnp.where(den < 0, den, -1.0), -0.5, 0.5), 0.0)
 
 
 def spec_particle_stats(spec, height: int, width: int) -> dict[str, float] | None:

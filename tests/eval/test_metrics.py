@@ -88,3 +88,12 @@ def test_spec_particle_stats_follow_the_spec():
   assert fast["nominal_vel_y"] == pytest.approx(7 * slow["nominal_vel_y"])  # 1.75 / 0.25
   assert fast["nominal_vel_x"] == 0.0
   assert metrics.spec_particle_stats(effects.make_spec("sepia"), 256, 256) is None
+
+
+def test_phase_shift_subpixel_moves_toward_the_true_shift():
+  yy, xx = np.mgrid[:64, :64].astype(np.float32)
+  blob = lambda cy, cx: np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.0 ** 2))
+  a = blob(30, 30) + blob(12, 45)
+  b = blob(30.4, 29.7) + blob(12.4, 44.7)
+  dy, dx = np.asarray(metrics.phase_shift(a, b))
+  assert 0.1 < dy < 0.5 and -0.5 < dx < -0.1

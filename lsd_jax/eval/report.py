@@ -1,0 +1,145 @@
+"""Evaluation results to files: a JSON, a markdown report, PNG plots and the per-frame series."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from lsd_jax.eval import stream_eval
+
+
+def _fmt(x, spec: str = ".2f") -> str:
+  if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    return "-"
+  return format(x, spec)
+
+
+def markdown(results: dict[str, Any], title: str = "Evaluation") -> str:
+  p, s = results["protocol"], results["stream"]
+  lines = [f"# {title}", "",
+           f"Model `{results.get('model_dir', '?')}` ({results['model']['size']}, {results['model']['history_mode']}, "
+           f"K={results['model']['history_len']}, tau_inf={results['model']['tau_inf']}) at S={p['steps']}, "
+           f"lossless streams; {results['model']['height']}x{results['model']['width']}.", ""]
+  if results["heldout"]:
+    lines += [f"## Held-out clips ({p['clips']} clips x {p['clip_frames']} frames, first K+1 frames excluded)", "",
+              "| effect | val prompt | PSNR | SSIM | flicker | particle density out / truth | speed out / truth (px/frame) |",
+              "|---|---|---|---|---|---|---|"]
+    for e, r in results["heldout"].items():
+      lines.append(f"| {e} | {r['prompt']} | {_fmt(r['psnr'])} | {_fmt(r['ssim'], '.3f')} | {_fmt(r['flicker'], '.4f')} | "
+                   + _particle_cells(r) + " |")
+    lines.append("")
+  lines += [f"## Procedural stream ({s['frames']} frames, prompt switch every {p['switch_every']} frames)", "",
+            "| effect | frames | PSNR | SSIM | flicker | switch response (median frames to 90%) | particle density out / truth | speed out / truth |",
+            "|---|---|---|---|---|---|---|---|"]
+  for e, r in s["per_effect"].items():
+    sw = s["switch_response"][e]
+    resp = f"{_fmt(sw['median_frames'], '.1f')} ({sw['switches']} switches, {sw['never_reached']} never)"
+    lines.append(f"| {e} | {r['frames']} | {_fmt(r['psnr'])} | {_fmt(r['ssim'], '.3f')} | {_fmt(r['flicker'], '.4f')} "
+                 f"| {resp} | " + _particle_cells(r) + " |")
+  d, lat = s["drift"], s["latency"]
+  lines += ["", f"## Drift (segments of {d['segment']} frames)", "",
+            f"PSNR drift ratio (last segment / first): **{_fmt(d['psnr_ratio'], '.4f')}** over "
+            f"{len(d['psnr_curve'])} segments; SSIM ratio {_fmt(d['ssim_ratio'], '.4f')}.", "",
+            "| effect | first segment PSNR | last segment PSNR | ratio |", "|---|---|---|---|"]
+  for e, r in d["per_effect"].items():
+    c = r["psnr_curve"]
+    lines.append(f"| {e} | {_fmt(c[0] if c else None)} | {_fmt(c[-1] if c else None)} | {_fmt(r['psnr_ratio'], '.4f')} |")
+  lines += ["", "## Latency (model only, block_until_ready per chunk)", "",
+            f"{_fmt(lat['ms_per_frame_median'])} ms/frame median, p90 {_fmt(lat['ms_per_frame_p90'])}, "
+            f"p99 {_fmt(lat['ms_per_frame_p99'])} over {lat['chunks'] - 1 if lat['chunks'] > 1 else 1} chunks of "
+            f"{p['chunk']} frames (first chunk, with compilation: {_fmt(lat['first_chunk_ms_per_frame'])} ms/frame); "
+            f"device {results.get('device', '?')}.", ""]
+  return "\n".join(lines)
+
+
+def _particle_cells(r: dict[str, Any]) -> str:
+  q = r.get("particles")
+  if not q:
+    return "- | -"
+  return (f"{_fmt(q['density_out'], '.3f')} / {_fmt(q['density_gt'], '.3f')} | "
+          f"{_fmt(q['speed_out'])} / {_fmt(q['speed_gt'])} (spec {_fmt(q['spec']['nominal_speed'])})")
+
+
+def plot_drift(ax, drift: dict[str, Any], label: str | None = None, per_effect: bool = True):
+  seg = drift["segment"]
+  c = np.asarray(drift["psnr_curve"])
+  x = (np.arange(len(c)) + 0.5) * seg
+  ax.plot(x, c, "o-", lw=2, label=label or "all effects")
+  if per_effect:
+    for e, r in drift["per_effect"].items():
+      ce = np.asarray(r["psnr_curve"])
+      ax.plot((np.arange(len(ce)) + 0.5) * seg, ce, "--", lw=1, alpha=0.7, label=e)
+  ax.set_xlabel("frame")
+  ax.set_ylabel("PSNR per segment (dB)")
+  ax.grid(alpha=0.3)
+
+
+def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  s = results["stream"]
+  paths = []
+  fig, ax = plt.subplots(figsize=(7, 4))
+  plot_drift(ax, s["drift"])
+  ax.set_title(f"drift: ratio {s['drift']['psnr_ratio']:.3f}")
+  ax.legend(fontsize=7)
+  paths.append(_save(fig, out_dir, "drift.png"))
+  rows = results["heldout"] or s["per_effect"]
+  names = list(rows)
+  fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+  for ax, key in zip(axes, ("psnr", "ssim", "flicker")):
+    ax.bar(np.arange(len(names)), [rows[n][key] for n in names], color="tab:blue")
+    ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_title(f"{key} per effect ({'held-out clips' if results['heldout'] else 'procedural stream'})")
+  paths.append(_save(fig, out_dir, "per_effect.png"))
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  ms = np.asarray(s["latency"]["ms_per_frame_chunks"])
+  ax.hist(ms[1:] if ms.size > 1 else ms, bins=30, color="tab:green")
+  ax.set_xlabel("model ms per frame (per chunk)")
+  ax.set_ylabel("chunks")
+  ax.set_title(f"latency, median {s['latency']['ms_per_frame_median']:.2f} ms/frame")
+  paths.append(_save(fig, out_dir, "latency.png"))
+  return paths
+
+
+def _save(fig, out_dir: str, name: str) -> str:
+  import matplotlib.pyplot as plt
+
+  path = os.path.join(out_dir, name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+def write(results: dict[str, Any], res: stream_eval.StreamResult | None, out_dir: str,
+          title: str = "Evaluation") -> dict[str, str]:
+  """eval.json, eval.md, the PNG plots and (with `res`) per_frame.npz into `out_dir`."""
+  os.makedirs(out_dir, exist_ok=True)
+  files = {"json": os.path.join(out_dir, "eval.json"), "markdown": os.path.join(out_dir, "eval.md")}
+  with open(files["json"], "w") as f:
+    json.dump(results, f, indent=2, default=_jsonable)
+  with open(files["markdown"], "w") as f:
+    f.write(markdown(results, title) + "\n")
+  for p in write_plots(results, out_dir):
+    files[os.path.basename(p)[:-4]] = p
+  if res is not None:
+    files["per_frame"] = os.path.join(out_dir, "per_frame.npz")
+    np.savez_compressed(files["per_frame"], prompt_index=res.prompt_index, names=np.asarray(res.schedule.names),
+                        starts=np.asarray(res.schedule.starts), **res.per_frame)
+  return files
+
+
+def _jsonable(x):
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  return str(x)

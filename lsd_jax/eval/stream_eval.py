@@ -1,0 +1,397 @@
+"""Streamed evaluation in constant memory: a model over held-out clips and endless procedural
+streams with prompt schedules, in lossless mode, with per-frame metrics computed on the device.
+
+A stream is cut into chunks of `chunk` frames. Per chunk, three jitted scans run:
+1. the model (`model_chunk_fn`): the latent ring buffer is carried across chunks, so a chunked
+   stream equals one long stream (same noise: the key is folded in by the absolute frame index);
+2. the ground truth (`truth_chunk_fn`): `effects.render_step` with its EffectState carried
+   across chunks, re-initialised at a prompt switch (the new effect starts from its own state);
+3. the metrics (`metrics_chunk_fn`): PSNR, SSIM, flicker and particle statistics per frame, with
+   the previous frames carried, so only a few scalars per frame come back to the host.
+The host waits once per chunk (the model scan is timed with block_until_ready; the latency per
+frame is that time over the chunk's frames) and never inside one, and keeps only the per-frame
+scalars: 100,000 frames are ~10 MB of host memory and a fixed amount of device memory.
+
+Particle statistics (temporal particle effects) compare the output and the ground truth through
+the same estimators, computed against the per-frame-effect-only frame F (the input with only the
+per-frame part of the effect; what the particles are drawn over):
+- density: the fraction of pixels where luma(frame) - luma(F) > metrics.PARTICLE_THRESHOLD;
+- velocity: the (dy, dx) phase-correlation shift between consecutive particle layers
+  max(0, luma(frame) - luma(F)) -- the dominant displacement of particle mass per frame.
+The spec's own numbers (visible particle count, nominal velocity) are reported beside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from lsd_jax.datasets import effects
+from lsd_jax.diffusion import sampler
+from lsd_jax.eval import metrics
+from lsd_jax.models import lsd
+
+Prompt = tuple[str, np.ndarray, effects.EffectSpec]  # text, embedding, spec (fidelity.pick_prompts)
+PER_FRAME = ("psnr", "ssim", "flicker", "density_out", "density_gt", "vel_out_y", "vel_out_x",
+             "vel_gt_y", "vel_gt_x")
+
+
+# ----------------------------------------------------------------------------- jitted chunks
+
+
+def model_chunk_fn(cfg: lsd.LSDConfig, steps: int):
+  """jit(f(params, ring, frames_TxHxWx3 uint8, prompt_TxE, index_T, key) -> (ring, out_TxHxWx3)).
+
+  The same per-frame computation as fidelity.rollout_fn, with the ring as carry in and out."""
+  ae, den = lsd.build(dataclasses.replace(cfg, steps=steps))
+
+  def run(params, ring, frames, prompt_TxE, index_T, key):
+    vf = lsd.velocity_fn(den, params["denoiser"])
+
+    def one(ring, xs):
+      i, frame, prompt_E = xs
+      c_in = lsd.encode(ae, params["autoencoder"], frame[None])
+      z = sampler.sample_frame(vf, jax.random.fold_in(key, i + 1), c_in, ring, prompt_E[None],
+                               tau_inf=cfg.tau_inf, steps=steps, mode=cfg.history_mode)
+      return sampler.push(ring, z, c_in), lsd.decode(ae, params["autoencoder"], z)[0]
+
+    return jax.lax.scan(one, ring, (index_T, frames, prompt_TxE))
+
+  return jax.jit(run, donate_argnums=1)
+
+
+def empty_ring(cfg: lsd.LSDConfig) -> sampler.Ring:
+  h, w, c = cfg.latent_shape
+  ring = sampler.empty_ring(1, cfg.history_len, h, w, c)
+  return jax.tree.map(lambda x: jnp.array(x, copy=True), ring)  # distinct buffers: the ring is donated
+
+
+def _truth(state, frames, spec_T, reset_T, index_T, key):
+  def one(state, xs):
+    frame, spec, reset, i = xs
+    frame = frame.astype(jnp.float32) / 255.0
+    fresh = effects.init_state(spec, frame.shape, jax.random.fold_in(key, i))
+    state = jax.tree.map(lambda a, b: jnp.where(reset, a, b), fresh, state)
+    state, target = effects.render_step(spec, state, frame)
+    return state, (target, effects.apply_frame_effect(spec, frame))
+
+  return jax.lax.scan(one, state, (frames, spec_T, reset_T, index_T))
+
+
+truth_chunk_fn = jax.jit(_truth, donate_argnums=0)
+"""jit(f(state, frames_T uint8, spec_T, reset_T, index_T, key) -> (state, (target_T, frame_only_T)))."""
+
+
+class MetricCarry(NamedTuple):
+  prev_out: jax.Array  # HxWx3
+  prev_gt: jax.Array
+  prev_layer_out: jax.Array  # HxW particle layers
+  prev_layer_gt: jax.Array
+  has_prev: jax.Array  # bool
+
+
+def empty_metric_carry(height: int, width: int) -> MetricCarry:
+  z3 = lambda: jnp.zeros((height, width, 3), jnp.float32)  # distinct buffers: the carry is donated
+  z = lambda: jnp.zeros((height, width), jnp.float32)
+  return MetricCarry(z3(), z3(), z(), z(), jnp.array(False))
+
+
+def _metrics(carry: MetricCarry, out_T, target_T, frame_only_T, reset_T):
+  def one(c: MetricCarry, xs):
+    y, g, f, reset = xs
+    lay_y, lay_g = metrics.particle_layer(y, f), metrics.particle_layer(g, f)
+    moved = c.has_prev & ~reset  # particles re-spawn at a switch: no displacement to measure
+    nan2 = jnp.full((2,), jnp.nan)
+    v_y = jnp.where(moved, metrics.phase_shift(c.prev_layer_out, lay_y), nan2)
+    v_g = jnp.where(moved, metrics.phase_shift(c.prev_layer_gt, lay_g), nan2)
+    row = {"psnr": metrics.psnr_frames(y, g), "ssim": metrics.ssim(y, g),
+           "flicker": jnp.where(c.has_prev, metrics.flicker_step(c.prev_out, y, c.prev_gt, g), jnp.nan),
+           "density_out": metrics.particle_density(lay_y), "density_gt": metrics.particle_density(lay_g),
+           "vel_out_y": v_y[0], "vel_out_x": v_y[1], "vel_gt_y": v_g[0], "vel_gt_x": v_g[1]}
+    return MetricCarry(y, g, lay_y, lay_g, jnp.array(True)), row
+
+  return jax.lax.scan(one, carry, (out_T, target_T, frame_only_T, reset_T))
+
+
+metrics_chunk_fn = jax.jit(_metrics, donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------- one stream
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Which prompt is active from which frame: `starts` ascending, the first 0; `names` index
+  the prompts dict. The effect's ground-truth state restarts at each switch."""
+  starts: tuple[int, ...]
+  names: tuple[str, ...]
+
+  def __post_init__(self):
+    if not self.starts or self.starts[0] != 0 or list(self.starts) != sorted(set(self.starts)):
+      raise ValueError(f"schedule starts must be ascending, distinct and begin at 0: {self.starts}")
+    if len(self.starts) != len(self.names):
+      raise ValueError("one name per start")
+
+  @classmethod
+  def cycle(cls, names: Sequence[str], every: int, total: int) -> "Schedule":
+    """Switch every `every` frames, cycling through `names`, over `total` frames."""
+    starts = tuple(range(0, max(total, 1), every))
+    return cls(starts, tuple(names[i % len(names)] for i in range(len(starts))))
+
+  def segment_index(self, index_T: np.ndarray) -> np.ndarray:
+    return np.searchsorted(np.asarray(self.starts), index_T, side="right") - 1
+
+
+@dataclasses.dataclass
+class StreamResult:
+  per_frame: dict[str, np.ndarray]  # PER_FRAME -> [frames]
+  prompt_index: np.ndarray  # [frames]: index into schedule.names
+  chunk_seconds: np.ndarray  # model time of each chunk (block_until_ready)
+  chunk_frames: np.ndarray
+  schedule: Schedule
+
+
+def run_stream(cfg: lsd.LSDConfig, params, frames: Iterator[np.ndarray], prompts: dict[str, Prompt],
+               schedule: Schedule, num_frames: int, *, steps: int, chunk: int = 256, seed: int = 0,
+               model_fn: Callable | None = None, progress: bool = False, desc: str = "stream") -> StreamResult:
+  """Streams `num_frames` frames (uint8 HxWx3 from `frames`) through the model in chunks.
+
+  Device memory is independent of num_frames; per-frame scalars accumulate on the host."""
+  model_fn = model_fn or model_chunk_fn(cfg, steps)
+  key = jax.random.key(seed)
+  gt_key = jax.random.key(seed + 10_000)
+  params = jax.device_put(params)
+  ring = empty_ring(cfg)
+  mcarry = empty_metric_carry(cfg.height, cfg.width)
+  first = prompts[schedule.names[0]][2]
+  state = effects.init_state(effects.EffectSpec(*(jnp.asarray(x) for x in first)), (cfg.height, cfg.width, 3),
+                             jax.random.fold_in(gt_key, 0))
+  emb = np.stack([prompts[n][1] for n in schedule.names]).astype(np.float32)
+  specs = [prompts[n][2] for n in schedule.names]
+  spec_arrays = effects.EffectSpec(*(np.stack([np.asarray(s[f]) for s in specs]) for f in range(3)))
+  starts = np.asarray(schedule.starts)
+  rows: dict[str, list[np.ndarray]] = {k: [] for k in PER_FRAME}
+  seg_all, secs, counts = [], [], []
+  bar = _progress(num_frames, desc) if progress else None
+  done = 0
+  while done < num_frames:
+    n = min(chunk, num_frames - done)
+    block = np.stack([next(frames) for _ in range(n)])
+    if n < chunk:  # pad the last chunk to the compiled length; padded frames are dropped below
+      block = np.concatenate([block, np.repeat(block[-1:], chunk - n, axis=0)])
+    index = np.arange(done, done + chunk, dtype=np.int32)
+    seg = schedule.segment_index(index)
+    reset = np.isin(index, starts) & (index > 0)
+    t0 = time.perf_counter()
+    ring, out = model_fn(params, ring, block, emb[seg], index, key)
+    out.block_until_ready()
+    secs.append(time.perf_counter() - t0)
+    counts.append(n)
+    spec_T = effects.EffectSpec(*(a[seg] for a in spec_arrays))
+    state, (target, frame_only) = truth_chunk_fn(state, block, spec_T, reset, index, gt_key)
+    mcarry, row = metrics_chunk_fn(mcarry, out, target, frame_only, reset)
+    for k, v in jax.device_get(row).items():
+      rows[k].append(np.asarray(v)[:n])
+    seg_all.append(seg[:n])
+    done += n
+    if bar is not None:
+      bar.update(n)
+  if bar is not None:
+    bar.close()
+  return StreamResult({k: np.concatenate(v) for k, v in rows.items()}, np.concatenate(seg_all),
+                      np.asarray(secs), np.asarray(counts), schedule)
+
+
+def _progress(total: int, desc: str):
+  from tqdm.auto import tqdm
+
+  return tqdm(total=total, desc=desc, unit="frame", smoothing=0.05)
+
+
+def clip_frames(clip_TxHxWx3: np.ndarray) -> Iterator[np.ndarray]:
+  return iter(clip_TxHxWx3)
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _nanmean(x) -> float:
+  x = np.asarray(x, np.float64)
+  return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+
+
+def particle_summary(pf: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, float]:
+  """Estimated density and mean velocity of output and truth over the masked frames."""
+  out = {k: _nanmean(pf[k][mask]) for k in ("density_out", "density_gt", "vel_out_y", "vel_out_x",
+                                              "vel_gt_y", "vel_gt_x")}
+  out["density_ratio"] = out["density_out"] / out["density_gt"] if out["density_gt"] > 0 else float("nan")
+  out["speed_out"] = float(np.hypot(out["vel_out_y"], out["vel_out_x"]))
+  out["speed_gt"] = float(np.hypot(out["vel_gt_y"], out["vel_gt_x"]))
+  return out
+
+
+def summarize_frames(pf: dict[str, np.ndarray], mask: np.ndarray, spec: effects.EffectSpec | None,
+                     height: int, width: int) -> dict[str, Any]:
+  row = {"psnr": _nanmean(pf["psnr"][mask]), "ssim": _nanmean(pf["ssim"][mask]),
+         "flicker": _nanmean(pf["flicker"][mask]), "frames": int(mask.sum())}
+  stats = metrics.spec_particle_stats(spec, height, width) if spec is not None else None
+  if stats is not None:
+    row["particles"] = {**particle_summary(pf, mask), "spec": stats}
+  return row
+
+
+def summarize_stream(res: StreamResult, prompts: dict[str, Prompt], *, segment: int, warm: int,
+                     height: int, width: int) -> dict[str, Any]:
+  """Fidelity, flicker and particles per effect; drift curves (overall and per effect); switch
+  responses per target effect (PSNR as the fidelity, each switch over its own interval)."""
+  pf, sched = res.per_frame, res.schedule
+  names = np.asarray(sched.names)[res.prompt_index]
+  n = len(names)
+  warm_mask = np.arange(n) >= warm
+  per_effect = {e: summarize_frames(pf, (names == e) & warm_mask, prompts[e][2], height, width)
+                for e in dict.fromkeys(sched.names)}
+  curve = metrics.drift_curve(pf["psnr"], segment)
+  drift = {"segment": segment, "psnr_curve": curve.tolist(), "psnr_ratio": metrics.drift_ratio(curve),
+           "ssim_curve": metrics.drift_curve(pf["ssim"], segment).tolist()}
+  drift["ssim_ratio"] = metrics.drift_ratio(drift["ssim_curve"])
+  seg_of = np.arange(n) // segment
+  full = seg_of < max(1, n // segment)
+  drift["per_effect"] = {}
+  for e in per_effect:
+    m = (names == e) & full
+    c = [float(pf["psnr"][m & (seg_of == s)].mean()) for s in range(int(seg_of[full].max()) + 1)
+         if (m & (seg_of == s)).any()]
+    drift["per_effect"][e] = {"psnr_curve": c, "psnr_ratio": metrics.drift_ratio(c) if c else float("nan")}
+  responses: dict[str, list] = {e: [] for e in per_effect}
+  bounds = [s for s in sched.starts if s < n] + [n]
+  for j in range(1, len(bounds) - 1):
+    lo, hi = bounds[j], bounds[j + 1]
+    responses[sched.names[j]].append(metrics.switch_response(pf["psnr"][lo:hi], 0))
+  switch = {}
+  for e, rs in responses.items():
+    got = [r for r in rs if r is not None]
+    switch[e] = {"switches": len(rs), "never_reached": len(rs) - len(got),
+                 "median_frames": float(np.median(got)) if got else None,
+                 "mean_frames": float(np.mean(got)) if got else None}
+  return {"frames": n, "per_effect": per_effect, "drift": drift, "switch_response": switch,
+          "latency": latency_summary(res)}
+
+
+def latency_summary(res: StreamResult) -> dict[str, Any]:
+  """Model-only ms per frame of each chunk; the first chunk (compilation) is reported apart."""
+  ms = 1e3 * res.chunk_seconds / res.chunk_frames
+  steady = ms[1:] if ms.size > 1 else ms
+  return {"first_chunk_ms_per_frame": float(ms[0]), "ms_per_frame_median": float(np.median(steady)),
+          "ms_per_frame_p90": float(np.percentile(steady, 90)), "ms_per_frame_p99": float(np.percentile(steady, 99)),
+          "chunks": int(ms.size), "ms_per_frame_chunks": ms.tolist()}
+
+
+# ----------------------------------------------------------------------------- protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """The evaluation protocol (the same for every model and ablation arm)."""
+  steps: int = 2  # S at inference
+  effects: tuple[str, ...] | None = None  # effect names (fidelity.pick_prompts keys); None: all single effects
+  clips: int = 4  # held-out clips
+  clip_frames: int = 32
+  stream_frames: int = 2_000  # procedural stream length (100_000 for the drift run)
+  switch_every: int = 250  # prompt switch period on the procedural stream
+  segment: int = 0  # drift segment; 0: one full cycle of the schedule (len(effects) * switch_every)
+  chunk: int = 256
+  seed: int = 0
+  scene: int = 0  # procedural scene index
+  progress: bool = True
+
+  def segment_frames(self, n_effects: int) -> int:
+    return self.segment or n_effects * self.switch_every
+
+
+def choose_prompts(effect_names: Sequence[str] | None) -> dict[str, Prompt]:
+  from lsd_jax.datasets import prompts as prompts_lib
+  from lsd_jax.eval import fidelity
+
+  chosen = fidelity.pick_prompts(prompts_lib.load_embedding_table(), effect_names)
+  if effect_names is None:
+    return {k: v for k, v in chosen.items() if "+" not in k}
+  missing = [e for e in effect_names if e not in chosen]
+  if missing:
+    raise ValueError(f"no val prompt for effects {missing}; known: {sorted(chosen)}")
+  return {e: chosen[e] for e in effect_names}
+
+
+def evaluate_heldout(cfg, params, clips: Sequence[np.ndarray], prompts: dict[str, Prompt], ec: EvalConfig,
+                     model_fn=None) -> dict[str, Any]:
+  """Each effect over each held-out clip as its own stream (fresh history), first K+1 frames
+  excluded (the history is not full yet)."""
+  model_fn = model_fn or model_chunk_fn(cfg, ec.steps)
+  warm = cfg.history_len + 1
+  out = {}
+  for e, p in prompts.items():
+    merged: dict[str, list] = {k: [] for k in PER_FRAME}
+    for j, clip in enumerate(clips):
+      res = run_stream(cfg, params, clip_frames(clip), {e: p}, Schedule((0,), (e,)), len(clip), steps=ec.steps,
+                       chunk=min(ec.chunk, len(clip)), seed=ec.seed + j, model_fn=model_fn)
+      for k in PER_FRAME:
+        merged[k].append(res.per_frame[k][warm:])
+    pf = {k: np.concatenate(v) for k, v in merged.items()}
+    out[e] = {"prompt": p[0], **summarize_frames(pf, np.ones(len(pf["psnr"]), bool), p[2], cfg.height, cfg.width)}
+  return out
+
+
+def evaluate_procedural(cfg, params, prompts: dict[str, Prompt], ec: EvalConfig, model_fn=None) -> dict[str, Any]:
+  """One endless procedural stream cycling through the prompts; drift, switches and latency."""
+  from lsd_jax.datasets import sources
+
+  src = sources.ProceduralSource(height=cfg.height, width=cfg.width, num_frames=1, seed=ec.seed)
+  sched = Schedule.cycle(list(prompts), ec.switch_every, ec.stream_frames)
+  res = run_stream(cfg, params, src.stream(ec.scene), prompts, sched, ec.stream_frames, steps=ec.steps,
+                   chunk=ec.chunk, seed=ec.seed, model_fn=model_fn, progress=ec.progress, desc="procedural stream")
+  summary = summarize_stream(res, prompts, segment=ec.segment_frames(len(prompts)), warm=cfg.history_len + 1,
+                             height=cfg.height, width=cfg.width)
+  return summary, res
+
+
+def evaluate(cfg: lsd.LSDConfig, params, clips: Sequence[np.ndarray], ec: EvalConfig) -> tuple[dict[str, Any], StreamResult]:
+  """The whole protocol: held-out clips (when any) and the procedural stream."""
+  prompts = choose_prompts(ec.effects)
+  model_fn = model_chunk_fn(cfg, ec.steps)
+  logging.info("evaluating %s at S=%d on %d held-out clips and a %d-frame stream (%d effects)", cfg.size,
+               ec.steps, len(clips), ec.stream_frames, len(prompts))
+  heldout = evaluate_heldout(cfg, params, clips, prompts, ec, model_fn) if clips else {}
+  stream, res = evaluate_procedural(cfg, params, prompts, ec, model_fn)
+  return {"protocol": dataclasses.asdict(ec), "model": {**cfg.to_dict()}, "heldout": heldout,
+          "stream": stream}, res
+
+
+def heldout_clips(manifest: str, n: int, frames: int, height: int, width: int, seed: int = 7) -> list[np.ndarray]:
+  """`n` clips of `frames` frames from the library's held-out split (never used in training)."""
+  from lsd_jax.datasets import sources
+
+  if n <= 0:
+    return []
+  src = sources.VideoClipSource.from_manifest(manifest, "heldout", height=height, width=width, num_frames=frames,
+                                              seed=seed, strides=(1,))
+  return [src[i] for i in range(n)]
+
+
+def evaluate_model_dir(model_dir: str, out_dir: str | None, ec: EvalConfig, *,
+                       manifest: str = "data/library/manifest.json", title: str = "Evaluation") -> dict[str, Any]:
+  """Loads an exported model folder, runs the protocol, writes the report files (when `out_dir`)."""
+  from lsd_jax.eval import report
+  from lsd_jax.models import export
+
+  cfg, params, meta = export.load(model_dir)
+  clips = heldout_clips(manifest, ec.clips, ec.clip_frames, cfg.height, cfg.width)
+  results, res = evaluate(cfg, params, clips, ec)
+  results.update(model_dir=model_dir, metadata=meta, device=jax.devices()[0].device_kind)
+  if out_dir:
+    results["files"] = report.write(results, res, out_dir, title)
+  return results
