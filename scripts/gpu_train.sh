@@ -8,6 +8,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" workdirs
 LIB=.carry/library/manifest.json
 AE_MIN=${AE_MIN:-3.5}; LSD_MIN=${LSD_MIN:-5}
+AE_DIR=${AE_DIR:-workdirs/ae_small}  # an autoencoder run's workdir (or a carried copy of its autoencoder/)
 for stage in "$@"; do
   case "$stage" in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
@@ -16,10 +17,11 @@ for stage in "$@"; do
           --config.data.sources.library.manifest=$LIB --config.max_minutes=$AE_MIN --config.data.worker_count=12 \
           2>&1 | grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion" | tee -a workdirs/ae.log
         cp workdirs/ae_small/train_metrics.jsonl "$OUT/ae_metrics.jsonl"; cp workdirs/ae_small/train_curves.png "$OUT/ae_curves.png" ;;
-    eval_ae) python3 experiments/eval_autoencoder.py --autoencoder_dir=workdirs/ae_small --manifest=$LIB \
+    ae_out) mkdir -p "$OUT/autoencoder"; cp workdirs/ae_small/autoencoder/* "$OUT/autoencoder/" ;;
+    eval_ae) python3 experiments/eval_autoencoder.py --autoencoder_dir=$AE_DIR --manifest=$LIB \
           --out="$OUT/ae_eval.json" 2>&1 | tail -3 ;;
     lsd) python3 experiments/main.py --config=experiments/configs/lsd.py:small --workdir=workdirs/lsd_small \
-          --config.autoencoder_dir=workdirs/ae_small --config.data.sources.library.manifest=$LIB \
+          --config.autoencoder_dir=$AE_DIR --config.data.sources.library.manifest=$LIB \
           --config.max_minutes=$LSD_MIN --config.data.worker_count=14 \
           2>&1 | grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion" | tee -a workdirs/lsd.log
          cp workdirs/lsd_small/train_metrics.jsonl "$OUT/lsd_metrics.jsonl"; cp workdirs/lsd_small/train_curves.png "$OUT/lsd_curves.png" ;;
