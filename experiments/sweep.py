@@ -1,0 +1,82 @@
+"""Ablation sweep: train each arm of experiments/configs/ablations.py with the same budget, evaluate
+every arm with evaluate.py's protocol (lsd_jax.eval.stream_eval), write reports/ablations.md (one
+table and one drift plot per ablation) and a JSON the ablations notebook reads.
+
+CPU smoke run (tiny model at 32x32, a handful of steps; trains its own smoke autoencoder):
+  python experiments/sweep.py --config=experiments/configs/lsd.py:smoke --config.total_steps=3 \
+      --ablations=history_augmentation,steps --workdir=/tmp/sweep_smoke --clips=0 --stream_frames=16 \
+      --switch_every=4 --chunk=8 --effects=sepia,snowfall --report=/tmp/sweep_smoke/ablations.md
+
+GPU run (one H100; each distinct trained arm gets the same 60-minute budget; 6 trainings for
+--ablations=all trains 6 models: S, tau_inf, K=3 and concat arms reuse the base model):
+  python experiments/sweep.py --config=experiments/configs/lsd.py:small --config.max_minutes=60 \
+      --config.total_steps=20000 --autoencoder_dir=workdirs/ae_small --workdir=workdirs/sweep \
+      --ablations=all --steps=2 --clips=8 --clip_frames=64 --stream_frames=20000 --switch_every=500 \
+      --chunk=500 --report=reports/ablations.md
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs import experiments.*
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/lsd.py:small", "base LSD config")
+_ABLATIONS = flags.DEFINE_string("ablations", "all", "ablation names (comma-separated) or all")
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/sweep", "one training folder per distinct arm")
+_AE_DIR = flags.DEFINE_string("autoencoder_dir", "", "trained autoencoder; empty: train the config's own "
+                              "(autoencoder.py with the same size argument) into workdir/autoencoder")
+_REPORT = flags.DEFINE_string("report", "reports/ablations.md", "markdown report (plots go beside it)")
+_JSON = flags.DEFINE_string("json", "", "sweep JSON (default: the report's name with .json)")
+_MANIFEST = flags.DEFINE_string("manifest", "data/library/manifest.json", "clip library (held-out split)")
+_STEPS = flags.DEFINE_integer("steps", 2, "S for arms that do not set it")
+_EFFECTS = flags.DEFINE_list("effects", [], "effects to evaluate (empty: all single effects)")
+_CLIPS = flags.DEFINE_integer("clips", 4, "held-out clips (0: none)")
+_CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 32, "frames per held-out clip")
+_STREAM_FRAMES = flags.DEFINE_integer("stream_frames", 2000, "procedural stream length")
+_SWITCH_EVERY = flags.DEFINE_integer("switch_every", 250, "frames between prompt switches")
+_CHUNK = flags.DEFINE_integer("chunk", 256, "frames per jitted scan")
+
+
+def main(argv):
+  del argv
+  from experiments.configs import ablations as ablation_configs
+  from experiments.configs import autoencoder as ae_configs
+  from lsd_jax.eval import ablation, stream_eval
+  from lsd_jax.train import loop
+
+  base = _CONFIG.value
+  ablations = ablation_configs.get_config(_ABLATIONS.value)
+  ae_dir = _AE_DIR.value
+  if not ae_dir:
+    ae_dir = os.path.join(_WORKDIR.value, "autoencoder")
+    if not os.path.isfile(os.path.join(ae_dir, loop.AE_META)):
+      ae_cfg = ae_configs.get_config(base.name.split(":")[-1])
+      ae_cfg.total_steps = base.total_steps
+      ae_cfg.max_minutes = base.max_minutes
+      loop.train(ae_cfg, ae_dir)
+  base.autoencoder_dir = ae_dir
+  exports = ablation.train_runs(base, ablations, _WORKDIR.value)
+  ec = stream_eval.EvalConfig(steps=_STEPS.value, effects=tuple(_EFFECTS.value) or None, clips=_CLIPS.value,
+                              clip_frames=_CLIP_FRAMES.value, stream_frames=_STREAM_FRAMES.value,
+                              switch_every=_SWITCH_EVERY.value, chunk=_CHUNK.value)
+  some = next(iter(exports.values()))
+  from lsd_jax.models import export
+
+  cfg, _, _ = export.load(some)
+  clips = stream_eval.heldout_clips(_MANIFEST.value, ec.clips, ec.clip_frames, cfg.height, cfg.width)
+  results = ablation.evaluate_arms(ablations, exports, ec, clips, out_dir=os.path.join(_WORKDIR.value, "eval"),
+                                    base=base)
+  meta = {"config": base.name, "total_steps": base.total_steps, "max_minutes": base.max_minutes,
+          "autoencoder_dir": ae_dir, "protocol": {k: v for k, v in vars(ec).items() if k != "progress"}}
+  json_path = _JSON.value or os.path.splitext(_REPORT.value)[0] + ".json"
+  ablation.write(results, meta, _REPORT.value, json_path)
+  logging.info("wrote %s and %s", _REPORT.value, json_path)
+  print(json.dumps({n: [(a["label"], a["summary"]["drift_ratio"]) for a in arms] for n, arms in results.items()}))
+
+
+if __name__ == "__main__":
+  app.run(main)
