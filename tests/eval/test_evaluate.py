@@ -3,6 +3,7 @@ entry point writes its JSON, markdown, plots and per-frame series."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -41,10 +42,21 @@ def test_chunked_stream_equals_one_scan(tiny_model):
   np.testing.assert_allclose(np.concatenate(outs), whole, atol=1e-5)
 
 
+def _sample_manifest(tmp_path) -> str:
+  """A one-clip held-out library from the committed sample (a fresh clone has no data/library)."""
+  root = tmp_path / "library"
+  (root / "clips").mkdir(parents=True)
+  shutil.copy(os.path.join(ROOT, "data/samples/bigbuckbunny_256.mp4"), root / "clips" / "bunny.mp4")
+  (root / "manifest.json").write_text(json.dumps(
+      {"clips": [{"name": "bunny", "path": "clips/bunny.mp4", "split": "heldout"}], "photos": []}))
+  return str(root / "manifest.json")
+
+
 def test_evaluate_cli_end_to_end(tiny_model, tmp_path):
   model_dir, _ = tiny_model
   out = tmp_path / "eval"
   cmd = [sys.executable, os.path.join(ROOT, "experiments/evaluate.py"), f"--model={model_dir}", "--steps=1",
+         f"--manifest={_sample_manifest(tmp_path)}",
          "--clips=1", "--clip_frames=8", "--stream_frames=20", "--switch_every=5", "--chunk=8",
          "--effects=sepia,snowfall", f"--out={out}"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
