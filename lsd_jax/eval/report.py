@@ -143,3 +143,28 @@ def _jsonable(x):
   if isinstance(x, np.ndarray):
     return x.tolist()
   return str(x)
+
+
+def strip(frames_TxHxWx3, count: int = 8) -> np.ndarray:
+  """`count` evenly spaced frames side by side (uint8 or [0, 1] floats -> [0, 1] floats)."""
+  f = np.asarray(frames_TxHxWx3)
+  f = f.astype(np.float32) / 255.0 if f.dtype == np.uint8 else f.astype(np.float32)
+  idx = np.linspace(0, len(f) - 1, min(count, len(f))).round().astype(int)
+  return np.concatenate(list(f[idx]), axis=1)
+
+
+def per_frame_plot(ax_psnr, ax_flicker, res: stream_eval.StreamResult) -> None:
+  """Per-frame PSNR, SSIM and flicker of a stream, prompt switches as vertical lines."""
+  pf = res.per_frame
+  t = np.arange(len(pf["psnr"]))
+  ax_psnr.plot(t, pf["psnr"], label="PSNR (dB)")
+  ax2 = ax_psnr.twinx()
+  ax2.plot(t, pf["ssim"], color="tab:orange", label="SSIM")
+  ax2.set_ylabel("SSIM")
+  ax_flicker.plot(t, pf["flicker"], color="tab:red")
+  ax_flicker.set_ylabel("flicker")
+  for ax in (ax_psnr, ax_flicker):
+    for s in res.schedule.starts[1:]:
+      ax.axvline(s, color="k", ls=":", lw=1)
+    ax.set_xlabel("frame")
+  ax_psnr.set_ylabel("PSNR (dB)")

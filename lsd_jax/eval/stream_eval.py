@@ -6,8 +6,8 @@ A stream is cut into chunks of `chunk` frames. Per chunk, three jitted scans run
    stream equals one long stream (same noise: the key is folded in by the absolute frame index);
 2. the ground truth (`truth_chunk_fn`): `effects.render_step` with its EffectState carried
    across chunks, re-initialised at a prompt switch (the new effect starts from its own state);
-3. the metrics (`metrics_chunk_fn`): PSNR, SSIM, flicker and particle statistics per frame, with
-   the previous frames carried, so only a few scalars per frame come back to the host.
+3. the metrics (`metrics_chunk_fn`, vmapped over the chunk): PSNR, SSIM, flicker and particle
+   statistics per frame, with the chunk's previous frame carried, so only a few scalars per frame come back to the host.
 The host waits once per chunk (the model scan is timed with block_until_ready; the latency per
 frame is that time over the chunk's frames) and never inside one, and keeps only the per-frame
 scalars: 100,000 frames are ~10 MB of host memory and a fixed amount of device memory.
@@ -103,20 +103,27 @@ def empty_metric_carry(height: int, width: int) -> MetricCarry:
 
 
 def _metrics(carry: MetricCarry, out_T, target_T, frame_only_T, reset_T):
-  def one(c: MetricCarry, xs):
-    y, g, f, reset = xs
-    lay_y, lay_g = metrics.particle_layer(y, f), metrics.particle_layer(g, f)
-    moved = c.has_prev & ~reset  # particles re-spawn at a switch: no displacement to measure
-    nan2 = jnp.full((2,), jnp.nan)
-    v_y = jnp.where(moved, metrics.phase_shift(c.prev_layer_out, lay_y), nan2)
-    v_g = jnp.where(moved, metrics.phase_shift(c.prev_layer_gt, lay_g), nan2)
-    row = {"psnr": metrics.psnr_frames(y, g), "ssim": metrics.ssim(y, g),
-           "flicker": jnp.where(c.has_prev, metrics.flicker_step(c.prev_out, y, c.prev_gt, g), jnp.nan),
-           "density_out": metrics.particle_density(lay_y), "density_gt": metrics.particle_density(lay_g),
-           "vel_out_y": v_y[0], "vel_out_x": v_y[1], "vel_gt_y": v_g[0], "vel_gt_x": v_g[1]}
-    return MetricCarry(y, g, lay_y, lay_g, jnp.array(True)), row
-
-  return jax.lax.scan(one, carry, (out_T, target_T, frame_only_T, reset_T))
+  """All frames of a chunk at once (vmapped, no loop): previous frames are the carry's last
+  frame followed by the chunk shifted by one."""
+  shift = lambda first, xs: jnp.concatenate([first[None], xs[:-1]])
+  lay_y = jax.vmap(metrics.particle_layer)(out_T, frame_only_T)
+  lay_g = jax.vmap(metrics.particle_layer)(target_T, frame_only_T)
+  # A barrier between the layers and their consumers: without it XLA:CPU fuses the SSIM, the
+  # layers and the FFTs into one computation whose compile time explodes with the frame size.
+  lay_y, lay_g = jax.lax.optimization_barrier((lay_y, lay_g))
+  has_prev = shift(carry.has_prev, jnp.ones(reset_T.shape, bool))
+  moved = (has_prev & ~reset_T)[:, None]  # particles re-spawn at a switch: no displacement to measure
+  v_y, v_g = jax.lax.optimization_barrier((
+      jax.vmap(metrics.phase_shift)(shift(carry.prev_layer_out, lay_y), lay_y),
+      jax.vmap(metrics.phase_shift)(shift(carry.prev_layer_gt, lay_g), lay_g)))
+  v_y, v_g = jnp.where(moved, v_y, jnp.nan), jnp.where(moved, v_g, jnp.nan)
+  flick = metrics.flicker_step(shift(carry.prev_out, out_T), out_T, shift(carry.prev_gt, target_T), target_T)
+  ssim_T = jax.lax.optimization_barrier(metrics.ssim(*jax.lax.optimization_barrier((out_T, target_T))))
+  row = {"psnr": metrics.psnr_frames(out_T, target_T), "ssim": ssim_T,
+         "flicker": jnp.where(has_prev, flick, jnp.nan),
+         "density_out": metrics.particle_density(lay_y), "density_gt": metrics.particle_density(lay_g),
+         "vel_out_y": v_y[:, 0], "vel_out_x": v_y[:, 1], "vel_gt_y": v_g[:, 0], "vel_gt_x": v_g[:, 1]}
+  return MetricCarry(out_T[-1], target_T[-1], lay_y[-1], lay_g[-1], jnp.array(True)), row
 
 
 metrics_chunk_fn = jax.jit(_metrics, donate_argnums=0)
@@ -155,14 +162,18 @@ class StreamResult:
   chunk_seconds: np.ndarray  # model time of each chunk (block_until_ready)
   chunk_frames: np.ndarray
   schedule: Schedule
+  outputs: np.ndarray | None = None  # [frames, H, W, 3] in [0, 1], only with keep_frames
+  targets: np.ndarray | None = None
 
 
 def run_stream(cfg: lsd.LSDConfig, params, frames: Iterator[np.ndarray], prompts: dict[str, Prompt],
                schedule: Schedule, num_frames: int, *, steps: int, chunk: int = 256, seed: int = 0,
-               model_fn: Callable | None = None, progress: bool = False, desc: str = "stream") -> StreamResult:
+               model_fn: Callable | None = None, progress: bool = False, desc: str = "stream",
+               keep_frames: bool = False) -> StreamResult:
   """Streams `num_frames` frames (uint8 HxWx3 from `frames`) through the model in chunks.
 
-  Device memory is independent of num_frames; per-frame scalars accumulate on the host."""
+  Device memory is independent of num_frames; per-frame scalars accumulate on the host (and,
+  with `keep_frames`, the output and target frames: for short clips only)."""
   model_fn = model_fn or model_chunk_fn(cfg, steps)
   key = jax.random.key(seed)
   gt_key = jax.random.key(seed + 10_000)
@@ -177,7 +188,7 @@ def run_stream(cfg: lsd.LSDConfig, params, frames: Iterator[np.ndarray], prompts
   spec_arrays = effects.EffectSpec(*(np.stack([np.asarray(s[f]) for s in specs]) for f in range(3)))
   starts = np.asarray(schedule.starts)
   rows: dict[str, list[np.ndarray]] = {k: [] for k in PER_FRAME}
-  seg_all, secs, counts = [], [], []
+  seg_all, secs, counts, kept = [], [], [], []
   bar = _progress(num_frames, desc) if progress else None
   done = 0
   while done < num_frames:
@@ -199,13 +210,16 @@ def run_stream(cfg: lsd.LSDConfig, params, frames: Iterator[np.ndarray], prompts
     for k, v in jax.device_get(row).items():
       rows[k].append(np.asarray(v)[:n])
     seg_all.append(seg[:n])
+    if keep_frames:
+      kept.append((np.asarray(out)[:n], np.asarray(target)[:n]))
     done += n
     if bar is not None:
       bar.update(n)
   if bar is not None:
     bar.close()
+  outs = (np.concatenate([o for o, _ in kept]), np.concatenate([t for _, t in kept])) if kept else (None, None)
   return StreamResult({k: np.concatenate(v) for k, v in rows.items()}, np.concatenate(seg_all),
-                      np.asarray(secs), np.asarray(counts), schedule)
+                      np.asarray(secs), np.asarray(counts), schedule, *outs)
 
 
 def _progress(total: int, desc: str):
