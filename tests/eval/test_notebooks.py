@@ -24,7 +24,6 @@ def kernel_env(tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("LSD_ROOT", ROOT)
   monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  monkeypatch.setenv("MPLBACKEND", "Agg")
 
 
 def _run(name: str) -> nbformat.NotebookNode:
