@@ -32,7 +32,6 @@ import io as _io
 import ipaddress
 import json
 import socket
-import sys
 import threading
 import time
 import urllib.parse
@@ -331,8 +330,6 @@ def _serve(argv) -> None:
     logging.warning("\n%s\nlsd-serve is listening on %s, NOT loopback: anyone who can reach port %d "
                     "can stream through this model.\nThere is no authentication. Prefer an SSH "
                     "tunnel to 127.0.0.1.\n%s", banner, FLAGS.host, FLAGS.port, banner)
-    print(f"WARNING: lsd-serve bound to {FLAGS.host} (not loopback): no authentication",
-          file=sys.stderr)
   model = engine.StreamModel.load(FLAGS.checkpoint, steps=FLAGS.steps)
   logging.info("model: %s; compiling", model.info.label)
   warm = engine.StreamSession(model).warmup()
