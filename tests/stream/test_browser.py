@@ -114,14 +114,16 @@ def test_browser_round_trip(tmp_path, prompt_sensitive_checkpoint):
         "return ['sent', 'received'].map((i) => +document.getElementById(i).textContent);")
     assert sent >= received >= 5  # one frame in flight at most: latest-frame semantics
     assert "random weights" in driver.find_element("id", "model").text
-    before, control = _mean_stats(driver, 6), _mean_stats(driver, 6)
+    # Windows of 20 frames span the fake camera's 20-frame loop, so the control's drift is noise,
+    # not which part of the clip a window happened to see.
+    before, control = _mean_stats(driver, 20), _mean_stats(driver, 20)
     box = driver.find_element("id", "prompt")
     box.send_keys("thermal camera")
     driver.find_element("id", "apply").click()
     _wait(lambda: "thermal camera" in driver.execute_script(
         "return document.getElementById('prompt').value"), 5, "the prompt text")
     time.sleep(0.5)  # the prompt message is handled before the next frames
-    after = _mean_stats(driver, 6)
+    after = _mean_stats(driver, 20)
     os.makedirs(os.path.join(REPO, "test-artifacts"), exist_ok=True)
     driver.save_screenshot(os.path.join(REPO, "test-artifacts", "browser_stream.png"))
     drift = sum(abs(a - b) for a, b in zip(before, control))  # same prompt, later frames
