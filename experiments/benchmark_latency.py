@@ -84,7 +84,7 @@ def _make_fns(cfg: lsd.LSDConfig):
       c = lsd.encode(ae, params["autoencoder"], frame_u8)
       vel = lsd.velocity_fn(den, params["denoiser"])
       z = sampler.sample_frame(vel, key, c, ring, prompt, tau_inf=cfg.tau_inf, steps=steps,
-                               mode=cfg.history_mode)
+                               mode=cfg.history_mode, residual=cfg.residual)
       return lsd.decode(ae, params["autoencoder"], z)
 
     return frame

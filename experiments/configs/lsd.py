@@ -20,6 +20,7 @@ def get_config(arg: str = "small"):
   c = defaults.base("lsd")
   c.name = f"lsd:{arg}"
   c.data.num_frames = WARMUP_FRAMES + c.model.history_len + 1
+  c.model.residual = True  # diffuse target - input latent (forcing.py); the first shipped model did not
   if arg in ("small", "base"):
     c.model.size = arg
     c.data.global_batch_size = 32

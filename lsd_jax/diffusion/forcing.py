@@ -6,6 +6,14 @@ before it are its history: corrupted by the history transforms, then noised at i
 levels tau_k (diffusion forcing), the oldest m of them sometimes blanked to pure noise at
 tau = 1 (the start of a stream, when the ring is still empty). In ``attention`` mode every
 frame is a target at its own level, the K earlier frames corrupted as context.
+
+With ``residual`` the diffusion runs on r = y - c (the target latent minus the input frame's
+latent) instead of on y: an effect that changes little (a tint, the identity, an echo) has a
+small residual, so the model starts from "return the input" instead of rebuilding the whole
+frame from noise. The history stays absolute (y) in ``concat`` mode, since temporal effects
+read the previous outputs themselves; in ``attention`` mode history frames are tokens of the
+same sequence, so they are residuals too. The sampler adds c back
+(`sampler.sample_frame(residual=True)`).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ class ForcingConfig:
   tau_kind: str = "uniform"  # sampler of history levels
   tau_max: float = 0.5  # history levels in [0, tau_max]
   p_stream_start: float = 0.1  # chance that the oldest m >= 1 history frames are missing
+  residual: bool = False  # diffuse y - c instead of y
 
 
 def _missing_oldest(key, batch: int, k: int, p: float):
@@ -51,10 +60,14 @@ def make_inputs(key, c_BxTxHxWxC, y_BxTxHxWxC, prompt_BxE, cfg: ForcingConfig,
     tau = jnp.where(_missing_oldest(k_miss, b, k, cfg.p_stream_start), 1.0, tau)
     hist = history.noise(k_noise, ctx, tau)
     cond = {"c": c_BxTxHxWxC[:, k:], "prompt": prompt_BxE, "hist": hist[:, None], "tau": tau[:, None]}
-    return y_BxTxHxWxC[:, k:], None, cond, False
+    x0 = y_BxTxHxWxC[:, k:] - c_BxTxHxWxC[:, k:] if cfg.residual else y_BxTxHxWxC[:, k:]
+    return x0, None, cond, False
   if cfg.mode == "attention":
     x0_in = jnp.concatenate([ctx, y_BxTxHxWxC[:, k:]], axis=1)
-    return y_BxTxHxWxC, x0_in, {"c": c_BxTxHxWxC, "prompt": prompt_BxE}, True
+    x0 = y_BxTxHxWxC
+    if cfg.residual:
+      x0, x0_in = x0 - c_BxTxHxWxC, x0_in - c_BxTxHxWxC
+    return x0, x0_in, {"c": c_BxTxHxWxC, "prompt": prompt_BxE}, True
   raise ValueError(f"unknown history mode {cfg.mode!r}")
 
 

@@ -6,6 +6,9 @@ by the ``attention`` mode) and a level per slot: 1.0 marks an empty slot (pure n
 the start of a stream), 0.0 a generated frame. At every frame the history is noised to
 max(level, tau_inf) and the model is told that level: it expects an inaccurate history and
 corrects for it instead of compounding it.
+
+A ``residual`` model diffuses y - c (see `forcing`): its history tokens (``attention`` mode) are
+residuals and the frame it returns is c + z.
 """
 
 from __future__ import annotations
@@ -38,14 +41,18 @@ def push(ring: Ring, frame_BxHxWxC, input_BxHxWxC) -> Ring:
 
 
 def sample_frame(velocity_fn: VelocityFn, key, c_BxHxWxC, ring: Ring, prompt_BxE, *, tau_inf: float,
-                 steps: int, mode: str = "concat"):
-  """One frame's latent: z ~ N(0, I) at t = 1, then `steps` shortcut steps of d = 1/steps."""
+                 steps: int, mode: str = "concat", residual: bool = False):
+  """One frame's latent: z ~ N(0, I) at t = 1, then `steps` shortcut steps of d = 1/steps
+  (plus the input latent c when the model is `residual`)."""
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}")
   b = c_BxHxWxC.shape[0]
   k_hist, k_z = jax.random.split(key)
   tau = jnp.maximum(ring.levels_BxK, tau_inf)
-  hist = history.noise(k_hist, ring.frames_BxKxHxWxC, tau)
+  ctx = ring.frames_BxKxHxWxC
+  if residual and mode == "attention":
+    ctx = ctx - ring.inputs_BxKxHxWxC
+  hist = history.noise(k_hist, ctx, tau)
   z = jax.random.normal(k_z, c_BxHxWxC.shape, jnp.float32)
   d = 1.0 / steps
   for i in range(steps):  # static unroll: steps is small and fixed per compiled function
@@ -63,4 +70,4 @@ def sample_frame(velocity_fn: VelocityFn, key, c_BxHxWxC, ring: Ring, prompt_BxE
     else:
       raise ValueError(f"unknown history mode {mode!r}")
     z = z - d * u
-  return z
+  return z + c_BxHxWxC if residual else z

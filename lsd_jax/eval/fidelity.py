@@ -33,7 +33,7 @@ def rollout_fn(cfg: lsd.LSDConfig, steps: int):
       i, frame = xs
       c_in = lsd.encode(ae, params["autoencoder"], frame[None])
       z = sampler.sample_frame(vf, jax.random.fold_in(key, i + 1), c_in, ring, prompt_E[None],
-                               tau_inf=cfg.tau_inf, steps=steps, mode=cfg.history_mode)
+                               tau_inf=cfg.tau_inf, steps=steps, mode=cfg.history_mode, residual=cfg.residual)
       out = lsd.decode(ae, params["autoencoder"], z)[0]
       return sampler.push(ring, z, c_in), out
 

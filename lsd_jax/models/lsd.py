@@ -30,6 +30,7 @@ class LSDConfig:
   steps: int = 2  # S shortcut steps per frame
   latent_scale: float = 1.0
   kernel_impl: str = "xla"
+  residual: bool = False  # the denoiser diffuses target - input latent (see diffusion.forcing)
 
   def __post_init__(self):
     sizes.tokens_per_frame(sizes.get_size(self.size), self.height, self.width)  # validates

@@ -147,7 +147,7 @@ def make_step_fns(cfg: lsd.LSDConfig) -> StepFns:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key_data), index)
     vel = lsd.velocity_fn(den, params["denoiser"])
     z = sampler.sample_frame(vel, key, c_1xhxwxC, state.ring, prompt_E[None].astype(jnp.float32),
-                             tau_inf=cfg.tau_inf, steps=cfg.steps, mode=cfg.history_mode)
+                             tau_inf=cfg.tau_inf, steps=cfg.steps, mode=cfg.history_mode, residual=cfg.residual)
     return StreamState(sampler.push(state.ring, z, c_1xhxwxC), index, state.key_data), z
 
   def decode(params, z_1xhxwxC):

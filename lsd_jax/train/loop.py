@@ -46,20 +46,49 @@ def lsd_config(config: ml_collections.ConfigDict, latent_scale: float = 1.0) -> 
   m = config.model
   return lsd.LSDConfig(size=m.size, height=config.data.height, width=config.data.width,
                        history_mode=m.history_mode, history_len=m.history_len, tau_inf=m.tau_inf,
-                       steps=m.steps, latent_scale=latent_scale, kernel_impl=m.kernel_impl)
+                       steps=m.steps, latent_scale=latent_scale, kernel_impl=m.kernel_impl,
+                       residual=bool(m.get("residual", False)))
 
 
 def load_autoencoder(directory: str) -> tuple[Any, dict[str, Any]]:
-  with open(os.path.join(directory, AE_META)) as f:
-    meta = json.load(f)
-  return export.load_params(os.path.join(directory, AE_FILE)), meta
+  """An autoencoder run's workdir (its `autoencoder/` export), or a whole exported model folder
+  (e.g. checkpoints/lsd_small), whose autoencoder is then reused. Returns (params, meta)."""
+  if os.path.isfile(os.path.join(directory, AE_META)):
+    with open(os.path.join(directory, AE_META)) as f:
+      meta = json.load(f)
+    return export.load_params(os.path.join(directory, AE_FILE)), meta
+  if os.path.isfile(os.path.join(directory, export.CONFIG_FILE)):
+    cfg, params, meta = export.load(directory)
+    return params["autoencoder"], {"size": cfg.size, "latent_scale": cfg.latent_scale,
+                                   "steps": meta.get("steps"), "from_model": directory}
+  raise FileNotFoundError(f"{directory!r} holds neither {AE_META} (an autoencoder run) nor "
+                          f"{export.CONFIG_FILE} (an exported model)")
+
+
+def warm_start(state: state_lib.TrainState, directory: str) -> state_lib.TrainState:
+  """The denoiser weights of an exported model as the starting point (params and EMA) of a new
+  run; the optimizer and step start fresh. Every leaf must match in shape."""
+  _, params, meta = export.load(directory)
+  src = params["denoiser"]
+  flat_src = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(src)}
+  flat_dst = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+  if flat_src.keys() != flat_dst.keys():
+    diff = sorted(set(flat_src) ^ set(flat_dst))[:5]
+    raise ValueError(f"init_from {directory!r}: parameter trees differ (e.g. {diff})")
+  bad = [k for k in flat_dst if tuple(flat_src[k].shape) != tuple(flat_dst[k].shape)]
+  if bad:
+    raise ValueError(f"init_from {directory!r}: shape mismatch at {bad[:5]}")
+  put = lambda dst, v: jax.device_put(np.asarray(v, dst.dtype), dst.sharding)  # noqa: E731
+  logging.info("warm start: denoiser weights from %s (trained %s steps)", directory, meta.get("steps"))
+  return state.replace(params=jax.tree.map(put, state.params, src), ema_params=jax.tree.map(put, state.ema_params, src))
 
 
 def step_config(config) -> steps.LSDStepConfig:
   t = config.train
   return steps.LSDStepConfig(
       forcing=forcing.ForcingConfig(mode=config.model.history_mode, history_len=config.model.history_len,
-                                    tau_kind=t.tau_kind, tau_max=t.tau_max, p_stream_start=t.p_stream_start),
+                                    tau_kind=t.tau_kind, tau_max=t.tau_max, p_stream_start=t.p_stream_start,
+                                    residual=bool(config.model.get("residual", False))),
       augment=tuple(dict(a) for a in t.augment), bootstrap_frac=t.bootstrap_frac, max_log2=t.max_log2,
       level_kind=t.level_kind, ema_decay=t.ema_decay, p_no_prompt=t.p_no_prompt)
 
@@ -114,6 +143,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   restored, start = checkpoint.restore_latest(mgr, abstract, data_iter)
   if restored is not None:
     state = restored
+  elif config.get("init_from"):
+    state = warm_start(state, config.init_from)
   batch_sh = sharding.batch_sharding(mesh)
   extras = {n: jax.device_put(models[n], sharding.replicated(mesh)) for n in extra_names}
   jitted = jax.jit(lambda s, b, k, ex: step_fn(s, b, k, **ex),

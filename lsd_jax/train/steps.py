@@ -122,10 +122,11 @@ def _self_history(vf, c_BxTxHxWxC, prompt_BxE, fcfg: forcing.ForcingConfig, leve
 
   def predict(key, frames_BxKxHxWxC):
     b, k = frames_BxKxHxWxC.shape[:2]
-    eps = jax.random.normal(key, frames_BxKxHxWxC.shape)
-    x = (1 - level) * frames_BxKxHxWxC + level * eps
-    t = jnp.full((b, k), level)
     cin = c_BxTxHxWxC[:, :k]
+    base = cin if fcfg.residual else jnp.zeros_like(cin)  # a residual model diffuses y - c
+    eps = jax.random.normal(key, frames_BxKxHxWxC.shape)
+    x = (1 - level) * (frames_BxKxHxWxC - base) + level * eps
+    t = jnp.full((b, k), level)
     if fcfg.mode == "concat":
       cond = {"c": cin, "prompt": prompt_BxE, "hist": jnp.zeros((b, k, k) + frames_BxKxHxWxC.shape[2:]),
               "tau": jnp.ones((b, k, k))}
@@ -133,7 +134,7 @@ def _self_history(vf, c_BxTxHxWxC, prompt_BxE, fcfg: forcing.ForcingConfig, leve
     else:
       cond = {"c": cin, "prompt": prompt_BxE}
       d = jnp.full((b, k), level)
-    return x - level * vf(x, t, d, cond)
+    return base + x - level * vf(x, t, d, cond)
 
   return predict
 

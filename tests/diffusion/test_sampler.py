@@ -52,3 +52,37 @@ def test_rejects_zero_steps(model):
   c_in, ring, prompt = _inputs(cfg)
   with pytest.raises(ValueError, match="steps"):
     sampler.sample_frame(vf, jax.random.key(0), c_in, ring, prompt, tau_inf=0.1, steps=0)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_exact_field_lands_on_its_target(residual, steps):
+  """With the exact velocity field of a point target r0, u = (x - r0) / t, S steps land on r0;
+  a residual model's frame is then c + r0 (the input latent added back), an absolute one r0."""
+  h, w, c = 4, 6, 8
+  c_in = jax.random.normal(jax.random.key(1), (2, h, w, c))
+  r0 = jax.random.normal(jax.random.key(2), (2, h, w, c))
+  ring = sampler.empty_ring(2, 3, h, w, c)
+
+  def vf(x, t, d, cond):
+    return (x - r0[:, None]) / t[:, :, None, None, None]
+
+  z = sampler.sample_frame(vf, jax.random.key(0), c_in, ring, jnp.zeros((2, 384)), tau_inf=0.1, steps=steps,
+                           residual=residual)
+  np.testing.assert_allclose(z, c_in + r0 if residual else r0, atol=1e-5)
+
+
+def test_residual_attention_history_is_residual():
+  """In attention mode a residual model sees its history as frames minus their inputs."""
+  h, w, c = 2, 2, 4
+  frame, inp = jnp.full((1, h, w, c), 5.0), jnp.full((1, h, w, c), 3.0)
+  ring = sampler.push(sampler.empty_ring(1, 1, h, w, c), frame, inp)
+  seen = {}
+
+  def vf(x, t, d, cond):
+    seen["hist"] = x[:, :-1]
+    return jnp.zeros_like(x)
+
+  sampler.sample_frame(vf, jax.random.key(0), inp, ring, jnp.zeros((1, 384)), tau_inf=0.0, steps=1,
+                       mode="attention", residual=True)
+  np.testing.assert_allclose(seen["hist"], 2.0)
