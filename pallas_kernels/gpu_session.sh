@@ -21,5 +21,13 @@ for stage in "$@"; do
         XLA_FLAGS="$flags" timeout 200 python3 experiments/benchmark_latency.py --sizes=small,base \
         --resolutions=256x256 --steps=2 --impls=xla,mosaic --iters=50 --out_dir="$OUT" \
         --label="$label" 2>&1 | grep -v "^I" | tail -8; done;;
+    # megablock: the mega kernel (one DiT block per call). Its benchmark main (small and base at
+    # 256 tokens, configs vs the XLA block; if all fail, the first phase that fails), then its
+    # GPU tests; at most 440 s.
+    megablock) timeout 240 python3 -m pallas_kernels.megablock_mgpu 2>&1 \
+        | grep -vE "^[IW][0-9]{4} " | tail -80 | tee "$OUT/megablock_bench.log"
+      JAX_PLATFORMS=cuda timeout 200 python3 -m pytest -q -rs -m gpu \
+        tests/pallas_kernels/test_megablock.py 2>&1 | tail -40 > "$OUT/megablock_tests.log"
+      tail -5 "$OUT/megablock_tests.log";;
   esac
 done
