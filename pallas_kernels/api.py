@@ -76,7 +76,8 @@ def resolve(implementation: str) -> str:
 _KERNEL_MODULES = {
     "mosaic": ("pallas_kernels.attention_mgpu", "pallas_kernels.ln_modulate_linear_mgpu",
                "pallas_kernels.mlp_mgpu"),
-    "triton": (),
+    "triton": ("pallas_kernels.attention_triton", "pallas_kernels.ln_modulate_linear_triton",
+               "pallas_kernels.mlp_triton"),
 }
 
 

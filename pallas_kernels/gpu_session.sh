@@ -2,7 +2,8 @@
 # One GPU session: check the kernels at the model's shapes, time them, then the latency benchmark.
 # Usage (on the device machine, repo root): bash pallas_kernels/gpu_session.sh STAGE...
 # (tests/conftest.py defaults JAX_PLATFORMS to cpu, hence JAX_PLATFORMS=cuda for the tests.)
-# Stages: tests, kernels, bench_small_base, bench_large, bench_cmdbuf. Logs and results go to $OUT.
+# Stages: tests, kernels, bench_small_base, bench_large, bench_cmdbuf, triton (= triton_tests,
+# triton_kernels). Logs and results go to $OUT.
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 for stage in "$@"; do
@@ -21,6 +22,16 @@ for stage in "$@"; do
         XLA_FLAGS="$flags" timeout 200 python3 experiments/benchmark_latency.py --sizes=small,base \
         --resolutions=256x256 --steps=2 --impls=xla,mosaic --iters=50 --out_dir="$OUT" \
         --label="$label" 2>&1 | grep -v "^I" | tail -8; done;;
+    # Triton path: its GPU tests, then each Triton kernel's main() (configs vs XLA, and vs the
+    # Mosaic kernel on a Hopper). `triton` runs both; their timeouts add up to 690 s, so where one
+    # call may take at most 600 s, run `triton_tests` and `triton_kernels` as two calls.
+    triton) OUT="$OUT" bash "$0" triton_tests triton_kernels;;
+    triton_tests) JAX_PLATFORMS=cuda timeout 240 python3 -m pytest -q -rs -m gpu \
+        tests/pallas_kernels/test_triton.py 2>&1 | tail -40 > "$OUT/triton_tests.log"
+        tail -5 "$OUT/triton_tests.log";;
+    triton_kernels) for k in attention_triton ln_modulate_linear_triton mlp_triton; do
+          timeout 150 python3 -m pallas_kernels.$k 2>&1 | grep -E "^L=|xla:|mosaic:|Error"; done \
+        2>&1 | tee "$OUT/triton_kernels.log";;
     # megablock: the mega kernel (one DiT block per call). Its benchmark main (small and base at
     # 256 tokens, configs vs the XLA block; if all fail, the first phase that fails), then its
     # GPU tests; at most 440 s.
