@@ -17,6 +17,7 @@ processes, e.g. with XLA_FLAGS=--xla_gpu_enable_command_buffer= for "off"):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -45,6 +46,8 @@ flags.DEFINE_float("peak_tflops", 790.0, "bf16 matmul rate for the FLOP floor (H
 flags.DEFINE_float("hbm_tbps", 3.0, "Device-memory bandwidth for the byte floor, TB/s.")
 flags.DEFINE_string("out_dir", "reports/latency", "Where the table, JSON and plot go.")
 flags.DEFINE_string("label", "default", "Name of this run (e.g. the command-buffer setting).")
+flags.DEFINE_string("model", "", "An exported model folder (e.g. a pruned one): time its architecture "
+                    "and its own weights at --resolutions instead of --sizes.")
 
 
 def _random_params(key, params):
@@ -93,7 +96,7 @@ def _make_fns(cfg: lsd.LSDConfig):
 
 
 def _floors(cfg: lsd.LSDConfig, steps: int) -> dict[str, float]:
-  rep = sizes.report(cfg.size, cfg.height, cfg.width, steps, cfg.history_mode, cfg.history_len)
+  rep = sizes.report(cfg.model_size, cfg.height, cfg.width, steps, cfg.history_mode, cfg.history_len)
   peak = FLAGS.peak_tflops * 1e12
   bw = FLAGS.hbm_tbps * 1e12
   return {
@@ -111,12 +114,17 @@ def _want_frame(size: str, res: str, steps: int) -> bool:
   return not FLAGS.frame_only or f"{size}:{res}:{steps}" in FLAGS.frame_only
 
 
-def _bench_one(size: str, res: str) -> list[dict]:
+def _bench_one(size: str, res: str, model=None) -> list[dict]:
+  """`model`: (LSDConfig, params) of an exported model, timed with its own weights."""
   width, height = (int(v) for v in res.split("x"))
   rows = []
-  base_cfg = lsd.LSDConfig(size=size, height=height, width=width)
   key = jax.random.key(0)
-  params = _random_params(jax.random.fold_in(key, 1), lsd.init_params(key, base_cfg))
+  if model is None:
+    base_cfg = lsd.LSDConfig(size=size, height=height, width=width)
+    params = _random_params(jax.random.fold_in(key, 1), lsd.init_params(key, base_cfg))
+  else:
+    base_cfg = dataclasses.replace(model[0], height=height, width=width, kernel_impl="xla")
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.bfloat16), model[1])
   x = _step_inputs(base_cfg, jax.random.fold_in(key, 2))
   frame_u8 = jax.random.randint(jax.random.fold_in(key, 3), (1, height, width, 3), 0, 256,
                                 jnp.int32).astype(jnp.uint8)
@@ -127,7 +135,7 @@ def _bench_one(size: str, res: str) -> list[dict]:
   prompt = x["prompt"]
   ref_step = None
   for impl in FLAGS.impls:
-    cfg = lsd.LSDConfig(size=size, height=height, width=width, kernel_impl=impl)
+    cfg = dataclasses.replace(base_cfg, kernel_impl=impl)
     step, frame_fn = _make_fns(cfg)
     t0 = time.perf_counter()
     out = jax.block_until_ready(step(params["denoiser"], x))
@@ -139,7 +147,7 @@ def _bench_one(size: str, res: str) -> list[dict]:
     fl = _floors(cfg, 1)
     row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": api.resolve(impl),
            "what": "step", "steps": 1, **st, "rel_err_vs_xla": err, "compile_s": compile_s,
-           "random_weights": True, **fl}
+           "random_weights": model is None, **fl}
     logging.info("%s", row)
     rows.append(row)
     for s in (int(v) for v in FLAGS.steps):
@@ -151,7 +159,7 @@ def _bench_one(size: str, res: str) -> list[dict]:
       ft = bench.time_fn(frame, params, frame_u8, ring, prompt, fkey, warmup=FLAGS.warmup,
                          iters=FLAGS.iters)
       row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": api.resolve(impl),
-             "what": "frame", "steps": s, **ft, "random_weights": True, **_floors(cfg, s)}
+             "what": "frame", "steps": s, **ft, "random_weights": model is None, **_floors(cfg, s)}
       logging.info("%s", row)
       rows.append(row)
   return rows
@@ -222,9 +230,16 @@ def main(argv) -> None:
     api.set_kernel_ops(backend, FLAGS.kernel_ops)
   rows = []
   stem = os.path.join(FLAGS.out_dir, f"latency_{FLAGS.label}")
+  model = None
+  if FLAGS.model:
+    from lsd_jax.models import export
+
+    cfg, params, _ = export.load(FLAGS.model)
+    model = (cfg, params)
+    FLAGS.sizes = [cfg.model_size.name]
   for size in FLAGS.sizes:
     for res in FLAGS.resolutions:
-      rows += _bench_one(size, res)
+      rows += [{**r, "model": FLAGS.model} if model else r for r in _bench_one(size, res, model)]
       _ratios(rows)
       with open(stem + ".json", "w") as f:  # after every configuration: a timeout keeps the rest
         json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,

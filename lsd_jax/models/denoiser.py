@@ -95,8 +95,9 @@ class Denoiser(nn.Module):
     cond = self._condition(t_BxT, d_BxT, prompt_BxE, tau_BxTxK)
     causal = cfg.history_mode == "attention"
     for i in range(s.depth):
-      x = layers.DiTBlock(s.heads, s.mlp_ratio, frame_causal=causal, window=k if causal else None,
-                          dtype=self.dtype, kernel_impl=cfg.kernel_impl, name=f"block_{i}")(x, cond)
+      pruned = {"head_dim": s.head_dim, "mlp_dim": s.mlp_of(i)} if s.pruned else {}
+      x = layers.DiTBlock(s.heads_of(i), s.mlp_ratio, frame_causal=causal, window=k if causal else None,
+                          dtype=self.dtype, kernel_impl=cfg.kernel_impl, name=f"block_{i}", **pruned)(x, cond)
     out = layers.FinalLayer(s.patch * s.patch * c, self.dtype, name="final")(x, cond)
     v = layers.unpatchify(out, s.patch, h, w, c).astype(jnp.float32)
     return sh.constrain(v, sh.BATCH, sh.FRAME, sh.HEIGHT, sh.WIDTH, sh.CHANNEL)

@@ -65,18 +65,30 @@ def save(directory: str, cfg: LSDConfig, params: dict[str, Any], *, dtype: str =
   return directory
 
 
+def _read_config(directory: str) -> tuple[LSDConfig, dict[str, Any]]:
+  cfg_path = os.path.join(directory, CONFIG_FILE)
+  try:
+    with open(cfg_path) as f:
+      doc = json.load(f)
+    return LSDConfig.from_dict(doc["lsd_config"]), doc
+  except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{cfg_path}: unreadable model config ({e})") from e
+
+
+def load_config(directory: str) -> LSDConfig:
+  """Only the model folder's LSDConfig (its architecture), without reading the weights."""
+  if not os.path.isfile(os.path.join(directory, CONFIG_FILE)):
+    raise CheckpointError(f"{directory!r} is not a model folder: {CONFIG_FILE} is missing")
+  return _read_config(directory)[0]
+
+
 def load(directory: str, *, dtype=np.float32) -> tuple[LSDConfig, dict[str, Any], dict[str, Any]]:
   """Returns (config, params, metadata); raises CheckpointError with the reason."""
   cfg_path, params_path = os.path.join(directory, CONFIG_FILE), os.path.join(directory, PARAMS_FILE)
   for p in (cfg_path, params_path):
     if not os.path.isfile(p):
       raise CheckpointError(f"{directory!r} is not a model folder: {os.path.basename(p)} is missing")
-  try:
-    with open(cfg_path) as f:
-      doc = json.load(f)
-    cfg = LSDConfig.from_dict(doc["lsd_config"])
-  except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-    raise CheckpointError(f"{cfg_path}: unreadable model config ({e})") from e
+  cfg, doc = _read_config(directory)
   params = load_params(params_path, dtype=dtype)
   _check_tree(cfg, params, directory)
   logging.info("loaded %s model (%s, %dx%d) from %s", cfg.size, cfg.history_mode, cfg.width, cfg.height, directory)

@@ -75,7 +75,9 @@ class DiTBlock(nn.Module):
 
   x_BxTxLxD: T frames of L tokens each; cond_BxTxD. Per-token work is per frame; attention
   is within each frame (`frame_causal=False`) or over all frames under a frame-causal mask
-  with a window of `window` earlier frames.
+  with a window of `window` earlier frames. `head_dim` and `mlp_dim` (default: D / heads and
+  D * mlp_ratio) let a pruned block keep fewer heads (attention width heads * head_dim < D) and
+  a narrower MLP; the residual width D is unchanged.
   """
 
   heads: int
@@ -84,19 +86,23 @@ class DiTBlock(nn.Module):
   window: int | None = None
   dtype: Dtype = jnp.bfloat16
   kernel_impl: str = "xla"
+  head_dim: int | None = None
+  mlp_dim: int | None = None
 
   @nn.compact
   def __call__(self, x_BxTxLxD, cond_BxTxD):
     b, t, l, d = x_BxTxLxD.shape
-    n, f = self.heads, d * self.mlp_ratio
-    if d % n:
+    n, f = self.heads, self.mlp_dim or d * self.mlp_ratio
+    if self.head_dim is None and d % n:
       raise ValueError(f"width {d} is not divisible by {n} heads")
+    hd = self.head_dim or d // n
+    a = n * hd  # attention width (D unless heads were pruned)
     mod = Dense(6 * d, (sh.COND, sh.MLP), self.dtype, zero_init=True)(nn.silu(cond_BxTxD))
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod.reshape(b * t, 6 * d), 6, axis=-1)
 
-    w_qkv = _param(self, "qkv_kernel", (d, 3 * d), (sh.EMBED, sh.QKV))
-    b_qkv = _param(self, "qkv_bias", (3 * d,), (sh.QKV,), nn.initializers.zeros)
-    w_out = _param(self, "out_kernel", (d, d), (sh.QKV, sh.EMBED))
+    w_qkv = _param(self, "qkv_kernel", (d, 3 * a), (sh.EMBED, sh.QKV))
+    b_qkv = _param(self, "qkv_bias", (3 * a,), (sh.QKV,), nn.initializers.zeros)
+    w_out = _param(self, "out_kernel", (a, d), (sh.QKV, sh.EMBED))
     b_out = _param(self, "out_bias", (d,), (sh.EMBED,), nn.initializers.zeros)
     w_fc1 = _param(self, "fc1_kernel", (d, f), (sh.EMBED, sh.MLP))
     b_fc1 = _param(self, "fc1_bias", (f,), (sh.MLP,), nn.initializers.zeros)
@@ -107,15 +113,15 @@ class DiTBlock(nn.Module):
     x = x_BxTxLxD.astype(self.dtype).reshape(b * t, l, d)
     qkv = api.ln_modulate_linear(x, shift1, scale1, cast(w_qkv), cast(b_qkv),
                                  implementation=self.kernel_impl)
-    q, k, v = jnp.split(qkv.reshape(b * t, l, 3, n, d // n), 3, axis=2)
-    q, k, v = (a[:, :, 0] for a in (q, k, v))
+    q, k, v = jnp.split(qkv.reshape(b * t, l, 3, n, hd), 3, axis=2)
+    q, k, v = (y[:, :, 0] for y in (q, k, v))
     if self.frame_causal:  # attention over all frames' tokens, frame-causal
-      q, k, v = (a.reshape(b, t * l, n, d // n) for a in (q, k, v))
-      q, k, v = (sh.constrain(a, sh.BATCH, sh.TOKEN, sh.HEADS, sh.HEAD_DIM) for a in (q, k, v))
+      q, k, v = (y.reshape(b, t * l, n, hd) for y in (q, k, v))
+      q, k, v = (sh.constrain(y, sh.BATCH, sh.TOKEN, sh.HEADS, sh.HEAD_DIM) for y in (q, k, v))
       o = api.attention(q, k, v, frame_len=l, window=self.window, implementation=self.kernel_impl)
     else:
       o = api.attention(q, k, v, implementation=self.kernel_impl)
-    o = o.reshape(b * t, l, d)
+    o = o.reshape(b * t, l, a)
     o = jnp.einsum("bld,de->ble", o, cast(w_out), preferred_element_type=jnp.float32) + b_out
     x = x + (gate1[:, None, :] * o).astype(self.dtype)
 

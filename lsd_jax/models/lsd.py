@@ -31,9 +31,14 @@ class LSDConfig:
   latent_scale: float = 1.0
   kernel_impl: str = "xla"
   residual: bool = False  # the denoiser diffuses target - input latent (see diffusion.forcing)
+  # Per-block attention heads and MLP widths of a pruned denoiser (empty: the size's own).
+  block_heads: tuple[int, ...] = ()
+  block_mlp: tuple[int, ...] = ()
 
   def __post_init__(self):
-    sizes.tokens_per_frame(sizes.get_size(self.size), self.height, self.width)  # validates
+    for name in ("block_heads", "block_mlp"):  # JSON gives lists; keep the config hashable
+      object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+    sizes.tokens_per_frame(self.model_size, self.height, self.width)  # validates
     if not 0.0 <= self.tau_inf < 1.0:
       raise ValueError(f"tau_inf must be in [0, 1), got {self.tau_inf}")
     if self.steps < 1:
@@ -41,7 +46,12 @@ class LSDConfig:
 
   @property
   def model_size(self) -> sizes.ModelSize:
-    return sizes.get_size(self.size)
+    """The named size, with this config's per-block widths when it is pruned."""
+    s = sizes.get_size(self.size)
+    if not (self.block_heads or self.block_mlp):
+      return s
+    den = dataclasses.replace(s.denoiser, block_heads=self.block_heads, block_mlp=self.block_mlp)
+    return dataclasses.replace(s, name=f"{s.name}-pruned", denoiser=den)
 
   @property
   def latent_shape(self) -> tuple[int, int, int]:

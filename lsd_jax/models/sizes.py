@@ -18,11 +18,37 @@ class AutoencoderSize:
 
 @dataclasses.dataclass(frozen=True)
 class DenoiserSize:
+  """A DiT's shape. `block_heads` / `block_mlp` (empty: `heads` / `width * mlp_ratio` in every
+  block) give each block its own attention-head count and MLP width: what structured pruning
+  (`lsd_jax.models.prune`) leaves. The head dimension stays `width // heads` either way."""
+
   width: int  # D
   depth: int  # transformer blocks
   heads: int  # N
   mlp_ratio: int = 4
   patch: int = 2  # latent pixels per token side
+  block_heads: tuple[int, ...] = ()
+  block_mlp: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    for name, vals, full in (("block_heads", self.block_heads, self.heads),
+                             ("block_mlp", self.block_mlp, self.width * self.mlp_ratio)):
+      if vals and (len(vals) != self.depth or not all(1 <= v <= full for v in vals)):
+        raise ValueError(f"{name} must hold {self.depth} values in [1, {full}], got {vals}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.heads
+
+  def heads_of(self, block: int) -> int:
+    return self.block_heads[block] if self.block_heads else self.heads
+
+  def mlp_of(self, block: int) -> int:
+    return self.block_mlp[block] if self.block_mlp else self.width * self.mlp_ratio
+
+  @property
+  def pruned(self) -> bool:
+    return bool(self.block_heads or self.block_mlp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +103,7 @@ def _dense(n_in: int, n_out: int, bias: bool = True) -> int:
 def denoiser_params(size: ModelSize, history_mode: str = "concat", history_len: int = 3) -> int:
   """Parameters of `Denoiser` (see denoiser.py for the modules these terms mirror)."""
   s, c = size.denoiser, size.autoencoder.latent_channels
-  d, f = s.width, s.width * s.mlp_ratio
+  d = s.width
   in_frames = 2 + history_len if history_mode == "concat" else 2
   n = _dense(s.patch * s.patch * c * in_frames, d)  # patch embedding
   emb = lambda: _dense(FREQ_DIM, d) + _dense(d, d)  # noqa: E731  sinusoid -> MLP
@@ -85,10 +111,11 @@ def denoiser_params(size: ModelSize, history_mode: str = "concat", history_len: 
   if history_mode == "concat":
     n += emb() + _dense(history_len * d, d)  # tau embedder, shared over K, then mixed
   n += _dense(PROMPT_DIM, d) + _dense(d, d)  # prompt projection
-  block = (_dense(d, 6 * d)  # adaLN-zero modulation
-           + _dense(d, 3 * d) + _dense(d, d)  # attention
-           + _dense(d, f) + _dense(f, d))  # MLP
-  n += s.depth * block
+  for i in range(s.depth):
+    a, f = s.heads_of(i) * s.head_dim, s.mlp_of(i)  # attention and MLP inner widths
+    n += (_dense(d, 6 * d)  # adaLN-zero modulation
+          + _dense(d, 3 * a) + _dense(a, d)  # attention
+          + _dense(d, f) + _dense(f, d))  # MLP
   n += _dense(d, 2 * d) + _dense(d, s.patch * s.patch * c)  # final adaLN + projection
   return n
 
@@ -142,7 +169,7 @@ def denoiser_flops(size: ModelSize, height: int, width: int, history_mode: str =
                    history_len: int = 3) -> int:
   """Matmul FLOPs (2 per multiply-add) of one denoiser call for one frame."""
   s, c = size.denoiser, size.autoencoder.latent_channels
-  d, f = s.width, s.width * s.mlp_ratio
+  d = s.width
   n_tok = tokens_per_frame(size, height, width)
   if history_mode == "concat":
     q_len, kv_len, in_frames = n_tok, n_tok, 2 + history_len
@@ -151,9 +178,10 @@ def denoiser_flops(size: ModelSize, height: int, width: int, history_mode: str =
   # In attention mode the history frames' tokens also run through every block (no KV cache).
   rows = n_tok * (history_len + 1) if history_mode == "attention" else n_tok
   fl = 2 * rows * s.patch * s.patch * c * in_frames * d
-  per_block = 2 * rows * d * (3 * d + d + 2 * f)
-  attn = 2 * 2 * (kv_len * kv_len if history_mode == "attention" else q_len * kv_len) * d
-  fl += s.depth * (per_block + attn)
+  pairs = kv_len * kv_len if history_mode == "attention" else q_len * kv_len
+  for i in range(s.depth):
+    a, f = s.heads_of(i) * s.head_dim, s.mlp_of(i)  # attention and MLP inner widths
+    fl += 2 * rows * d * (3 * a + a + 2 * f) + 2 * 2 * pairs * a
   fl += 2 * rows * d * s.patch * s.patch * c
   return fl
 

@@ -6,10 +6,15 @@
 - ``"lsd"``: the denoiser with diffusion forcing, history augmentation and the shortcut
   objective, on top of a frozen autoencoder (`config.autoencoder_dir`); at the end exports the
   shipped-model folder (`lsd_jax.models.export`) to `workdir/export/` (EMA weights).
+- ``"distill"``: a student denoiser (the architecture of `config.init_from`, e.g. a pruned
+  model, warm-started from it; or the teacher's, fresh) trained on a frozen exported teacher's
+  trajectory (`lsd_jax.diffusion.distill`, `config.distill`), on the teacher's autoencoder;
+  exports like ``"lsd"``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -25,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from lsd_jax.datasets import pipeline
-from lsd_jax.diffusion import forcing
+from lsd_jax.diffusion import distill, forcing
 from lsd_jax.models import export, lsd
 from lsd_jax.models.autoencoder import Autoencoder
 from lsd_jax.train import checkpoint, sharding, steps, writers
@@ -83,12 +88,17 @@ def warm_start(state: state_lib.TrainState, directory: str) -> state_lib.TrainSt
   return state.replace(params=jax.tree.map(put, state.params, src), ema_params=jax.tree.map(put, state.ema_params, src))
 
 
-def step_config(config) -> steps.LSDStepConfig:
+def step_config(config, model: lsd.LSDConfig | None = None) -> steps.LSDStepConfig:
+  """The step's settings from `config.train`; the history mode, K and parameterisation from
+  `config.model`, or from `model` (a distillation student's exported architecture)."""
   t = config.train
+  if model is None:
+    mode, k, residual = config.model.history_mode, config.model.history_len, bool(config.model.get("residual", False))
+  else:
+    mode, k, residual = model.history_mode, model.history_len, model.residual
   return steps.LSDStepConfig(
-      forcing=forcing.ForcingConfig(mode=config.model.history_mode, history_len=config.model.history_len,
-                                    tau_kind=t.tau_kind, tau_max=t.tau_max, p_stream_start=t.p_stream_start,
-                                    residual=bool(config.model.get("residual", False))),
+      forcing=forcing.ForcingConfig(mode=mode, history_len=k, tau_kind=t.tau_kind, tau_max=t.tau_max,
+                                    p_stream_start=t.p_stream_start, residual=residual),
       augment=tuple(dict(a) for a in t.augment), bootstrap_frac=t.bootstrap_frac, max_log2=t.max_log2,
       level_kind=t.level_kind, ema_decay=t.ema_decay, p_no_prompt=t.p_no_prompt)
 
@@ -123,7 +133,47 @@ def _build(config, workdir):
 
     step = functools.partial(steps.lsd_train_step, den=den, ae=ae, tx=tx, cfg=step_config(config))
     return {"cfg": cfg, "ae": ae, "den": den, "ae_params": ae_params}, init_fn, step, ("ae_params",)
+  if config.task == "distill":
+    return _build_distill(config, tx)
   raise ValueError(f"unknown task {config.task!r}")
+
+
+def student_config(config, teacher_cfg: lsd.LSDConfig) -> lsd.LSDConfig:
+  """The student's architecture: `init_from`'s (e.g. a pruned export), else the teacher's. It must
+  share the teacher's latent space, history mode, K and parameterisation, and the data's size."""
+  cfg = export.load_config(config.init_from) if config.get("init_from") else teacher_cfg
+  same = ("height", "width", "history_mode", "history_len", "residual")
+  bad = [f for f in same if getattr(cfg, f) != getattr(teacher_cfg, f)]
+  if cfg.latent_shape != teacher_cfg.latent_shape:
+    bad.append("latent_shape")
+  if (config.data.height, config.data.width) != (cfg.height, cfg.width):
+    bad.append(f"data {config.data.height}x{config.data.width}")
+  if bad:
+    raise ValueError(f"student {config.init_from!r} and teacher {config.distill.teacher!r} differ in {bad}")
+  return dataclasses.replace(cfg, latent_scale=teacher_cfg.latent_scale)
+
+
+def _build_distill(config, tx):
+  t_cfg, t_params, _ = export.load(config.distill.teacher)
+  cfg = student_config(config, t_cfg)
+  ae_params = t_params["autoencoder"]
+  if config.get("autoencoder_dir"):
+    ae_params, meta = load_autoencoder(config.autoencoder_dir)
+    if abs(float(meta["latent_scale"]) - t_cfg.latent_scale) > 1e-6:
+      raise ValueError(f"autoencoder {config.autoencoder_dir} is not the teacher's (latent scale differs)")
+  ae, den = lsd.build(cfg)
+  _, teacher = lsd.build(t_cfg)
+  args, kw = lsd.dummy_inputs(cfg)
+
+  def init_fn():
+    p = den.init(jax.random.key(config.seed), *args, **kw)["params"]
+    return state_lib.create(p, tx)
+
+  dcfg = distill.DistillConfig(teacher_steps=config.distill.teacher_steps, data_weight=config.distill.data_weight)
+  step = functools.partial(steps.distill_train_step, den=den, teacher=teacher, ae=ae, tx=tx,
+                           cfg=step_config(config, cfg), dcfg=dcfg)
+  models = {"cfg": cfg, "ae": ae, "den": den, "ae_params": ae_params, "teacher_params": t_params["denoiser"]}
+  return models, init_fn, step, ("ae_params", "teacher_params")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -206,8 +256,11 @@ def _finish(config, workdir, models, state, data_iter) -> dict[str, Any]:
   cfg = models["cfg"]
   full = {"autoencoder": jax.device_get(models["ae_params"]), "denoiser": params}
   out = os.path.join(workdir, "export")
-  export.save(out, cfg, full, metadata={"steps": int(state.step), "config": config.name,
-                                        "autoencoder_dir": config.autoencoder_dir})
+  meta = {"steps": int(state.step), "config": config.name, "autoencoder_dir": config.autoencoder_dir}
+  if config.task == "distill":
+    meta.update(teacher=config.distill.teacher, teacher_steps=config.distill.teacher_steps,
+                init_from=config.get("init_from", ""))
+  export.save(out, cfg, full, metadata=meta)
   return {"export": out}
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from lsd_jax.datasets import effects
-from lsd_jax.diffusion import forcing, history, shortcut
+from lsd_jax.diffusion import distill, forcing, history, shortcut
 from lsd_jax.models import lsd
 from lsd_jax.models.autoencoder import Autoencoder
 from lsd_jax.train import state as state_lib
@@ -103,7 +103,9 @@ def lsd_inputs(batch, key, *, ae: Autoencoder, ae_params, cfg: LSDStepConfig):
   return z[0], z[1], prompt
 
 
-def lsd_loss(den_params, batch, key, *, den, ae, ae_params, cfg: LSDStepConfig, teacher_fn=None):
+def lsd_forcing_inputs(den_params, batch, key, *, den, ae, ae_params, cfg: LSDStepConfig):
+  """The model's velocity function and its diffusion-forcing inputs for one batch:
+  (vf, loss key, x0, x0_in, cond, bootstrap_last_only)."""
   k_in, k_force, k_loss = jax.random.split(key, 3)
   c, y, prompt = lsd_inputs(batch, k_in, ae=ae, ae_params=ae_params, cfg=cfg)
   vf = lsd.velocity_fn(den, den_params)
@@ -111,9 +113,26 @@ def lsd_loss(den_params, batch, key, *, den, ae, ae_params, cfg: LSDStepConfig, 
   extra = {"model": history.model_history(_self_history(vf, c, prompt, cfg.forcing))}
   augment = history.compose(cfg.augment, extra=extra) if cfg.augment else None
   x0, x0_in, cond, last = forcing.make_inputs(k_force, c, y, prompt, cfg.forcing, augment)
+  return vf, k_loss, x0, x0_in, cond, last
+
+
+def lsd_loss(den_params, batch, key, *, den, ae, ae_params, cfg: LSDStepConfig, teacher_fn=None):
+  vf, k_loss, x0, x0_in, cond, last = lsd_forcing_inputs(den_params, batch, key, den=den, ae=ae,
+                                                         ae_params=ae_params, cfg=cfg)
   return shortcut.shortcut_loss(vf, k_loss, x0, cond, x0_in=x0_in, bootstrap_frac=cfg.bootstrap_frac,
                                 max_log2=cfg.max_log2, level_kind=cfg.level_kind, bootstrap_last_only=last,
                                 teacher_fn=teacher_fn)
+
+
+def distill_loss(den_params, batch, key, *, den, teacher, teacher_params, ae, ae_params, cfg: LSDStepConfig,
+                 dcfg: distill.DistillConfig):
+  """The student's loss against a frozen teacher's trajectory (`lsd_jax.diffusion.distill`) on the
+  same diffusion-forcing inputs as `lsd_loss` (history made by the student itself)."""
+  vf, k_loss, x0, x0_in, cond, last = lsd_forcing_inputs(den_params, batch, key, den=den, ae=ae,
+                                                         ae_params=ae_params, cfg=cfg)
+  teacher_fn = lsd.velocity_fn(teacher, jax.lax.stop_gradient(teacher_params))
+  return distill.distill_loss(vf, teacher_fn, k_loss, x0, cond, dcfg, x0_in=x0_in, bootstrap_frac=cfg.bootstrap_frac,
+                              max_log2=cfg.max_log2, level_kind=cfg.level_kind, bootstrap_last_only=last)
 
 
 def _self_history(vf, c_BxTxHxWxC, prompt_BxE, fcfg: forcing.ForcingConfig, level: float = 0.5):
@@ -143,5 +162,15 @@ def lsd_train_step(state: state_lib.TrainState, batch, key, *, den, ae, ae_param
   key = jax.random.fold_in(key, state.step)
   (_, info), grads = jax.value_and_grad(
       lambda p: lsd_loss(p, batch, key, den=den, ae=ae, ae_params=ae_params, cfg=cfg), has_aux=True)(state.params)
+  info["grad_norm"] = optax.global_norm(grads)
+  return state_lib.apply_gradients(state, grads, tx, cfg.ema_decay), info
+
+
+def distill_train_step(state: state_lib.TrainState, batch, key, *, den, teacher, teacher_params, ae, ae_params, tx,
+                       cfg: LSDStepConfig, dcfg: distill.DistillConfig):
+  key = jax.random.fold_in(key, state.step)
+  (_, info), grads = jax.value_and_grad(
+      lambda p: distill_loss(p, batch, key, den=den, teacher=teacher, teacher_params=teacher_params, ae=ae,
+                             ae_params=ae_params, cfg=cfg, dcfg=dcfg), has_aux=True)(state.params)
   info["grad_norm"] = optax.global_norm(grads)
   return state_lib.apply_gradients(state, grads, tx, cfg.ema_decay), info

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Pruning, distillation and their latency/quality measurements on the lent H100. Usage inside a
+# device call (each stage fits a 10-minute command; see experiments/configs/distill.py):
+#   bash scripts/gpu_distill.sh STAGE...   stages: env prune distill export latency eval drift report
+# Needs the carried wheels (.whl) and clip library (.carry/library); writes under $OUT.
+#   TEACHER   exported teacher (default checkpoints/lsd_small)
+#   PRUNED    where `prune` writes / later stages read the pruned model (default workdirs/pruned_small)
+#   STUDENT   the distilled student's export (default workdirs/distill/export)
+#   MODELS    labels the latency/eval/drift/report stages cover (default "teacher pruned student")
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" workdirs
+LIB=.carry/library/manifest.json
+TEACHER=${TEACHER:-checkpoints/lsd_small}; PRUNED=${PRUNED:-workdirs/pruned_small}
+STUDENT=${STUDENT:-workdirs/distill/export}; MODELS=${MODELS:-teacher pruned student}
+DISTILL_MIN=${DISTILL_MIN:-5}; DISTILL_CONFIG=${DISTILL_CONFIG:-pruned}
+DISTILL_EXTRA=${DISTILL_EXTRA:-}  # more --config.x=y overrides (e.g. --config.prune.tile=64)
+LAT_IMPLS=${LAT_IMPLS:-xla}; FID_CLIPS=${FID_CLIPS:-2}; DRIFT_FRAMES=${DRIFT_FRAMES:-2000}
+EFFECTS=${EFFECTS:-sepia,cartoon,thermal,pencil_sketch,snowfall,rain,echo,fireflies}
+QUIET="orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion"
+folder() { case "$1" in teacher) echo "$TEACHER" ;; pruned) echo "$PRUNED" ;; student) echo "$STUDENT" ;; *) echo "$1" ;; esac; }
+for stage in "$@"; do
+  case "$stage" in
+    env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
+         python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())" ;;
+    prune) timeout 300 python3 experiments/prune.py --config=experiments/configs/distill.py:pruned --model=$TEACHER \
+             --out=$PRUNED --config.data.sources.library.manifest=$LIB --config.data.worker_count=12 $DISTILL_EXTRA \
+             2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -15
+           cp $PRUNED/prune.json "$OUT/prune.json" ;;
+    distill) timeout $(python3 -c "print(int(60 * $DISTILL_MIN + 240))") python3 experiments/main.py \
+             --config=experiments/configs/distill.py:$DISTILL_CONFIG --workdir=workdirs/distill \
+             --config.distill.teacher=$TEACHER --config.init_from=$( [ "$DISTILL_CONFIG" = pruned ] && echo $PRUNED || echo $TEACHER ) \
+             --config.data.sources.library.manifest=$LIB --config.max_minutes=$DISTILL_MIN --config.data.worker_count=14 \
+             $DISTILL_EXTRA 2>&1 | grep -v -E "$QUIET" | tee -a workdirs/distill.log | grep -E "step [0-9]*0 |done|Error|error" | tail -40
+             cp workdirs/distill/train_metrics.jsonl "$OUT/distill_metrics.jsonl"; cp workdirs/distill/train_curves.png "$OUT/distill_curves.png" ;;
+    export) for m in pruned student; do d=$(folder $m); [ -f $d/config.json ] || continue
+              mkdir -p "$OUT/$m"; cp $d/config.json "$OUT/$m/"; [ -f $d/prune.json ] && cp $d/prune.json "$OUT/$m/"
+              split -b 15m $d/params.safetensors "$OUT/$m/params.part_"; done ;;  # rejoin: cat params.part_* > params.safetensors
+    latency) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
+               timeout 240 python3 experiments/benchmark_latency.py --model=$d --label=$m --resolutions=256x256 \
+                 --steps=1,2,4 --impls=$LAT_IMPLS --out_dir="$OUT/latency" 2>&1 | grep "^|" ; done ;;
+    eval) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
+            timeout ${FID_TIMEOUT:-180} python3 experiments/eval_fidelity.py --model=$d --manifest=$LIB --clips=$FID_CLIPS \
+              --frames=24 --steps=1,2,4 --out="$OUT/$m/fidelity" 2>&1 | grep "mean" ; done ;;
+    drift) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
+             for s in 1 2 4; do timeout ${DRIFT_TIMEOUT:-150} python3 experiments/evaluate.py --model=$d --steps=$s \
+               --clips=0 --stream_frames=$DRIFT_FRAMES --switch_every=125 --segment=500 --chunk=250 --effects=$EFFECTS \
+               --out="$OUT/$m/eval_s$s" 2>&1 | grep -i -E "drift|ratio" | head -3; done; done ;;
+    report) args=""; for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] && args="$args,$m=$d"; done
+            python3 experiments/distill_prune_report.py --models=${args#,} --results="$OUT" --out="$OUT/distill_prune.md" \
+              2>&1 | grep -v -E "^[IW][0-9]{4}" ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
