@@ -8,17 +8,18 @@ CPU check (a few frames; the shipped model takes ~0.25 s a frame on a CPU):
   python experiments/evaluate.py --model=checkpoints/lsd_small --clips=1 --clip_frames=8 \
       --stream_frames=64 --switch_every=16 --chunk=16 --effects=sepia,snowfall --out=reports/eval_cpu
 
-The drift run (GPU, H100): 100,000 frames, switching every 1,000 frames through 8 effects, drift
-segments of 8,000 frames (one full cycle each, so every segment sees the same mix of effects):
+The drift run (GPU, H100; scripts/gpu_eval.sh drift): 100,000 frames at S=1, switching every
+1,250 frames through 8 effects (4 per-frame, 4 temporal), drift segments of 10,000 frames (one full
+cycle each, so every segment sees the same mix of effects), frames rendered by 12 processes:
   python experiments/evaluate.py --model=checkpoints/lsd_small --steps=1 --stream_frames=100000 \
-      --switch_every=1000 --chunk=500 --clips=8 --clip_frames=64 \
-      --effects=sepia,cartoon,thermal,pencil_sketch,snowfall,rain,echo,fireflies --out=reports/eval_h100
+      --switch_every=1250 --chunk=1000 --clips=0 --render_workers=12 --max_minutes=8 \
+      --effects=sepia,cartoon,thermal,pencil_sketch,snowfall,rain,echo,fireflies --out=reports/drift_h100
 Device memory is constant in --stream_frames (the ring, the effect state and the previous frames
 are carried from chunk to chunk; each chunk is one jitted lax.scan with no host sync inside); the
-host keeps ~10 scalars per frame. At S=1 expect the model's streaming latency per frame plus the
-ground-truth/metrics scans and the host's procedural rendering (a few ms per 256x256 frame):
-budget roughly 100,000 x (model ms + ~5 ms), i.e. tens of minutes -- run it as one job, not
-under a 10-minute command limit.
+host keeps ~10 scalars per frame. The run is resumable: every --checkpoint_every frames (and
+when --max_minutes runs out) the stream's state goes to --out/resume/, and the same command with
+the same --out continues from there with the same numbers as an uninterrupted run; a stopped
+run's report covers the frames so far and says it is partial.
 """
 
 from absl import app, flags, logging
@@ -36,6 +37,9 @@ _SEGMENT = flags.DEFINE_integer("segment", 0, "drift segment in frames (0: one s
 _CHUNK = flags.DEFINE_integer("chunk", 256, "frames per jitted scan (constant memory per chunk)")
 _SEED = flags.DEFINE_integer("seed", 0, "noise and scene seed")
 _TITLE = flags.DEFINE_string("title", "Evaluation", "report title")
+_RENDER_WORKERS = flags.DEFINE_integer("render_workers", 0, "processes rendering the procedural stream (0: one thread)")
+_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 10_000, "frames between saves of the stream's progress")
+_MAX_MINUTES = flags.DEFINE_float("max_minutes", 0.0, "stop the stream after this long, resumable (0: no limit)")
 
 
 def main(argv):
@@ -45,9 +49,14 @@ def main(argv):
   ec = stream_eval.EvalConfig(steps=_STEPS.value, effects=tuple(_EFFECTS.value) or None, clips=_CLIPS.value,
                               clip_frames=_CLIP_FRAMES.value, stream_frames=_STREAM_FRAMES.value,
                               switch_every=_SWITCH_EVERY.value, segment=_SEGMENT.value, chunk=_CHUNK.value,
-                              seed=_SEED.value)
+                              seed=_SEED.value, render_workers=_RENDER_WORKERS.value,
+                              checkpoint_every=_CHECKPOINT_EVERY.value, max_minutes=_MAX_MINUTES.value)
   results = stream_eval.evaluate_model_dir(_MODEL.value, _OUT.value, ec, manifest=_MANIFEST.value, title=_TITLE.value)
   logging.info("wrote %s", results["files"])
+  s = results["stream"]
+  if not s["complete"]:
+    logging.warning("stream stopped at frame %d of %d; run the same command again to continue", s["frames"],
+                    s["planned_frames"])
   with open(results["files"]["markdown"]) as f:
     print(f.read())
 

@@ -113,20 +113,36 @@ def phase_shift(prev_HxW, cur_HxW):
   """(dy, dx) displacement of `cur` relative to `prev` by phase correlation: the integer shift
   that best aligns the two particle layers (mean-removed; wrapped to [-H/2, H/2) x [-W/2, W/2)),
   refined to sub-pixel by a parabola through the correlation peak and its neighbours. For a layer of particles that all move by v, this is v rounded; for mixed speeds it is the
-  dominant (most mass-weighted) displacement. jax, traceable."""
+  dominant (most mass-weighted) displacement. jax, traceable.
+
+  Leading batch dimensions are allowed ([..., H, W] -> [..., 2]); batch all pairs of a
+  computation into one call instead of vmapping several calls. The transforms are exactly two
+  dependent FFT ops (both layers forward in one, then the inverse), never two independent ones:
+  XLA:CPU runs independent FFT thunks concurrently on its intra-op pool, and each one's ducc
+  parallel region waits on work queued to that same pool; once every pool thread is such a
+  waiter nothing runs (a deadlock, every time on 2 cores at 256x256, where ducc goes parallel).
+  """
   import jax.numpy as jnp
 
-  a = prev_HxW - jnp.mean(prev_HxW)
-  b = cur_HxW - jnp.mean(cur_HxW)
-  cross = jnp.fft.fft2(b) * jnp.conj(jnp.fft.fft2(a))
-  corr = jnp.real(jnp.fft.ifft2(cross / jnp.maximum(jnp.abs(cross), 1e-9)))
-  h, w = corr.shape
-  i = jnp.argmax(corr)
+  prev = jnp.asarray(prev_HxW, jnp.float32)
+  cur = jnp.asarray(cur_HxW, jnp.float32)
+  h, w = prev.shape[-2:]
+  batch = prev.shape[:-2]
+  ab = jnp.stack([prev.reshape(-1, h, w), cur.reshape(-1, h, w)])  # 2 x N x H x W
+  ab = ab - jnp.mean(ab, axis=(-2, -1), keepdims=True)
+  fa, fb = jnp.fft.fft2(ab)  # the one forward FFT op
+  cross = fb * jnp.conj(fa)
+  corr = jnp.real(jnp.fft.ifft2(cross / jnp.maximum(jnp.abs(cross), 1e-9)))  # NxHxW
+  n = corr.shape[0]
+  i = jnp.argmax(corr.reshape(n, h * w), axis=-1)
   iy, ix = i // w, i % w
+  at = lambda y, x: corr[jnp.arange(n), y % h, x % w]
+  c = at(iy, ix)
   dy = jnp.where(iy >= h // 2, iy - h, iy).astype(jnp.float32)
   dx = jnp.where(ix >= w // 2, ix - w, ix).astype(jnp.float32)
-  return jnp.stack([dy + _parabola(corr[(iy - 1) % h, ix], corr[iy, ix], corr[(iy + 1) % h, ix]),
-                    dx + _parabola(corr[iy, (ix - 1) % w], corr[iy, ix], corr[iy, (ix + 1) % w])])
+  out = jnp.stack([dy + _parabola(at(iy - 1, ix), c, at(iy + 1, ix)),
+                   dx + _parabola(at(iy, ix - 1), c, at(iy, ix + 1))], axis=-1)
+  return out.reshape(*batch, 2)
 
 
 def _parabola(left, centre, right):

@@ -32,7 +32,10 @@ def markdown(results: dict[str, Any], title: str = "Evaluation") -> str:
       lines.append(f"| {e} | {r['prompt']} | {_fmt(r['psnr'])} | {_fmt(r['ssim'], '.3f')} | {_fmt(r['flicker'], '.4f')} | "
                    + _particle_cells(r) + " |")
     lines.append("")
-  lines += [f"## Procedural stream ({s['frames']} frames, prompt switch every {p['switch_every']} frames)", "",
+  partial = ("" if s.get("complete", True) else
+             f"; **partial: {s['frames']} of {s['planned_frames']} frames** -- run again with the same output folder "
+             "to continue")
+  lines += [f"## Procedural stream ({s['frames']} frames, prompt switch every {p['switch_every']} frames{partial})", "",
             "| effect | frames | PSNR | SSIM | flicker | switch response (median frames to 90%) | particle density out / truth | speed out / truth |",
             "|---|---|---|---|---|---|---|---|"]
   for e, r in s["per_effect"].items():
@@ -52,7 +55,8 @@ def markdown(results: dict[str, Any], title: str = "Evaluation") -> str:
             f"{_fmt(lat['ms_per_frame_median'])} ms/frame median, p90 {_fmt(lat['ms_per_frame_p90'])}, "
             f"p99 {_fmt(lat['ms_per_frame_p99'])} over {lat['chunks'] - 1 if lat['chunks'] > 1 else 1} chunks of "
             f"{p['chunk']} frames (first chunk, with compilation: {_fmt(lat['first_chunk_ms_per_frame'])} ms/frame); "
-            f"device {results.get('device', '?')}.", ""]
+            f"device {results.get('device', '?')}. Whole pipeline (frames, model, ground truth, metrics): "
+            f"{_fmt(lat.get('pipeline_frames_per_s'), '.1f')} frames/s.", ""]
   return "\n".join(lines)
 
 
@@ -101,7 +105,9 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
   paths.append(_save(fig, out_dir, "per_effect.png"))
   fig, ax = plt.subplots(figsize=(6, 3.5))
   ms = np.asarray(s["latency"]["ms_per_frame_chunks"])
-  ax.hist(ms[1:] if ms.size > 1 else ms, bins=30, color="tab:green")
+  warm = np.ones(ms.size, bool)
+  warm[[c for c in s["latency"].get("cold_chunks", [0]) if c < ms.size]] = False
+  ax.hist(ms[warm] if warm.any() else ms, bins=30, color="tab:green")
   ax.set_xlabel("model ms per frame (per chunk)")
   ax.set_ylabel("chunks")
   ax.set_title(f"latency, median {s['latency']['ms_per_frame_median']:.2f} ms/frame")

@@ -24,8 +24,11 @@ The spec's own numbers (visible particle count, nominal velocity) are reported b
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import shutil
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +37,9 @@ from absl import logging
 
 from lsd_jax.datasets import effects
 from lsd_jax.diffusion import sampler
+from lsd_jax.eval import frames as frames_lib
 from lsd_jax.eval import metrics
+from lsd_jax.eval import progress as progress_lib
 from lsd_jax.models import lsd
 
 Prompt = tuple[str, np.ndarray, effects.EffectSpec]  # text, embedding, spec (fidelity.pick_prompts)
@@ -113,9 +118,10 @@ def _metrics(carry: MetricCarry, out_T, target_T, frame_only_T, reset_T):
   lay_y, lay_g = jax.lax.optimization_barrier((lay_y, lay_g))
   has_prev = shift(carry.has_prev, jnp.ones(reset_T.shape, bool))
   moved = (has_prev & ~reset_T)[:, None]  # particles re-spawn at a switch: no displacement to measure
-  v_y, v_g = jax.lax.optimization_barrier((
-      jax.vmap(metrics.phase_shift)(shift(carry.prev_layer_out, lay_y), lay_y),
-      jax.vmap(metrics.phase_shift)(shift(carry.prev_layer_gt, lay_g), lay_g)))
+  # Output and truth pairs in one phase_shift call: its FFTs must not run side by side (see there).
+  v_y, v_g = jnp.split(jax.lax.optimization_barrier(metrics.phase_shift(
+      jnp.concatenate([shift(carry.prev_layer_out, lay_y), shift(carry.prev_layer_gt, lay_g)]),
+      jnp.concatenate([lay_y, lay_g]))), 2)
   v_y, v_g = jnp.where(moved, v_y, jnp.nan), jnp.where(moved, v_g, jnp.nan)
   flick = metrics.flicker_step(shift(carry.prev_out, out_T), out_T, shift(carry.prev_gt, target_T), target_T)
   ssim_T = jax.lax.optimization_barrier(metrics.ssim(*jax.lax.optimization_barrier((out_T, target_T))))
@@ -164,72 +170,129 @@ class StreamResult:
   schedule: Schedule
   outputs: np.ndarray | None = None  # [frames, H, W, 3] in [0, 1], only with keep_frames
   targets: np.ndarray | None = None
+  chunk_wall_seconds: np.ndarray | None = None  # whole chunk: frames, model, truth, metrics
+  num_frames: int = 0  # the stream's length; > len(prompt_index) when it stopped part-way
+  resumed_at: int = 0  # frames restored from a checkpoint
+  cold_chunks: tuple[int, ...] = (0,)  # chunks that include compilation (the first of each run)
+
+  @property
+  def complete(self) -> bool:
+    return len(self.prompt_index) >= self.num_frames
 
 
-def run_stream(cfg: lsd.LSDConfig, params, frames: Iterator[np.ndarray], prompts: dict[str, Prompt],
+def run_stream(cfg: lsd.LSDConfig, params, frames: frames_lib.FrameSource | np.ndarray, prompts: dict[str, Prompt],
                schedule: Schedule, num_frames: int, *, steps: int, chunk: int = 256, seed: int = 0,
                model_fn: Callable | None = None, progress: bool = False, desc: str = "stream",
-               keep_frames: bool = False) -> StreamResult:
-  """Streams `num_frames` frames (uint8 HxWx3 from `frames`) through the model in chunks.
+               keep_frames: bool = False, checkpoint: str | None = None, checkpoint_every: int = 0,
+               max_seconds: float | None = None, fingerprint: dict[str, Any] | None = None) -> StreamResult:
+  """Streams `num_frames` frames through the model in chunks. `frames` is a clip (uint8
+  TxHxWx3) or a source `f(lo, n)` of frames by absolute index (frames.py); the next chunk is
+  fetched on a background thread while the device works.
 
   Device memory is independent of num_frames; per-frame scalars accumulate on the host (and,
-  with `keep_frames`, the output and target frames: for short clips only)."""
+  with `keep_frames`, the output and target frames: for short clips only).
+
+  With `checkpoint` (a .npz path) the stream's progress is saved every `checkpoint_every`
+  frames (0: only at the end or a stop), and a stream started on an existing checkpoint
+  continues from it: same chunks, same carries, same keys, so the same numbers as one
+  uninterrupted run. With `max_seconds` the stream stops after the first chunk that ends past
+  that budget (saving first); the result is then partial (`complete` False). `fingerprint`
+  adds what the caller knows of the stream's identity (its frame source) to the checkpoint's.
+  """
+  if max_seconds is not None and checkpoint is None:
+    raise ValueError("max_seconds needs a checkpoint (a stopped stream must be resumable)")
+  if keep_frames and checkpoint is not None:
+    raise ValueError("keep_frames is for short in-memory streams, not checkpointed ones")
+  source = frames_lib.ClipFrames(frames) if isinstance(frames, np.ndarray) else frames
   model_fn = model_fn or model_chunk_fn(cfg, steps)
   key = jax.random.key(seed)
   gt_key = jax.random.key(seed + 10_000)
-  params = jax.device_put(params)
-  ring = empty_ring(cfg)
-  mcarry = empty_metric_carry(cfg.height, cfg.width)
   first = prompts[schedule.names[0]][2]
-  state = effects.init_state(effects.EffectSpec(*(jnp.asarray(x) for x in first)), (cfg.height, cfg.width, 3),
-                             jax.random.fold_in(gt_key, 0))
+  carry = (empty_ring(cfg), effects.init_state(effects.EffectSpec(*(jnp.asarray(x) for x in first)),
+                                               (cfg.height, cfg.width, 3), jax.random.fold_in(gt_key, 0)),
+           empty_metric_carry(cfg.height, cfg.width))
   emb = np.stack([prompts[n][1] for n in schedule.names]).astype(np.float32)
   specs = [prompts[n][2] for n in schedule.names]
   spec_arrays = effects.EffectSpec(*(np.stack([np.asarray(s[f]) for s in specs]) for f in range(3)))
   starts = np.asarray(schedule.starts)
   rows: dict[str, list[np.ndarray]] = {k: [] for k in PER_FRAME}
-  seg_all, secs, counts, kept = [], [], [], []
-  bar = _progress(num_frames, desc) if progress else None
-  done = 0
-  while done < num_frames:
-    n = min(chunk, num_frames - done)
-    block = np.stack([next(frames) for _ in range(n)])
-    if n < chunk:  # pad the last chunk to the compiled length; padded frames are dropped below
-      block = np.concatenate([block, np.repeat(block[-1:], chunk - n, axis=0)])
-    index = np.arange(done, done + chunk, dtype=np.int32)
-    seg = schedule.segment_index(index)
-    reset = np.isin(index, starts) & (index > 0)
-    t0 = time.perf_counter()
-    ring, out = model_fn(params, ring, block, emb[seg], index, key)
-    out.block_until_ready()
-    secs.append(time.perf_counter() - t0)
-    counts.append(n)
-    spec_T = effects.EffectSpec(*(a[seg] for a in spec_arrays))
-    state, (target, frame_only) = truth_chunk_fn(state, block, spec_T, reset, index, gt_key)
-    mcarry, row = metrics_chunk_fn(mcarry, out, target, frame_only, reset)
-    for k, v in jax.device_get(row).items():
-      rows[k].append(np.asarray(v)[:n])
-    seg_all.append(seg[:n])
-    if keep_frames:
-      kept.append((np.asarray(out)[:n], np.asarray(target)[:n]))
-    done += n
+  seg_all, secs, counts, walls, kept = [], [], [], [], []
+  done, cold = 0, [0]
+  if checkpoint is not None:
+    fingerprint = {"params": progress_lib.params_digest(params), "model": cfg.to_dict(), "steps": steps,
+                   "chunk": chunk, "seed": seed, "num_frames": num_frames, "starts": list(schedule.starts),
+                   "names": list(schedule.names), "prompts": {n: prompts[n][0] for n in schedule.names},
+                   **(fingerprint or {})}
+    saved = progress_lib.load(checkpoint, carry, fingerprint)
+    if saved is not None:
+      done, carry = saved.done, jax.tree.map(jnp.asarray, saved.carry)
+      for k in PER_FRAME:
+        rows[k].append(saved.per_frame[k])
+      seg_all.append(saved.prompt_index)
+      secs, counts, walls = list(saved.chunk_seconds), list(saved.chunk_frames), list(saved.chunk_wall_seconds)
+      cold = [int(c) for c in saved.cold_chunks] + [len(secs)]
+      logging.info("resuming %s at frame %d of %d from %s", desc, done, num_frames, checkpoint)
+  resumed_at = last_saved = done
+  ring, state, mcarry = carry
+  params = jax.device_put(params)
+  fetch = frames_lib.Prefetcher(source)
+  bar = _progress(num_frames, desc, done) if progress else None
+  t_start = time.perf_counter()
+  try:
+    while done < num_frames:
+      n = min(chunk, num_frames - done)
+      t_wall = time.perf_counter()
+      block = fetch.get(done, n)
+      fetch.ahead(done + n, min(chunk, num_frames - done - n))
+      if n < chunk:  # pad the last chunk to the compiled length; padded frames are dropped below
+        block = np.concatenate([block, np.repeat(block[-1:], chunk - n, axis=0)])
+      block = jax.device_put(block)  # once, for the model and the truth
+      index = np.arange(done, done + chunk, dtype=np.int32)
+      seg = schedule.segment_index(index)
+      reset = np.isin(index, starts) & (index > 0)
+      t0 = time.perf_counter()
+      ring, out = model_fn(params, ring, block, emb[seg], index, key)
+      out.block_until_ready()
+      secs.append(time.perf_counter() - t0)
+      counts.append(n)
+      spec_T = effects.EffectSpec(*(a[seg] for a in spec_arrays))
+      state, (target, frame_only) = truth_chunk_fn(state, block, spec_T, reset, index, gt_key)
+      mcarry, row = metrics_chunk_fn(mcarry, out, target, frame_only, reset)
+      for k, v in jax.device_get(row).items():
+        rows[k].append(np.asarray(v)[:n])
+      seg_all.append(seg[:n])
+      if keep_frames:
+        kept.append((np.asarray(out)[:n], np.asarray(target)[:n]))
+      done += n
+      walls.append(time.perf_counter() - t_wall)
+      if bar is not None:
+        bar.update(n)
+      stop = max_seconds is not None and time.perf_counter() - t_start >= max_seconds and done < num_frames
+      if checkpoint is not None and (done - last_saved >= max(checkpoint_every, 1) and checkpoint_every > 0
+                                     or done == num_frames or stop):
+        progress_lib.save(checkpoint, progress_lib.Progress(
+            done, (ring, state, mcarry), {k: np.concatenate(v) for k, v in rows.items()}, np.concatenate(seg_all),
+            np.asarray(secs), np.asarray(counts), np.asarray(walls), np.asarray(cold)), fingerprint)
+        last_saved = done
+      if stop:
+        logging.info("%s stopped at frame %d of %d (time budget); re-run to continue", desc, done, num_frames)
+        break
+  finally:
+    fetch.close()
     if bar is not None:
-      bar.update(n)
-  if bar is not None:
-    bar.close()
+      bar.close()
   outs = (np.concatenate([o for o, _ in kept]), np.concatenate([t for _, t in kept])) if kept else (None, None)
-  return StreamResult({k: np.concatenate(v) for k, v in rows.items()}, np.concatenate(seg_all),
-                      np.asarray(secs), np.asarray(counts), schedule, *outs)
+  empty = np.zeros(0, np.float32)
+  return StreamResult({k: np.concatenate(v) if v else empty for k, v in rows.items()},
+                      np.concatenate(seg_all) if seg_all else np.zeros(0, int),
+                      np.asarray(secs), np.asarray(counts), schedule, *outs, chunk_wall_seconds=np.asarray(walls),
+                      num_frames=num_frames, resumed_at=resumed_at, cold_chunks=tuple(cold))
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int, desc: str, initial: int = 0):
   from tqdm.auto import tqdm
 
-  return tqdm(total=total, desc=desc, unit="frame", smoothing=0.05)
-
-
-def clip_frames(clip_TxHxWx3: np.ndarray) -> Iterator[np.ndarray]:
-  return iter(clip_TxHxWx3)
+  return tqdm(total=total, initial=initial, desc=desc, unit="frame", smoothing=0.05)
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -298,12 +361,21 @@ def summarize_stream(res: StreamResult, prompts: dict[str, Prompt], *, segment: 
 
 
 def latency_summary(res: StreamResult) -> dict[str, Any]:
-  """Model-only ms per frame of each chunk; the first chunk (compilation) is reported apart."""
+  """Model-only ms per frame of each chunk, and the whole pipeline's frames per second (frames,
+  model, ground truth, metrics); chunks that compiled (the first of each run) are left out of
+  the steady numbers and reported apart."""
   ms = 1e3 * res.chunk_seconds / res.chunk_frames
-  steady = ms[1:] if ms.size > 1 else ms
-  return {"first_chunk_ms_per_frame": float(ms[0]), "ms_per_frame_median": float(np.median(steady)),
-          "ms_per_frame_p90": float(np.percentile(steady, 90)), "ms_per_frame_p99": float(np.percentile(steady, 99)),
-          "chunks": int(ms.size), "ms_per_frame_chunks": ms.tolist()}
+  warm = np.ones(ms.size, bool)
+  warm[[c for c in res.cold_chunks if c < ms.size]] = False
+  if not warm.any():
+    warm[:] = True
+  steady = ms[warm]
+  out = {"first_chunk_ms_per_frame": float(ms[0]), "ms_per_frame_median": float(np.median(steady)),
+         "ms_per_frame_p90": float(np.percentile(steady, 90)), "ms_per_frame_p99": float(np.percentile(steady, 99)),
+         "chunks": int(ms.size), "cold_chunks": [int(c) for c in res.cold_chunks], "ms_per_frame_chunks": ms.tolist()}
+  if res.chunk_wall_seconds is not None and res.chunk_wall_seconds.size == ms.size:
+    out["pipeline_frames_per_s"] = float(res.chunk_frames[warm].sum() / res.chunk_wall_seconds[warm].sum())
+  return out
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -311,7 +383,8 @@ def latency_summary(res: StreamResult) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-  """The evaluation protocol (the same for every model and ablation arm)."""
+  """The evaluation protocol (the same for every model and ablation arm). The last three fields
+  change how a run is carried out, not its numbers."""
   steps: int = 2  # S at inference
   effects: tuple[str, ...] | None = None  # effect names (fidelity.pick_prompts keys); None: all single effects
   clips: int = 4  # held-out clips
@@ -323,9 +396,15 @@ class EvalConfig:
   seed: int = 0
   scene: int = 0  # procedural scene index
   progress: bool = True
+  render_workers: int = 0  # processes rendering the procedural stream (0: a background thread)
+  checkpoint_every: int = 10_000  # frames between saves of the stream's progress (with a state folder)
+  max_minutes: float = 0.0  # stop the stream (saved, resumable) after this long; 0: no limit
 
   def segment_frames(self, n_effects: int) -> int:
     return self.segment or n_effects * self.switch_every
+
+
+RUN_ONLY = ("progress", "render_workers", "checkpoint_every", "max_minutes")  # EvalConfig fields outside the protocol
 
 
 def choose_prompts(effect_names: Sequence[str] | None) -> dict[str, Prompt]:
@@ -351,7 +430,7 @@ def evaluate_heldout(cfg, params, clips: Sequence[np.ndarray], prompts: dict[str
   for e, p in prompts.items():
     merged: dict[str, list] = {k: [] for k in PER_FRAME}
     for j, clip in enumerate(clips):
-      res = run_stream(cfg, params, clip_frames(clip), {e: p}, Schedule((0,), (e,)), len(clip), steps=ec.steps,
+      res = run_stream(cfg, params, clip, {e: p}, Schedule((0,), (e,)), len(clip), steps=ec.steps,
                        chunk=min(ec.chunk, len(clip)), seed=ec.seed + j, model_fn=model_fn)
       for k in PER_FRAME:
         merged[k].append(res.per_frame[k][warm:])
@@ -360,29 +439,64 @@ def evaluate_heldout(cfg, params, clips: Sequence[np.ndarray], prompts: dict[str
   return out
 
 
-def evaluate_procedural(cfg, params, prompts: dict[str, Prompt], ec: EvalConfig, model_fn=None) -> dict[str, Any]:
-  """One endless procedural stream cycling through the prompts; drift, switches and latency."""
-  from lsd_jax.datasets import sources
-
-  src = sources.ProceduralSource(height=cfg.height, width=cfg.width, num_frames=1, seed=ec.seed)
+def evaluate_procedural(cfg, params, prompts: dict[str, Prompt], ec: EvalConfig, model_fn=None,
+                        state_dir: str | None = None) -> tuple[dict[str, Any], StreamResult]:
+  """One endless procedural stream cycling through the prompts; drift, switches and latency.
+  With `state_dir` the stream checkpoints there and resumes from it (see run_stream)."""
+  source = frames_lib.ProceduralFrames(height=cfg.height, width=cfg.width, seed=ec.seed, scene_index=ec.scene,
+                                       workers=ec.render_workers)
   sched = Schedule.cycle(list(prompts), ec.switch_every, ec.stream_frames)
-  res = run_stream(cfg, params, src.stream(ec.scene), prompts, sched, ec.stream_frames, steps=ec.steps,
-                   chunk=ec.chunk, seed=ec.seed, model_fn=model_fn, progress=ec.progress, desc="procedural stream")
+  ckpt = dict(checkpoint=os.path.join(state_dir, "stream_state.npz"), checkpoint_every=ec.checkpoint_every,
+              max_seconds=60.0 * ec.max_minutes if ec.max_minutes > 0 else None,
+              fingerprint={"source": "procedural", "scene": ec.scene}) if state_dir else {}
+  try:
+    res = run_stream(cfg, params, source, prompts, sched, ec.stream_frames, steps=ec.steps, chunk=ec.chunk,
+                     seed=ec.seed, model_fn=model_fn, progress=ec.progress, desc="procedural stream", **ckpt)
+  finally:
+    source.close()
   summary = summarize_stream(res, prompts, segment=ec.segment_frames(len(prompts)), warm=cfg.history_len + 1,
                              height=cfg.height, width=cfg.width)
+  summary.update(complete=res.complete, planned_frames=ec.stream_frames, resumed_at=res.resumed_at)
   return summary, res
 
 
-def evaluate(cfg: lsd.LSDConfig, params, clips: Sequence[np.ndarray], ec: EvalConfig) -> tuple[dict[str, Any], StreamResult]:
-  """The whole protocol: held-out clips (when any) and the procedural stream."""
+def _protocol(ec: EvalConfig) -> dict[str, Any]:
+  return {k: v for k, v in dataclasses.asdict(ec).items() if k not in RUN_ONLY}
+
+
+def evaluate(cfg: lsd.LSDConfig, params, clips: Sequence[np.ndarray], ec: EvalConfig,
+             state_dir: str | None = None) -> tuple[dict[str, Any], StreamResult]:
+  """The whole protocol: held-out clips (when any) and the procedural stream. With `state_dir`
+  the held-out results and the stream's progress are kept there, so an interrupted evaluation
+  continues where it stopped."""
   prompts = choose_prompts(ec.effects)
   model_fn = model_chunk_fn(cfg, ec.steps)
   logging.info("evaluating %s at S=%d on %d held-out clips and a %d-frame stream (%d effects)", cfg.size,
                ec.steps, len(clips), ec.stream_frames, len(prompts))
-  heldout = evaluate_heldout(cfg, params, clips, prompts, ec, model_fn) if clips else {}
-  stream, res = evaluate_procedural(cfg, params, prompts, ec, model_fn)
+  heldout = _cached_heldout(cfg, params, clips, prompts, ec, model_fn, state_dir) if clips else {}
+  stream, res = evaluate_procedural(cfg, params, prompts, ec, model_fn, state_dir)
   return {"protocol": dataclasses.asdict(ec), "model": {**cfg.to_dict()}, "heldout": heldout,
           "stream": stream}, res
+
+
+def _cached_heldout(cfg, params, clips, prompts, ec, model_fn, state_dir):
+  if state_dir is None:
+    return evaluate_heldout(cfg, params, clips, prompts, ec, model_fn)
+  path = os.path.join(state_dir, "heldout.json")
+  key = {"params": progress_lib.params_digest(params), "protocol": _protocol(ec), "clips": len(clips)}
+  key = json.loads(json.dumps(key))
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved["key"] == key:
+      logging.info("held-out results from %s", path)
+      return saved["heldout"]
+  heldout = evaluate_heldout(cfg, params, clips, prompts, ec, model_fn)
+  os.makedirs(state_dir, exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"key": key, "heldout": heldout}, f)
+  os.replace(path + ".tmp", path)
+  return heldout
 
 
 def heldout_clips(manifest: str, n: int, frames: int, height: int, width: int, seed: int = 7) -> list[np.ndarray]:
@@ -396,16 +510,39 @@ def heldout_clips(manifest: str, n: int, frames: int, height: int, width: int, s
   return [src[i] for i in range(n)]
 
 
+def file_clip(path: str, frames: int, height: int, width: int, start: int = 0) -> np.ndarray:
+  """`frames` consecutive frames of one video file from `start`, centre-cropped to the output's
+  aspect ratio and resized to HxW (uint8 TxHxWx3): a notebook's or a user's own clip."""
+  from lsd_jax.datasets import sources, video
+
+  clip = video.read_frames(path, start, frames)
+  h, w = clip.shape[1:3]
+  ch = min(h, int(round(w * height / width)))
+  cw = min(w, int(round(ch * width / height)))
+  y0, x0 = (h - ch) // 2, (w - cw) // 2
+  return np.stack([sources.resize_to(f[y0:y0 + ch, x0:x0 + cw], height, width) for f in clip])
+
+
 def evaluate_model_dir(model_dir: str, out_dir: str | None, ec: EvalConfig, *,
                        manifest: str = "data/library/manifest.json", title: str = "Evaluation") -> dict[str, Any]:
-  """Loads an exported model folder, runs the protocol, writes the report files (when `out_dir`)."""
+  """Loads an exported model folder, runs the protocol, writes the report files (when `out_dir`).
+
+  With `out_dir` the run is resumable: its state lives in `out_dir/resume/` until the stream is
+  complete (then it is removed; the report and per_frame.npz hold everything). A run stopped by
+  `ec.max_minutes` (or killed) continues when started again with the same `out_dir`; the report
+  of a stopped run covers the frames streamed so far and says so (`stream.complete` false)."""
   from lsd_jax.eval import report
   from lsd_jax.models import export
 
   cfg, params, meta = export.load(model_dir)
   clips = heldout_clips(manifest, ec.clips, ec.clip_frames, cfg.height, cfg.width)
-  results, res = evaluate(cfg, params, clips, ec)
+  state_dir = os.path.join(out_dir, "resume") if out_dir else None
+  if state_dir:
+    os.makedirs(state_dir, exist_ok=True)
+  results, res = evaluate(cfg, params, clips, ec, state_dir)
   results.update(model_dir=model_dir, metadata=meta, device=jax.devices()[0].device_kind)
   if out_dir:
     results["files"] = report.write(results, res, out_dir, title)
+    if res.complete:
+      shutil.rmtree(state_dir, ignore_errors=True)
   return results

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Evaluation stages on the lent H100 (see README "Evaluation"). Usage inside a device call:
+#   [CKPT=dir] [DRIFT_STATE=dir] bash scripts/gpu_eval.sh STAGE...   stages: env drift fidelity
+# Needs the carried wheels (.whl); `fidelity` also the clip library (.carry/library). Writes under $OUT.
+#   drift     100,000 frames (DRIFT_FRAMES) of CKPT on the endless procedural stream, S=1, switching
+#             every 1,250 frames through 4 per-frame and 4 temporal effects; drift curve per 10,000-frame
+#             segment (one schedule cycle), overall and per effect, ratio last/first. Stops itself
+#             after DRIFT_MIN minutes of streaming (saved, resumable) and is killed at DRIFT_KILL_S
+#             seconds in any case (its last checkpoint, every 5,000 frames, survives). If it prints
+#             PARTIAL, bring $OUT/drift back, carry it (e.g. as .carry/drift) and run the stage again
+#             with DRIFT_STATE=.carry/drift: it continues where it stopped, with the same numbers.
+#   fidelity  experiments/eval_fidelity.py on CKPT: held-out clips, every single effect, S = 1, 2, 4.
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+CKPT=${CKPT:-checkpoints/lsd_small}
+LIB=${LIB:-.carry/library/manifest.json}
+DRIFT_FRAMES=${DRIFT_FRAMES:-100000}; DRIFT_STEPS=${DRIFT_STEPS:-1}
+DRIFT_MIN=${DRIFT_MIN:-7}; DRIFT_KILL_S=${DRIFT_KILL_S:-540}; DRIFT_CHUNK=${DRIFT_CHUNK:-1000}; DRIFT_WORKERS=${DRIFT_WORKERS:-12}
+DRIFT_EFFECTS=${DRIFT_EFFECTS:-sepia,cartoon,thermal,pencil_sketch,snowfall,rain,echo,fireflies}
+QUIET="^W[0-9]{4}|^I[0-9]{4}.*(cpp|xla_bridge)|TfrtCpuClient"
+for stage in "$@"; do
+  case "$stage" in
+    env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
+         python3 -c "import jax, cv2, tqdm, matplotlib; print(jax.__version__, jax.devices())" ;;
+    drift) D="$OUT/drift"; mkdir -p "$D"
+           if [ -n "${DRIFT_STATE:-}" ]; then cp -r "$DRIFT_STATE"/. "$D"/ || exit 1; fi
+           timeout -s KILL "$DRIFT_KILL_S" python3 experiments/evaluate.py --model="$CKPT" --steps="$DRIFT_STEPS" \
+             --stream_frames="$DRIFT_FRAMES" --switch_every=1250 --chunk="$DRIFT_CHUNK" --clips=0 --render_workers="$DRIFT_WORKERS" \
+             --checkpoint_every=5000 --max_minutes="$DRIFT_MIN" --effects="$DRIFT_EFFECTS" --out="$D" \
+             --title="Drift: $DRIFT_FRAMES frames of $CKPT" 2>&1 | grep -v -E "$QUIET" | tee "$D/log.txt" | tail -40
+           python3 -c "
+import json, sys
+s = json.load(open(sys.argv[1]))['stream']
+print('drift:', 'COMPLETE' if s['complete'] else 'PARTIAL', s['frames'], 'of', s['planned_frames'], 'frames;',
+      'psnr ratio', round(s['drift']['psnr_ratio'], 4), '| pipeline frames/s', round(s['latency'].get('pipeline_frames_per_s', 0), 1))
+for e, r in s['drift']['per_effect'].items(): print(f'  {e:14s} ratio {r[\"psnr_ratio\"]:.4f}  curve', [round(c, 2) for c in r['psnr_curve']])
+" "$D/eval.json" || echo "drift: no report yet (killed before the first one); resume from $D/resume" ;;
+    fidelity) F="$OUT/fidelity"; mkdir -p "$F"
+              python3 experiments/eval_fidelity.py --model="$CKPT" --manifest="$LIB" --clips=4 --frames=24 \
+                --out="$F" 2>&1 | grep -v -E "$QUIET" | tail -30 ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
