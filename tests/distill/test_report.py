@@ -6,7 +6,7 @@ import os
 import jax
 import pytest
 
-from experiments import distill_prune_report as report
+from lsd_jax.eval import frontier as report
 from lsd_jax.models import export, lsd
 
 
