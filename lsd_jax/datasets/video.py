@@ -114,6 +114,9 @@ def _frame_time_s(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> 
 def _decode_from(container, stream, start: int) -> Iterator[av.VideoFrame]:
   """Decoded frames from frame number `start` on (seek to the keyframe before, then skip)."""
   if start == 0:
+    # A reused reader's demuxer sits wherever its last read stopped: rewind (seek also flushes
+    # the decoder) so that frame 0 really is the first frame, not the next one in the file.
+    container.seek(stream.start_time or 0, stream=stream, backward=True, any_frame=False)
     yield from container.decode(stream)
     return
   fps = _fps(stream)

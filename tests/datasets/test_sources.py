@@ -24,6 +24,19 @@ def test_iter_frames_and_read_frames_agree(tmp_path, clips):
     video.read_frames(path, clips.num_frames - 2, 4)
 
 
+def test_reused_reader_reads_any_window_in_any_order(tmp_path, clips):
+  """One open reader, as the clip source keeps them: every read, frame 0 after a later window
+  included, gives the same frames as a fresh decode of the whole file."""
+  path = clips.write(tmp_path / "c.mp4")
+  frames = np.stack(list(video.iter_frames(path)))
+  reader = video.VideoReader(path)
+  try:
+    for start, stride in [(13, 2), (0, 1), (20, 1), (0, 3), (0, 1), (5, 3), (clips.num_frames - 4, 1), (0, 2)]:
+      np.testing.assert_array_equal(reader.read(start, 4, stride), frames[start:start + 4 * stride:stride])
+  finally:
+    reader.close()
+
+
 @pytest.mark.parametrize("hw", [(32, 48), (40, 24)])
 def test_clip_source_shape_dtype_any_resolution(good_folder, hw):
   src = sources.VideoClipSource.from_folder(good_folder, height=hw[0], width=hw[1],
