@@ -82,9 +82,10 @@ _KERNEL_MODULES = {
 
 
 # Ops whose kernel a backend actually uses. Measured on one H100 (pallas_kernels/NOTES.md): the
-# Mosaic attention kernel beats XLA; the Mosaic ln_modulate_linear and mlp kernels are slower than
-# XLA's cuBLAS path at the model's shapes, so they are opt-in (`set_kernel_ops`).
-_KERNEL_OPS = {"mosaic": {"attention"}, "triton": set()}
+# Mosaic and the Triton attention kernels beat XLA at every shape timed; the ln_modulate_linear
+# and mlp kernels of both backends are slower than XLA's cuBLAS path at the model's shapes, so
+# they are opt-in (`set_kernel_ops`).
+_KERNEL_OPS = {"mosaic": {"attention"}, "triton": {"attention"}}
 
 
 def set_kernel_ops(backend: str, ops) -> frozenset:

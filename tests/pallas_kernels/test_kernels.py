@@ -79,6 +79,7 @@ def test_api_dispatch_reaches_kernels(interpret):
 
 def test_default_kernel_ops_are_the_measured_winners():
   assert api._KERNEL_OPS["mosaic"] == {"attention"}
+  assert api._KERNEL_OPS["triton"] == {"attention"}
 
 
 def _check_dispatch():
