@@ -1,0 +1,159 @@
+r"""Training throughput and model-FLOP utilisation (MFU) of the LSD train step.
+
+Builds the train step of an experiment config exactly as `lsd_jax.train.loop` does (same
+models, sharding, donation), with a random autoencoder of the config's size (the step's cost
+does not depend on its values) and one real host batch from the config's pipeline (procedural
+scenes and photos, so no clip library is needed), held on device and reused: this times the
+step, not the input pipeline. For each batch size: steps/s (median of --repeats timed loops of
+--iters steps, each closed by block_until_ready), and the FLOPs of one step two ways:
+
+- model FLOPs (analytic, `lsd_jax.models.sizes`): the frozen encoder on the 2 x B x (K+1) input
+  and target frames, the denoiser forward + backward (3 forward-equivalents) on B targets, the
+  bootstrap teacher's two forwards on bootstrap_frac x B, and the model-history hook's forward
+  on the K history frames of every clip (it is computed for the whole batch, then selected);
+- XLA FLOPs: `cost_analysis()` of the compiled step (everything XLA executes, elementwise too).
+
+MFU = model FLOPs per second / --peak_tflops (989.4: H100 SXM dense bf16 spec; the previous
+BENCHMARKS entries also quote 790, the measured cuBLAS rate). Writes train_mfu.json and .md.
+
+  PYTHONPATH=. python experiments/benchmark_train.py --config=experiments/configs/lsd.py:base \
+      --batch_sizes=32,64 --out_dir=/tmp/mfu
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+from absl import app, flags, logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+from lsd_jax.datasets import pipeline
+from lsd_jax.models import export, sizes
+from lsd_jax.train import loop, sharding
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "experiments/configs/lsd.py:base", "An LSD experiment config.")
+flags.DEFINE_list("batch_sizes", ["32"], "Global batch sizes to time.")
+flags.DEFINE_integer("iters", 20, "Steps per timed loop.")
+flags.DEFINE_integer("repeats", 5, "Timed loops (the median is reported).")
+flags.DEFINE_float("peak_tflops", 989.4, "Peak dense bf16 rate for MFU (H100 SXM spec).")
+flags.DEFINE_string("out_dir", "/tmp/train_mfu", "Where train_mfu.json/.md go.")
+flags.DEFINE_string("label", "", "Name of this run (defaults to the config name).")
+
+
+def model_flops(config, batch: int) -> dict[str, float]:
+  """Analytic FLOPs of one LSD train step (see the module docstring)."""
+  m, d = config.model, config.data
+  size = sizes.get_size(m.size)
+  k = m.history_len
+  den = sizes.denoiser_flops(size, d.height, d.width, m.history_mode, k)
+  enc = sizes.autoencoder_flops(size, d.height, d.width)["encode"]
+  t = config.train
+  out = {
+      "encoder": 2.0 * batch * (k + 1) * enc,
+      "denoiser_fwd_bwd": 3.0 * batch * den,
+      "bootstrap_teacher": 2.0 * round(t.bootstrap_frac * batch) * den,
+      "history_hook": float(batch * k * den) if any(a["name"] == "model" for a in t.augment) else 0.0,
+  }
+  out["total"] = sum(out.values())
+  return out
+
+
+def _random_autoencoder(config, directory: str) -> None:
+  cfg = loop.lsd_config(config)
+  from lsd_jax.models.autoencoder import Autoencoder
+  ae = Autoencoder(cfg.model_size.autoencoder)
+  params = nn.meta.unbox(ae.init(jax.random.key(0), jnp.zeros((1, cfg.height, cfg.width, 3)))["params"])
+  export.save_params(os.path.join(directory, loop.AE_FILE), params, dtype="float32")
+  with open(os.path.join(directory, loop.AE_META), "w") as f:
+    json.dump({"size": config.model.size, "latent_scale": 1.0, "steps": 0}, f)
+
+
+def time_batch(config, batch_size: int) -> dict[str, float]:
+  config = config.copy_and_resolve_references()
+  config.data.global_batch_size = batch_size
+  config.data.sources.library.weight = 0.0
+  config.data.worker_count = 0
+  with tempfile.TemporaryDirectory() as tmp:
+    _random_autoencoder(config, tmp)
+    config.autoencoder_dir = tmp
+    mesh = sharding.make_mesh(dict(config.mesh))
+    rules = [(r[0], tuple(r[1]) if isinstance(r[1], (list, tuple)) else r[1]) for r in config.rules]
+    models, init_fn, step_fn, extra_names = loop._build(config, tmp)  # pylint: disable=protected-access
+    state, shardings = sharding.sharded_init(init_fn, mesh, rules)
+    it = pipeline.make_iterator(config.data, loop.prompt_table(config.data.prompt_split))
+    batch_sh = sharding.batch_sharding(mesh)
+    batch = pipeline.to_global_batch(next(it), mesh, batch_sh.spec)
+    repl = sharding.replicated(mesh)
+    extras = {n: jax.device_put(models[n], repl) for n in extra_names}
+    jitted = jax.jit(lambda s, b, k, ex: step_fn(s, b, k, **ex), in_shardings=(shardings, batch_sh, repl, repl),
+                     out_shardings=(shardings, repl), donate_argnums=0)
+    key = jax.random.key(1)
+    with mesh, nn.logical_axis_rules(rules):
+      t0 = time.perf_counter()
+      compiled = jitted.lower(state, batch, key, extras).compile()
+      compile_s = time.perf_counter() - t0
+      cost = compiled.cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+      for _ in range(3):
+        state, metrics = compiled(state, batch, key, extras)
+      jax.block_until_ready(metrics)
+      rates = []
+      for _ in range(FLAGS.repeats):
+        t0 = time.perf_counter()
+        for _ in range(FLAGS.iters):
+          state, metrics = compiled(state, batch, key, extras)
+        jax.block_until_ready((state, metrics))
+        rates.append(FLAGS.iters / (time.perf_counter() - t0))
+  steps_s = float(np.median(rates))
+  mf = model_flops(config, batch_size)
+  n_dev = mesh.devices.size
+  peak = FLAGS.peak_tflops * 1e12 * n_dev
+  return {"batch": batch_size, "devices": n_dev, "steps_per_s": steps_s, "steps_per_s_all": rates,
+          "ms_per_step": 1e3 / steps_s, "compile_s": compile_s,
+          "model_tflop_per_step": mf["total"] / 1e12, "model_flops_parts": mf,
+          "xla_tflop_per_step": xla_flops / 1e12,
+          "mfu": mf["total"] * steps_s / peak, "hfu_xla": xla_flops * steps_s / peak,
+          "mfu_denoiser_only": (mf["total"] - mf["encoder"]) * steps_s / peak}
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  os.makedirs(FLAGS.out_dir, exist_ok=True)
+  dev = jax.devices()[0]
+  res = {"config": config.name, "device": getattr(dev, "device_kind", dev.platform),
+         "date": time.strftime("%Y-%m-%d"), "peak_tflops": FLAGS.peak_tflops, "runs": []}
+  label = FLAGS.label or config.name.replace(":", "_")
+  for b in FLAGS.batch_sizes:
+    r = time_batch(config, int(b))
+    logging.info("%s batch %d: %.2f steps/s, %.1f ms, model %.2f TFLOP/step, MFU %.1f%% (XLA-counted %.1f%%)",
+                 config.name, r["batch"], r["steps_per_s"], r["ms_per_step"], r["model_tflop_per_step"],
+                 100 * r["mfu"], 100 * r["hfu_xla"])
+    res["runs"].append(r)
+    with open(os.path.join(FLAGS.out_dir, f"train_mfu_{label}.json"), "w") as f:
+      json.dump(res, f, indent=2)
+  lines = [f"# Train-step MFU: {config.name} on {res['device']} ({res['date']})", "",
+           f"Peak {FLAGS.peak_tflops} TFLOP/s per device. Model FLOPs analytic (encoder + denoiser fwd/bwd + "
+           "bootstrap teacher + history hook); XLA FLOPs from cost_analysis.", "",
+           "| batch | devices | steps/s | ms/step | model TFLOP/step | XLA TFLOP/step | MFU | MFU w/o encoder | XLA-counted |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in res["runs"]:
+    lines.append(f"| {r['batch']} | {r['devices']} | {r['steps_per_s']:.2f} | {r['ms_per_step']:.1f} | "
+                 f"{r['model_tflop_per_step']:.2f} | {r['xla_tflop_per_step']:.2f} | {100 * r['mfu']:.1f}% | "
+                 f"{100 * r['mfu_denoiser_only']:.1f}% | {100 * r['hfu_xla']:.1f}% |")
+  with open(os.path.join(FLAGS.out_dir, f"train_mfu_{label}.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)
