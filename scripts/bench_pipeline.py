@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_pipeline.py                      # 256x256, T=4, batch 8
     .venv/bin/python scripts/bench_pipeline.py --worker_counts=0,2 --read_threads=2
+    .venv/bin/python scripts/bench_pipeline.py --decoded_cache=/tmp/lsd_decoded   # library pre-decoded
 
 Needs the clip library (`.venv/bin/python data/prepare_library.py`). Prompts are a random
 table of the real shape: their content does not change the pipeline's cost. Reports the median
@@ -29,6 +30,8 @@ flags.DEFINE_integer("warmup", 4, "Untimed batches first.")
 flags.DEFINE_integer("batches", 12, "Batches per timed run.")
 flags.DEFINE_integer("repeats", 3, "Timed runs; the median is reported.")
 flags.DEFINE_string("manifest", "data/library/manifest.json", "Clip library manifest.")
+flags.DEFINE_string("decoded_cache", "", "config.sources.library.decoded_cache (empty: decode per read).")
+flags.DEFINE_list("sources", ["mixture", "library", "photos", "procedural"], "What to time.")
 flags.DEFINE_float("step_ms", 100.0, "Train step time to compare with (ms).")
 flags.DEFINE_integer("step_batch", 32, "Clips per train step to compare with.")
 
@@ -67,9 +70,8 @@ def main(argv):
   base.height, base.width, base.num_frames = FLAGS.height, FLAGS.width, FLAGS.num_frames
   base.global_batch_size, base.read_threads = FLAGS.batch, FLAGS.read_threads
   base.sources.library.manifest = FLAGS.manifest
-  mixtures = {"mixture": None}
-  for name in ("library", "photos", "procedural"):
-    mixtures[name] = name
+  base.sources.library.decoded_cache = FLAGS.decoded_cache
+  mixtures = {label: (None if label == "mixture" else label) for label in FLAGS.sources}
   rows = []
   for workers in [int(w) for w in FLAGS.worker_counts]:
     for label, only in mixtures.items():
@@ -84,7 +86,8 @@ def main(argv):
                    ", ".join(f"{r:.1f}" for r in rates))
   needed = FLAGS.step_batch * FLAGS.num_frames / (FLAGS.step_ms / 1000)
   print(f"\n{FLAGS.height}x{FLAGS.width}, T={FLAGS.num_frames}, batch {FLAGS.batch}, "
-        f"read_threads={FLAGS.read_threads}; median of {FLAGS.repeats} x {FLAGS.batches} batches")
+        f"read_threads={FLAGS.read_threads}, decoded_cache={FLAGS.decoded_cache or 'off'}; "
+        f"median of {FLAGS.repeats} x {FLAGS.batches} batches")
   print("| source | grain workers | frames/s |\n|---|---|---|")
   for label, workers, median in rows:
     print(f"| {label} | {workers} | {median:.0f} |")

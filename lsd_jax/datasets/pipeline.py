@@ -80,7 +80,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.sources = ml_collections.ConfigDict({
       # Real clips of the local library (data/prepare_library.py).
       "library": {"weight": 0.5, "manifest": "data/library/manifest.json", "split": "train",
-                  "strides": (1, 2), "min_crop_scale": 0.6},
+                  "strides": (1, 2), "min_crop_scale": 0.6,
+                  # A folder: decode every clip once into uint8 .npy there and read through
+                  # memory maps (the library is ~0.8 GB decoded at 272 px); empty: decode per read.
+                  "decoded_cache": ""},
       # scikit-image's photos under a moving camera.
       "photos": {"weight": 0.2, "split": "train", "max_omega": 0.08},
       # Endless seeded scenes.
@@ -111,7 +114,8 @@ def make_source(name: str, config: ml_collections.ConfigDict) -> Any:
   if name == "library":
     return sources.VideoClipSource.from_manifest(
         cfg.manifest, cfg.split, strides=tuple(cfg.strides),
-        min_crop_scale=cfg.min_crop_scale, seed=seed, **geometry)
+        min_crop_scale=cfg.min_crop_scale, seed=seed, decoded_cache=cfg.get("decoded_cache") or None,
+        **geometry)
   if name == "photos":
     return sources.PhotoSource.from_skimage(cfg.split, max_omega=cfg.max_omega, seed=seed,
                                             **geometry)

@@ -6,7 +6,10 @@ worker, on any host, after any resume, draws the same clip for the same index.
 
 - `VideoClipSource`: clips decoded with PyAV, random crop (the model's aspect), horizontal flip,
   temporal stride, resized to HxW. Built from a list of files, a folder (`from_folder`) or the
-  local clip library (`from_manifest`, see data/prepare_library.py).
+  local clip library (`from_manifest`, see data/prepare_library.py). With `decoded_cache=DIR`
+  every clip is decoded once into an uncompressed uint8 .npy in DIR and read through a memory
+  map (shared by all worker processes through the page cache): the same examples, without the
+  H.264 decode that otherwise dominates the input pipeline.
 - `PhotoSource`: still photos (scikit-image's bundled ones by default) filmed by a smooth random
   camera path: pan, zoom and roll, rendered with cv2.warpAffine.
 - `ProceduralSource`: seeded endless scenes of moving shapes over drifting textures under
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -102,7 +106,7 @@ class VideoClipSource:
   def __init__(self, paths: Sequence[str | os.PathLike], *, height: int, width: int,
                num_frames: int, strides: Sequence[int] = (1, 2), min_crop_scale: float = 0.6,
                flip: bool = True, seed: int = 0, where: str | None = None,
-               length: int = NOMINAL_LENGTH):
+               length: int = NOMINAL_LENGTH, decoded_cache: str | os.PathLike | None = None):
     _check_geometry(height, width, num_frames)
     if not 0 < min_crop_scale <= 1:
       raise ValueError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}")
@@ -119,8 +123,53 @@ class VideoClipSource:
       raise NoReadableClipError(
           f"no readable video clip of >= {num_frames} frames in {self.where} "
           f"({len(paths)} files tried: {self.stats})")
+    self.decoded_cache = os.fspath(decoded_cache) if decoded_cache else None
+    self._cache_files: dict[str, str] = {}
+    if self.decoded_cache:
+      self._build_decoded_cache()
     frames = np.array([c.num_frames for c in self.clips], np.float64)
     self._clip_p = frames / frames.sum()
+
+  def _build_decoded_cache(self) -> None:
+    """Decodes each clip once into DIR/<name>-<key>.npy (key: path, size and mtime, so an edited
+    file gets a new entry); writes go to a temporary name, then an atomic rename. A clip whose
+    decode yields fewer frames than its probe counted keeps what decoded (windows are drawn
+    from that count); one that fails to decode at all is dropped, as unreadable."""
+    os.makedirs(self.decoded_cache, exist_ok=True)
+    kept, total_bytes = [], 0
+    for clip in self.clips:
+      st = os.stat(clip.path)
+      key = hashlib.sha1(f"{os.path.abspath(clip.path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
+      dst = os.path.join(self.decoded_cache, f"{pathlib.Path(clip.path).stem}-{key}.npy")
+      if not os.path.isfile(dst):
+        try:
+          frames = np.stack(list(video.iter_frames(clip.path)))
+        except (video.VideoReadError, ValueError) as e:
+          self.stats["unreadable"] += 1
+          logging.warning("Skipping %s: decoding it for the cache failed: %s", clip.path, e)
+          continue
+        tmp = f"{dst}.{os.getpid()}.tmp.npy"
+        np.save(tmp, frames)
+        os.replace(tmp, dst)
+      arr = np.load(dst, mmap_mode="r")
+      if arr.shape[0] < self.num_frames:
+        self.stats["too_short"] += 1
+        logging.warning("Skipping %s: %d decodable frames < %d needed", clip.path, arr.shape[0], self.num_frames)
+        continue
+      total_bytes += arr.nbytes
+      self._cache_files[clip.path] = dst
+      kept.append(dataclasses.replace(clip, num_frames=int(arr.shape[0])))
+    self.clips = kept
+    if not kept:
+      raise NoReadableClipError(f"no clip of {self.where} could be decoded into {self.decoded_cache}")
+    logging.info("decoded-frame cache %s: %d clips, %.0f MB", self.decoded_cache, len(kept), total_bytes / 1e6)
+
+  def _cached(self, path: str) -> np.ndarray:
+    """This process's memory map of a clip's decoded frames (opened once, read-only)."""
+    maps = self.__dict__.setdefault("_maps", {})
+    if path not in maps:
+      maps[path] = np.load(self._cache_files[path], mmap_mode="r")
+    return maps[path]
 
   @classmethod
   def from_folder(cls, folder: str | os.PathLike, **kwargs) -> VideoClipSource:
@@ -198,9 +247,10 @@ class VideoClipSource:
         readers.popitem(last=False)[1].close()
     return readers[path]
 
-  def __getstate__(self):  # grain pickles sources into worker processes; readers stay here
+  def __getstate__(self):  # grain pickles sources into worker processes; readers and maps stay here
     state = dict(self.__dict__)
     del state["_local"]
+    state.pop("_maps", None)
     return state
 
   def __setstate__(self, state):
@@ -209,18 +259,24 @@ class VideoClipSource:
 
   def _read(self, rng: np.random.Generator, clip: ClipSpec) -> np.ndarray:
     start, stride, (y0, x0, ch, cw), flip = self._sample_window(rng, clip)
-    try:
-      frames = self._reader(clip.path).read(start, self.num_frames, stride)
-    except video.VideoReadError:
-      reader = getattr(self._local, "readers", {}).pop(clip.path, None)
-      if reader is not None:  # reopen next time, from a clean state
-        reader.close()
-      raise
+    if self.decoded_cache:
+      frames = self._cached(clip.path)[start:start + (self.num_frames - 1) * stride + 1:stride]
+    else:
+      frames = self._read_decoded(clip, start, stride)
     out = np.empty((self.num_frames, self.height, self.width, 3), np.uint8)
     for t, frame in enumerate(frames):
       crop = frame[y0:y0 + ch, x0:x0 + cw]
       out[t] = resize_to(crop[:, ::-1] if flip else crop, self.height, self.width)
     return out
+
+  def _read_decoded(self, clip: ClipSpec, start: int, stride: int) -> np.ndarray:
+    try:
+      return self._reader(clip.path).read(start, self.num_frames, stride)
+    except video.VideoReadError:
+      reader = getattr(self._local, "readers", {}).pop(clip.path, None)
+      if reader is not None:  # reopen next time, from a clean state
+        reader.close()
+      raise
 
   def __getitem__(self, index: int) -> np.ndarray:
     rng = example_rng(self.seed, index)

@@ -185,3 +185,28 @@ def test_committed_samples():
   frames = list(video.iter_frames(y4m))
   assert len(frames) >= 20 and frames[0].shape == (240, 320, 3)
   assert frames[0].std() > 10  # real content, not a blank frame
+
+
+def test_decoded_cache_gives_the_same_examples(good_folder, tmp_path):
+  kw = dict(height=32, width=48, num_frames=5, seed=3)
+  plain = sources.VideoClipSource.from_folder(good_folder, **kw)
+  cached = sources.VideoClipSource.from_folder(good_folder, decoded_cache=tmp_path / "cache", **kw)
+  files = sorted((tmp_path / "cache").glob("*.npy"))
+  assert len(files) == 2 and not list((tmp_path / "cache").glob("*.tmp*"))
+  for i in range(12):
+    np.testing.assert_array_equal(cached[i], plain[i])
+  # A second source reuses the files (no new decode), and pickling (grain workers) keeps working.
+  import pickle
+  again = pickle.loads(pickle.dumps(sources.VideoClipSource.from_folder(good_folder, decoded_cache=tmp_path / "cache", **kw)))
+  assert sorted((tmp_path / "cache").glob("*.npy")) == files
+  np.testing.assert_array_equal(again[7], plain[7])
+
+
+def test_decoded_cache_skips_files_that_do_not_decode(good_folder, tmp_path, clips, caplog):
+  from tests.datasets.conftest import add_corrupt_files
+  add_corrupt_files(good_folder, np.random.default_rng(0))
+  with caplog.at_level(logging.WARNING):
+    src = sources.VideoClipSource.from_folder(good_folder, height=32, width=48, num_frames=5,
+                                              decoded_cache=tmp_path / "cache")
+  assert len(src.clips) == 2 and src.skipped == 3
+  assert src[0].shape == (5, 32, 48, 3)
