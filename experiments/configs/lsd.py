@@ -5,7 +5,8 @@
   python experiments/main.py --config=experiments/configs/lsd.py:smoke \
       --config.autoencoder_dir=/tmp/ae_smoke --workdir=/tmp/lsd_smoke
 
-`small` (the shipped default) and `base` at 256x256 with K = 3 history frames in `concat` mode;
+`small` (the shipped default) and `base` at 256x256 with K = 3 history frames in `concat` mode,
+residual (the denoiser diffuses target minus input latent; the first shipped model did not);
 each clip has 2 warm-up frames (for temporal effects) before its K + 1 trained frames. Ablation
 arms are overrides of these fields (see experiments/sweep.py). `smoke` trains a tiny model at
 32x32 end to end in well under two minutes on a CPU.
@@ -20,7 +21,7 @@ def get_config(arg: str = "small"):
   c = defaults.base("lsd")
   c.name = f"lsd:{arg}"
   c.data.num_frames = WARMUP_FRAMES + c.model.history_len + 1
-  c.model.residual = True  # diffuse target - input latent (forcing.py); the first shipped model did not
+  c.model.residual = True  # diffuse target - input latent (lsd_jax/diffusion/forcing.py)
   if arg in ("small", "base"):
     c.model.size = arg
     c.data.global_batch_size = 32
