@@ -8,8 +8,7 @@
 #   STUDENT   the distilled student's export (default workdirs/distill/export)
 #   MODELS    labels the latency/eval/drift/report stages cover (default "teacher pruned student")
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source scripts/gpu_wheels.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" workdirs
 LIB=.carry/library/manifest.json
 TEACHER=${TEACHER:-checkpoints/lsd_small}; PRUNED=${PRUNED:-workdirs/pruned_small}

@@ -11,8 +11,7 @@
 #             with DRIFT_STATE=.carry/drift: it continues where it stopped, with the same numbers.
 #   fidelity  experiments/eval_fidelity.py on CKPT: held-out clips, every single effect, S = 1, 2, 4.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source scripts/gpu_wheels.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 CKPT=${CKPT:-checkpoints/lsd_small}
 LIB=${LIB:-.carry/library/manifest.json}

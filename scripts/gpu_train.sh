@@ -3,10 +3,7 @@
 #   bash scripts/gpu_train.sh STAGE...   stages: env ae ae_out eval_ae lsd eval_fid export mfu
 # Needs the carried wheels (.whl) and clip library (.carry/library); writes under $OUT.
 set -uo pipefail
-if ls .whl/*.whl >/dev/null 2>&1; then  # a warm machine keeps /tmp/site from an earlier call
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-elif [ ! -d /tmp/site/av ]; then echo "no wheels in .whl and none installed in /tmp/site"; exit 1; fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source scripts/gpu_wheels.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" workdirs
 LIB=.carry/library/manifest.json
 AE_MIN=${AE_MIN:-3.5}; LSD_MIN=${LSD_MIN:-5}
