@@ -207,8 +207,11 @@ def drift_curve(fidelity_T, segment: int) -> np.ndarray:
 
 
 def drift_ratio(curve) -> float:
-  """Last segment's fidelity over the first's (1.0: no drift; < 1: fidelity decays)."""
+  """Last segment's fidelity over the first's (1.0: no drift; < 1: fidelity decays). NaN for a
+  curve of one segment: a stream shorter than two segments says nothing about drift."""
   c = np.asarray(curve, np.float64)
   if c.size == 0:
     raise ValueError("empty drift curve")
+  if c.size == 1:
+    return float("nan")
   return float(c[-1] / c[0])

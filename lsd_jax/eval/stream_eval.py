@@ -334,6 +334,9 @@ def summarize_stream(res: StreamResult, prompts: dict[str, Prompt], *, segment: 
   per_effect = {e: summarize_frames(pf, (names == e) & warm_mask, prompts[e][2], height, width)
                 for e in dict.fromkeys(sched.names)}
   curve = metrics.drift_curve(pf["psnr"], segment)
+  if curve.size < 2:
+    logging.warning("a %d-frame stream holds %d drift segment(s) of %d frames: no drift ratio (NaN); "
+                    "make the stream at least two schedule cycles long", n, curve.size, segment)
   drift = {"segment": segment, "psnr_curve": curve.tolist(), "psnr_ratio": metrics.drift_ratio(curve),
            "ssim_curve": metrics.drift_curve(pf["ssim"], segment).tolist()}
   drift["ssim_ratio"] = metrics.drift_ratio(drift["ssim_curve"])

@@ -48,6 +48,7 @@ def test_drift_curve_and_ratio_by_hand():
   np.testing.assert_allclose(curve, [30, 28, 24])
   assert metrics.drift_ratio(curve) == pytest.approx(24 / 30)
   np.testing.assert_allclose(metrics.drift_curve(f[:1], 2), [30])
+  assert np.isnan(metrics.drift_ratio([30.0]))  # one segment: no statement about drift
 
 
 def test_switch_response_on_a_known_step():
