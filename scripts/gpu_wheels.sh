@@ -2,8 +2,9 @@
 # when none were carried, reuses what an earlier call on the same warm machine installed there.
 # The working tree a device call carries is limited to 64 MiB: the wheels (42 MB, PyAV 35 MB of
 # them) and the shipped model (39 MB) do not fit together, so carry the wheels in a first call and
-# the model (or .carry/ data) in the next one, on the same warm machine. A call that needs no
-# clip decoding can instead carry every wheel but PyAV's.
+# the model (or .carry/ data) in the next one, on the same warm machine. A call that decodes no
+# video (e.g. `gpu_eval.sh drift`, procedural streams; PyAV is imported lazily) can instead carry
+# every wheel but PyAV's beside the model.
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 elif [ ! -d /tmp/site/grain ]; then

@@ -2,7 +2,8 @@
 
 Frames are always uint8 RGB arrays `frame_HxWx3`. These helpers do no resizing or cropping
 (that is the sources' job) and hold no state between calls, so the streaming runtime and the
-training sources can share them.
+training sources can share them. PyAV is imported on first use, so code that never touches a
+video file (procedural or photo sources, the evaluation of procedural streams) runs without it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,23 @@ import fractions
 import os
 from collections.abc import Iterable, Iterator
 
-import av
 import numpy as np
+
+
+class _LazyPyAV:
+  """The `av` module, imported on first attribute access."""
+
+  def __getattr__(self, name):
+    try:
+      import av as module  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise ImportError("reading or writing video files needs PyAV (the `av` package): "
+                        "install the project with scripts/setup.sh") from e
+    globals()["av"] = module  # later accesses go straight to the module
+    return getattr(module, name)
+
+
+av = _LazyPyAV()
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ogv",
                     ".y4m", ".flv", ".wmv", ".ts")

@@ -210,3 +210,25 @@ def test_decoded_cache_skips_files_that_do_not_decode(good_folder, tmp_path, cli
                                               decoded_cache=tmp_path / "cache")
   assert len(src.clips) == 2 and src.skipped == 3
   assert src[0].shape == (5, 32, 48, 3)
+
+
+def test_procedural_streams_need_no_pyav():
+  """Without PyAV, the procedural source and the stream evaluation import and run; a video read
+  fails with a message that names the missing package."""
+  import subprocess
+  import sys
+  code = (
+      "import sys; sys.modules['av'] = None\n"
+      "from lsd_jax.datasets import sources, video\n"
+      "import lsd_jax.eval.stream_eval\n"
+      "clip = sources.ProceduralSource(height=16, width=16, num_frames=2)[0]\n"
+      "assert clip.shape == (2, 16, 16, 3)\n"
+      "try:\n"
+      "  video.probe('x.mp4')\n"
+      "except ImportError as e:\n"
+      "  assert 'PyAV' in str(e), e\n"
+      "  print('ok')\n")
+  root = pathlib.Path(__file__).parents[2]
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(root)})
+  assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
