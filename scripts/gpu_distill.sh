@@ -7,10 +7,14 @@
 #   PRUNED    where `prune` writes / later stages read the pruned model (default workdirs/pruned_small)
 #   STUDENT   the distilled student's export (default workdirs/distill/export)
 #   MODELS    labels the latency/eval/drift/report stages cover (default "teacher pruned student")
+#   EXPORT    labels the export stage brings back in $OUT (default "student"; `distill` brings the
+#             student back itself). Mind the 8 files a call returns: a model is 3-4 of them.
+#   DRIFT_S   the S values of the drift stage (default "1 2 4"); LIB the clip library's manifest
 set -uo pipefail
 source scripts/gpu_wheels.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" workdirs
-LIB=.carry/library/manifest.json
+LIB=${LIB:-.carry/library/manifest.json}
+DECODED=--config.data.sources.library.decoded_cache=/tmp/lsd_decoded  # decode the library once
 TEACHER=${TEACHER:-checkpoints/lsd_small}; PRUNED=${PRUNED:-workdirs/pruned_small}
 STUDENT=${STUDENT:-workdirs/distill/export}; MODELS=${MODELS:-teacher pruned student}
 DISTILL_MIN=${DISTILL_MIN:-5}; DISTILL_CONFIG=${DISTILL_CONFIG:-pruned}
@@ -18,6 +22,14 @@ DISTILL_EXTRA=${DISTILL_EXTRA:-}  # more --config.x=y overrides (e.g. --config.p
 LAT_IMPLS=${LAT_IMPLS:-xla}; FID_CLIPS=${FID_CLIPS:-2}; DRIFT_FRAMES=${DRIFT_FRAMES:-2000}
 EFFECTS=${EFFECTS:-sepia,cartoon,thermal,pencil_sketch,snowfall,rain,echo,fireflies}
 QUIET="orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion"
+# Two JAX processes at once (e.g. an eval beside a stream) each preallocate 75% of the GPU and the
+# second dies of CUDA_ERROR_OUT_OF_MEMORY (seen on 2026-11-27); eval and drift allocate on demand.
+ONDEMAND=XLA_PYTHON_CLIENT_PREALLOCATE=false
+# A model folder into $OUT/<label>/ (config, prune.json, params in 15 MB parts: at most 16 MB per
+# file comes back; rejoin with cat params.part_* > params.safetensors).
+export_model() { local d; d=$(folder "$1"); [ -f "$d/config.json" ] || { echo "no $1 model at $d"; return 0; }
+  mkdir -p "$OUT/$1"; cp "$d/config.json" "$OUT/$1/"; [ -f "$d/prune.json" ] && cp "$d/prune.json" "$OUT/$1/"
+  split -b 15m "$d/params.safetensors" "$OUT/$1/params.part_"; }
 folder() { case "$1" in teacher) echo "$TEACHER" ;; pruned) echo "$PRUNED" ;; student) echo "$STUDENT" ;; *) echo "$1" ;; esac; }
 for stage in "$@"; do
   case "$stage" in
@@ -30,20 +42,19 @@ for stage in "$@"; do
     distill) timeout $(python3 -c "print(int(60 * $DISTILL_MIN + 240))") python3 experiments/main.py \
              --config=experiments/configs/distill.py:$DISTILL_CONFIG --workdir=workdirs/distill \
              --config.distill.teacher=$TEACHER --config.init_from=$( [ "$DISTILL_CONFIG" = pruned ] && echo $PRUNED || echo $TEACHER ) \
-             --config.data.sources.library.manifest=$LIB --config.max_minutes=$DISTILL_MIN --config.data.worker_count=14 \
+             --config.data.sources.library.manifest=$LIB --config.max_minutes=$DISTILL_MIN --config.data.worker_count=14 $DECODED \
              $DISTILL_EXTRA 2>&1 | grep -v -E "$QUIET" | tee -a workdirs/distill.log | grep -E "step [0-9]*0 |done|Error|error" | tail -40
-             cp workdirs/distill/train_metrics.jsonl "$OUT/distill_metrics.jsonl"; cp workdirs/distill/train_curves.png "$OUT/distill_curves.png" ;;
-    export) for m in pruned student; do d=$(folder $m); [ -f $d/config.json ] || continue
-              mkdir -p "$OUT/$m"; cp $d/config.json "$OUT/$m/"; [ -f $d/prune.json ] && cp $d/prune.json "$OUT/$m/"
-              split -b 15m $d/params.safetensors "$OUT/$m/params.part_"; done ;;  # rejoin: cat params.part_* > params.safetensors
+             cp workdirs/distill/train_metrics.jsonl "$OUT/distill_metrics.jsonl"; cp workdirs/distill/train_curves.png "$OUT/distill_curves.png"
+             export_model student ;;  # at once: a lease that ends before the next call takes the workdir with it
+    export) for m in ${EXPORT:-student}; do export_model $m; done ;;
     latency) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
                timeout 240 python3 experiments/benchmark_latency.py --model=$d --label=$m --resolutions=256x256 \
                  --steps=1,2,4 --impls=$LAT_IMPLS --out_dir="$OUT/latency" 2>&1 | grep "^|" ; done ;;
     eval) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
-            timeout ${FID_TIMEOUT:-180} python3 experiments/eval_fidelity.py --model=$d --manifest=$LIB --clips=$FID_CLIPS \
+            env $ONDEMAND timeout ${FID_TIMEOUT:-180} python3 experiments/eval_fidelity.py --model=$d --manifest=$LIB --clips=$FID_CLIPS \
               --frames=24 --steps=1,2,4 --out="$OUT/$m/fidelity" 2>&1 | grep "mean" ; done ;;
     drift) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
-             for s in 1 2 4; do timeout ${DRIFT_TIMEOUT:-150} python3 experiments/evaluate.py --model=$d --steps=$s \
+             for s in ${DRIFT_S:-1 2 4}; do env $ONDEMAND timeout ${DRIFT_TIMEOUT:-150} python3 experiments/evaluate.py --model=$d --steps=$s \
                --clips=0 --stream_frames=$DRIFT_FRAMES --switch_every=125 --segment=500 --chunk=250 --effects=$EFFECTS \
                --out="$OUT/$m/eval_s$s" 2>&1 | grep -i -E "drift|ratio" | head -3; done; done ;;
     report) args=""; for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] && args="$args,$m=$d"; done

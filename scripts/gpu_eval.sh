@@ -10,6 +10,9 @@
 #             PARTIAL, bring $OUT/drift back, carry it (e.g. as .carry/drift) and run the stage again
 #             with DRIFT_STATE=.carry/drift: it continues where it stopped, with the same numbers.
 #   fidelity  experiments/eval_fidelity.py on CKPT: held-out clips, every single effect, S = 1, 2, 4.
+# Both stages allocate GPU memory on demand (XLA_PYTHON_CLIENT_PREALLOCATE=false) so that they can
+# run beside another JAX process: with the default 75% preallocation the second one dies of
+# CUDA_ERROR_OUT_OF_MEMORY (a 100,000-frame drift run beside a fidelity run did, 2026-11-27).
 set -uo pipefail
 source scripts/gpu_wheels.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -25,7 +28,7 @@ for stage in "$@"; do
          python3 -c "import jax, cv2, tqdm, matplotlib; print(jax.__version__, jax.devices())" ;;
     drift) D="$OUT/drift"; mkdir -p "$D"
            if [ -n "${DRIFT_STATE:-}" ]; then cp -r "$DRIFT_STATE"/. "$D"/ || exit 1; fi
-           timeout -s KILL "$DRIFT_KILL_S" python3 experiments/evaluate.py --model="$CKPT" --steps="$DRIFT_STEPS" \
+           XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s KILL "$DRIFT_KILL_S" python3 experiments/evaluate.py --model="$CKPT" --steps="$DRIFT_STEPS" \
              --stream_frames="$DRIFT_FRAMES" --switch_every=1250 --chunk="$DRIFT_CHUNK" --clips=0 --render_workers="$DRIFT_WORKERS" \
              --checkpoint_every=5000 --max_minutes="$DRIFT_MIN" --effects="$DRIFT_EFFECTS" --out="$D" \
              --title="Drift: $DRIFT_FRAMES frames of $CKPT" 2>&1 | grep -v -E "$QUIET" | tee "$D/log.txt" | tail -40
@@ -37,7 +40,7 @@ print('drift:', 'COMPLETE' if s['complete'] else 'PARTIAL', s['frames'], 'of', s
 for e, r in s['drift']['per_effect'].items(): print(f'  {e:14s} ratio {r[\"psnr_ratio\"]:.4f}  curve', [round(c, 2) for c in r['psnr_curve']])
 " "$D/eval.json" || echo "drift: no report yet (killed before the first one); resume from $D/resume" ;;
     fidelity) F="$OUT/fidelity"; mkdir -p "$F"
-              python3 experiments/eval_fidelity.py --model="$CKPT" --manifest="$LIB" --clips=4 --frames=24 \
+              XLA_PYTHON_CLIENT_PREALLOCATE=false python3 experiments/eval_fidelity.py --model="$CKPT" --manifest="$LIB" --clips=4 --frames=24 \
                 --out="$F" 2>&1 | grep -v -E "$QUIET" | tail -30 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
