@@ -96,7 +96,7 @@ def time_batch(config, batch_size: int) -> dict[str, float]:
     jitted = jax.jit(lambda s, b, k, ex: step_fn(s, b, k, **ex), in_shardings=(shardings, batch_sh, repl, repl),
                      out_shardings=(shardings, repl), donate_argnums=0)
     key = jax.random.key(1)
-    with mesh, nn.logical_axis_rules(rules):
+    with sharding.activate(mesh, rules):
       t0 = time.perf_counter()
       compiled = jitted.lower(state, batch, key, extras).compile()
       compile_s = time.perf_counter() - t0

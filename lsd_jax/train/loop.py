@@ -22,7 +22,6 @@ import os
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -206,7 +205,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   deadline = time.time() + 60 * config.max_minutes if config.get("max_minutes") else math.inf
   pending, t_last, n_last, step = None, time.time(), 0, start
   logging.info("training %s from step %d to %d on %s", config.task, start, stop, mesh)
-  with mesh, nn.logical_axis_rules(rules):
+  with sharding.activate(mesh, rules):
     while step < stop and time.time() < deadline:
       batch = pipeline.to_global_batch(next(data_iter), mesh, batch_sh.spec)
       state, metrics = jitted(state, batch, key, extras)

@@ -7,7 +7,8 @@ rules map the model's logical axes onto them.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -47,11 +48,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
+  """The mesh and logical axis rules under which steps are traced, so that the model's activation
+  constraints (`lsd_jax.models.sharding.constrain`) take effect.
+
+  `jax.set_mesh`, not the legacy `with mesh:`: Flax's `with_logical_constraint` looks for the
+  abstract mesh, which `with mesh:` does not set in jax 0.11, so under it every constraint was
+  silently dropped (tests/train/test_mesh_context.py).
+  """
+  with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+    yield
+
+
 def sharded_init(init_fn: Callable[[], Any], mesh: Mesh, rules) -> tuple[Any, Any]:
   """Runs `init_fn` (which returns a boxed state) directly into its shardings; returns
   (unboxed state, shardings)."""
   abstract = jax.eval_shape(init_fn)
   shardings = state_shardings(abstract, mesh, rules)
-  with mesh, nn.logical_axis_rules(list(rules)):
+  with activate(mesh, rules):
     state = jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)()
   return state, shardings
