@@ -2,13 +2,14 @@
 # One GPU session: check the kernels at the model's shapes, time them, then the latency benchmark.
 # Usage (on the device machine, repo root): bash pallas_kernels/gpu_session.sh STAGE...
 # (tests/conftest.py defaults JAX_PLATFORMS to cpu, hence JAX_PLATFORMS=cuda for the tests.)
-# Stages: tests, kernels, bench_small_base, bench_large, bench_cmdbuf, triton (= triton_tests,
+# Stages: tests (the Mosaic kernels' GPU tests; the Triton and mega-kernel ones have their own
+# stages, each a call's worth), kernels, bench_small_base, bench_large, bench_cmdbuf, triton (= triton_tests,
 # triton_kernels). Logs and results go to $OUT.
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 for stage in "$@"; do
   case $stage in
-    tests) JAX_PLATFORMS=cuda timeout 150 python3 -m pytest -q -rs -m gpu tests/pallas_kernels 2>&1 | tail -40 > "$OUT/tests.log"; tail -5 "$OUT/tests.log";;
+    tests) JAX_PLATFORMS=cuda timeout 150 python3 -m pytest -q -rs -m gpu tests/pallas_kernels/test_kernels.py 2>&1 | tail -40 > "$OUT/tests.log"; tail -5 "$OUT/tests.log";;
     kernels) for k in attention_mgpu ln_modulate_linear_mgpu mlp_mgpu; do
                timeout 100 python3 -m pallas_kernels.$k 2>&1 | grep -E "^L=|xla:|Error" ; done 2>&1 | tee "$OUT/kernels.log";;
     bench_small_base) timeout 300 python3 experiments/benchmark_latency.py --sizes=small,base \
