@@ -29,6 +29,7 @@ _RESULTS = flags.DEFINE_string("results", "reports/distill_prune_h100", "folder 
 _STEPS = flags.DEFINE_list("steps", ["1", "2", "4"], "S")
 _RESOLUTION = flags.DEFINE_string("resolution", "256x256", "WxH of the latency rows and the FLOP counts")
 _OUT = flags.DEFINE_string("out", "reports/distill_prune.md", "markdown report; the PNG goes beside it")
+_NOTES = flags.DEFINE_string("notes", "", "markdown file appended to the report (provenance, caveats)")
 
 
 def main(argv):
@@ -36,7 +37,11 @@ def main(argv):
   models = [tuple(m.split("=", 1)) for m in _MODELS.value]
   if not models or any(len(m) != 2 for m in models):
     raise app.UsageError("--models=label=folder,... (teacher first)")
-  _, md = write(models, _RESULTS.value, _OUT.value, [int(s) for s in _STEPS.value], _RESOLUTION.value)
+  notes = ""
+  if _NOTES.value:
+    with open(_NOTES.value) as f:
+      notes = f.read()
+  _, md = write(models, _RESULTS.value, _OUT.value, [int(s) for s in _STEPS.value], _RESOLUTION.value, notes)
   print(md)
 
 

@@ -31,9 +31,17 @@ def latency_ms(results: str, label: str, steps: int, resolution: str) -> tuple[f
 
 
 def fidelity_psnr(results: str, label: str, steps: int) -> float:
+  """Mean over effects of eval_fidelity.py's per-effect PSNR; where only its printed mean row
+  survived (a fidelity.json holding `means` {S: dB} and a `source` saying where they come from),
+  that mean."""
   doc = _read(os.path.join(results, label, "fidelity", "fidelity.json"))
   if not doc:
     return NA
+  if "results" not in doc and "means" in doc:
+    if not doc.get("source"):
+      raise ValueError(f"{label}: a fidelity.json with `means` only must say where they come from (`source`)")
+    v = doc["means"].get(str(steps))
+    return NA if v is None else float(v)
   vals = [r["psnr"].get(str(steps), r["psnr"].get(steps)) for r in doc["results"].values()]
   vals = [v for v in vals if v is not None]
   return float(sum(vals) / len(vals)) if vals else NA
@@ -162,11 +170,15 @@ def plot(rows: list[dict], path: str) -> None:
   plt.close(fig)
 
 
-def write(models: list[tuple[str, str]], results: str, out: str, steps=(1, 2, 4), resolution: str = "256x256"):
+def write(models: list[tuple[str, str]], results: str, out: str, steps=(1, 2, 4), resolution: str = "256x256",
+          notes: str = ""):
+  """Report, JSON and frontier PNG; `notes` (markdown: provenance, caveats) goes after the tables."""
   rows = collect(models, results, list(steps), resolution)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   png = os.path.splitext(out)[0] + "_frontier.png"
   md = markdown(rows, models[0][0], results) + f"\n![frontier]({os.path.basename(png)})\n"
+  if notes:
+    md += "\n" + notes.strip() + "\n"
   with open(out, "w") as f:
     f.write(md)
   with open(os.path.splitext(out)[0] + ".json", "w") as f:

@@ -58,6 +58,20 @@ def test_report_tables_and_frontier(folders, tmp_path):
 
 def test_missing_measurements_are_not_invented(folders, tmp_path):
   rows, md = report.write([("teacher", folders["teacher"])], str(tmp_path / "none"), str(tmp_path / "r.md"),
-                          resolution="32x32")
+                          resolution="32x32", notes="## Notes\n\nwhere the numbers come from")
   assert all(r["frontier"] is False for r in rows)
   assert "n/a" in md and "No fidelity measured yet" in md
+  assert md.rstrip().endswith("where the numbers come from") and open(tmp_path / "r.md").read() == md
+
+
+def test_recorded_means_stand_in_for_lost_per_effect_results(folders, tmp_path):
+  root = tmp_path / "results"
+  os.makedirs(root / "pruned" / "fidelity")
+  doc = {"means": {"1": 20.5, "2": 21.0}}
+  json.dump(doc, open(root / "pruned" / "fidelity" / "fidelity.json", "w"))
+  with pytest.raises(ValueError, match="source"):
+    report.fidelity_psnr(str(root), "pruned", 1)
+  doc["source"] = "the mean row eval_fidelity.py printed"
+  json.dump(doc, open(root / "pruned" / "fidelity" / "fidelity.json", "w"))
+  assert report.fidelity_psnr(str(root), "pruned", 2) == 21.0
+  assert report.fidelity_psnr(str(root), "pruned", 4) != report.fidelity_psnr(str(root), "pruned", 4)  # NaN
