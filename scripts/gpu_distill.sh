@@ -49,14 +49,14 @@ for stage in "$@"; do
     export) for m in ${EXPORT:-student}; do export_model $m; done ;;
     latency) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
                timeout 240 python3 experiments/benchmark_latency.py --model=$d --label=$m --resolutions=256x256 \
-                 --steps=1,2,4 --impls=$LAT_IMPLS --out_dir="$OUT/latency" 2>&1 | grep "^|" ; done ;;
+                 --steps=1,2,4 --impls=$LAT_IMPLS --out_dir="$OUT/latency" 2>&1 | grep -E "^\||Error" ; done ;;
     eval) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
             env $ONDEMAND timeout ${FID_TIMEOUT:-180} python3 experiments/eval_fidelity.py --model=$d --manifest=$LIB --clips=$FID_CLIPS \
-              --frames=24 --steps=1,2,4 --out="$OUT/$m/fidelity" 2>&1 | grep "mean" ; done ;;
+              --frames=24 --steps=1,2,4 --out="$OUT/$m/fidelity" 2>&1 | grep -E "mean|Error" ; echo "$m fidelity: exit ${PIPESTATUS[0]} (124: timed out)" ; done ;;
     drift) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
              for s in ${DRIFT_S:-1 2 4}; do env $ONDEMAND timeout ${DRIFT_TIMEOUT:-150} python3 experiments/evaluate.py --model=$d --steps=$s \
                --clips=0 --stream_frames=$DRIFT_FRAMES --switch_every=125 --segment=500 --chunk=250 --effects=$EFFECTS \
-               --out="$OUT/$m/eval_s$s" 2>&1 | grep -i -E "drift|ratio" | head -3; done; done ;;
+               --out="$OUT/$m/eval_s$s" 2>&1 | grep -E -i "drift|ratio|Error" | head -3; done; done ;;
     report) args=""; for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] && args="$args,$m=$d"; done
             python3 experiments/distill_prune_report.py --models=${args#,} --results="$OUT" --out="$OUT/distill_prune.md" \
               2>&1 | grep -v -E "^[IW][0-9]{4}" ;;
