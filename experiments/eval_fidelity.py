@@ -4,6 +4,7 @@
       --manifest=data/library/manifest.json --clips=4 --frames=24 --out=reports/fidelity
 """
 
+import dataclasses
 import json
 import os
 
@@ -17,6 +18,7 @@ _FRAMES = flags.DEFINE_integer("frames", 24, "frames per clip")
 _STEPS = flags.DEFINE_list("steps", ["1", "2", "4"], "step counts S")
 _COMPOSITIONS = flags.DEFINE_bool("compositions", False, "also composed effects (per-frame + temporal)")
 _OUT = flags.DEFINE_string("out", "reports/fidelity", "output folder")
+_TAU_INF = flags.DEFINE_float("tau_inf", None, "history noise level at inference (default: the model's own)")
 
 
 def main(argv):
@@ -26,6 +28,10 @@ def main(argv):
   from lsd_jax.models import export
 
   cfg, params, meta = export.load(_MODEL.value)
+  if _TAU_INF.value is not None:
+    if not 0.0 <= _TAU_INF.value < 1.0:
+      raise app.UsageError(f"--tau_inf must be in [0, 1), got {_TAU_INF.value}")
+    cfg = dataclasses.replace(cfg, tau_inf=_TAU_INF.value)
   src = sources.VideoClipSource.from_manifest(_MANIFEST.value, "heldout", height=cfg.height, width=cfg.width,
                                               num_frames=_FRAMES.value, seed=7, strides=(1,))
   clips = [src[i] for i in range(_CLIPS.value)]
@@ -37,7 +43,7 @@ def main(argv):
   results = fidelity.evaluate(cfg, params, clips, chosen, steps_list=steps)
   os.makedirs(_OUT.value, exist_ok=True)
   with open(os.path.join(_OUT.value, "fidelity.json"), "w") as f:
-    json.dump({"model": _MODEL.value, "metadata": meta, "clips": _CLIPS.value, "frames": _FRAMES.value,
+    json.dump({"model": _MODEL.value, "metadata": meta, "tau_inf": cfg.tau_inf, "clips": _CLIPS.value, "frames": _FRAMES.value,
                "results": results}, f, indent=2)
   md = fidelity.markdown(results, steps)
   with open(os.path.join(_OUT.value, "fidelity.md"), "w") as f:

@@ -225,3 +225,46 @@ def table(results: dict[str, Any], name: str, key: str) -> tuple[list[str], list
   """(arm labels, values of one summary column) of one ablation: what the notebook plots."""
   arms = results["ablations"][name]
   return [a["label"] for a in arms], [a["summary"][key] for a in arms]
+
+
+def across_seeds(sweeps: dict[str, dict[str, Any]], name: str,
+                 keys: tuple[str, ...] = ("drift_ratio", "stream_psnr", "heldout_psnr", "flicker")) -> dict[str, Any]:
+  """One ablation run with several training seeds (one sweep JSON per seed, same protocol):
+  per arm and column, the values by seed, their mean and sample standard deviation.
+
+  `sweeps` maps a seed label to a loaded sweep JSON. Raises if the sweeps disagree on the
+  protocol or on the arms, since then the seeds are not repeats of one experiment.
+  """
+  if not sweeps:
+    raise ValueError("no sweeps given")
+  labels = list(sweeps)
+  first = sweeps[labels[0]]
+  for s in labels[1:]:
+    if sweeps[s]["meta"].get("protocol") != first["meta"].get("protocol"):
+      raise ValueError(f"seed {s!r} was evaluated with another protocol than {labels[0]!r}")
+    if [a["label"] for a in sweeps[s]["ablations"][name]] != [a["label"] for a in first["ablations"][name]]:
+      raise ValueError(f"seed {s!r} has other arms in {name!r} than {labels[0]!r}")
+  out = {}
+  for i, arm in enumerate(first["ablations"][name]):
+    row = {}
+    for k in keys:
+      vals = [float(sweeps[s]["ablations"][name][i]["summary"][k]) for s in labels]
+      row[k] = {"by_seed": dict(zip(labels, vals)), "mean": float(np.mean(vals)),
+                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")}
+    out[arm["label"]] = row
+  return out
+
+
+def seeds_markdown(table_: dict[str, Any], name: str) -> str:
+  """`across_seeds` as a markdown table: mean +- sd (n seeds) and the per-seed values."""
+  keys = list(next(iter(table_.values())))
+  head = dict((k, t) for k, t, _ in COLUMNS)
+  lines = [f"| {name} arm | " + " | ".join(f"{head.get(k, k)} mean +- sd" for k in keys) + " | "
+           + " | ".join(f"{head.get(k, k)} by seed" for k in keys) + " |",
+           "|---|" + "---|" * (2 * len(keys))]
+  for arm, row in table_.items():
+    n = len(row[keys[0]]["by_seed"])
+    cells = [f"{row[k]['mean']:.4f} +- {row[k]['std']:.4f} (n={n})" for k in keys]
+    cells += [", ".join(f"{v:.4f}" for v in row[k]["by_seed"].values()) for k in keys]
+    lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)

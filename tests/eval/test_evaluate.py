@@ -13,6 +13,7 @@ import pytest
 
 from lsd_jax.eval import fidelity, stream_eval
 from lsd_jax.models import export, lsd
+from tests.conftest import randomize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = lsd.LSDConfig(size="tiny", height=32, width=32, steps=1)
@@ -76,3 +77,28 @@ def test_evaluate_cli_end_to_end(tiny_model, tmp_path):
   np.testing.assert_allclose(np.mean(pf["psnr"][:10]), s["drift"]["psnr_curve"][0], rtol=1e-6)
   assert set(r["heldout"]) == {"sepia", "snowfall"} and r["heldout"]["sepia"]["frames"] == 8 - (CFG.history_len + 1)
   assert "Drift" in (out / "eval.md").read_text()
+
+
+def test_eval_fidelity_cli_tau_inf(tiny_model, tmp_path):
+  """eval_fidelity.py records the history noise level it used; --tau_inf changes the outputs; a
+  level outside [0, 1) is refused."""
+  _, params = tiny_model
+  model_dir = str(tmp_path / "model")  # random weights everywhere: zero-initialised layers hide the history
+  export.save(model_dir, CFG, randomize(params, jax.random.key(5)), dtype="float32")
+  manifest = _sample_manifest(tmp_path)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  means = {}
+  for tau in ("", "0.5"):
+    out = tmp_path / f"fid{tau or 'default'}"
+    cmd = [sys.executable, os.path.join(ROOT, "experiments/eval_fidelity.py"), f"--model={model_dir}",
+           f"--manifest={manifest}", "--clips=1", "--frames=6", "--steps=1", f"--out={out}"]
+    proc = subprocess.run(cmd + ([f"--tau_inf={tau}"] if tau else []), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "fidelity.json").read_text())
+    assert doc["tau_inf"] == (float(tau) if tau else CFG.tau_inf)
+    means[tau] = np.mean([r["psnr"]["1"] for r in doc["results"].values()])
+  assert means[""] != means["0.5"]
+  bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments/eval_fidelity.py"), f"--model={model_dir}",
+                        "--tau_inf=1.0", "--clips=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "--tau_inf must be in [0, 1)" in bad.stderr

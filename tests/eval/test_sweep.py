@@ -37,6 +37,26 @@ def test_inference_only_arms_share_the_base_model():
   assert [a["eval"]["steps"] for a in abl["steps"]] == [1, 2, 4]
 
 
+def _sweep(drifts, protocol=None):
+  arms = [{"label": l, "summary": {"drift_ratio": d, "stream_psnr": 10.0 + d}} for l, d in drifts.items()]
+  return {"meta": {"protocol": protocol or {"steps": 2}}, "ablations": {"history_augmentation": arms}}
+
+
+def test_across_seeds_mean_and_sd():
+  sweeps = {"0": _sweep({"none": 0.98, "full": 0.97}), "1": _sweep({"none": 0.96, "full": 0.99}),
+            "2": _sweep({"none": 0.97, "full": 0.98})}
+  t = ablation.across_seeds(sweeps, "history_augmentation", keys=("drift_ratio", "stream_psnr"))
+  assert t["none"]["drift_ratio"]["mean"] == pytest.approx(0.97)
+  assert t["none"]["drift_ratio"]["std"] == pytest.approx(0.01)  # sample sd of 0.98, 0.96, 0.97
+  assert t["full"]["drift_ratio"]["by_seed"] == {"0": 0.97, "1": 0.99, "2": 0.98}
+  md = ablation.seeds_markdown(t, "history_augmentation")
+  assert "| none | 0.9700 +- 0.0100 (n=3)" in md and "0.9800, 0.9600, 0.9700" in md
+  with pytest.raises(ValueError, match="protocol"):
+    ablation.across_seeds({"0": sweeps["0"], "1": _sweep({"none": 1, "full": 1}, {"steps": 4})}, "history_augmentation")
+  with pytest.raises(ValueError, match="other arms"):
+    ablation.across_seeds({"0": sweeps["0"], "1": _sweep({"full": 1, "none": 1})}, "history_augmentation")
+
+
 @pytest.mark.slow
 def test_sweep_smoke_end_to_end(tmp_path):
   report = tmp_path / "ablations.md"
