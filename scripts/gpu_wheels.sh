@@ -5,7 +5,10 @@
 # the model (or .carry/ data) in the next one, on the same warm machine. A call that decodes no
 # video (e.g. `gpu_eval.sh drift`, procedural streams; PyAV is imported lazily) can instead carry
 # every wheel but PyAV's beside the model.
-if ls .whl/*.whl >/dev/null 2>&1; then
+# LSD_WHEELS=skip: the packages are importable already (a development machine's venv, the tests).
+if [ "${LSD_WHEELS:-}" = skip ]; then
+  :
+elif ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 elif [ ! -d /tmp/site/grain ]; then
   echo "no wheels carried in .whl and none installed in /tmp/site by an earlier call"; exit 1
