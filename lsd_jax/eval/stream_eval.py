@@ -527,23 +527,30 @@ def file_clip(path: str, frames: int, height: int, width: int, start: int = 0) -
 
 
 def evaluate_model_dir(model_dir: str, out_dir: str | None, ec: EvalConfig, *,
-                       manifest: str = "data/library/manifest.json", title: str = "Evaluation") -> dict[str, Any]:
+                       manifest: str = "data/library/manifest.json", title: str = "Evaluation",
+                       tau_inf: float | None = None) -> dict[str, Any]:
   """Loads an exported model folder, runs the protocol, writes the report files (when `out_dir`).
 
   With `out_dir` the run is resumable: its state lives in `out_dir/resume/` until the stream is
   complete (then it is removed; the report and per_frame.npz hold everything). A run stopped by
   `ec.max_minutes` (or killed) continues when started again with the same `out_dir`; the report
-  of a stopped run covers the frames streamed so far and says so (`stream.complete` false)."""
+  of a stopped run covers the frames streamed so far and says so (`stream.complete` false).
+  `tau_inf` replaces the model's history noise level at inference (recorded in the results; part
+  of the resume fingerprint, so a run is never continued at another level)."""
   from lsd_jax.eval import report
   from lsd_jax.models import export
 
   cfg, params, meta = export.load(model_dir)
+  if tau_inf is not None:
+    if not 0.0 <= tau_inf < 1.0:
+      raise ValueError(f"tau_inf must be in [0, 1), got {tau_inf}")
+    cfg = dataclasses.replace(cfg, tau_inf=float(tau_inf))
   clips = heldout_clips(manifest, ec.clips, ec.clip_frames, cfg.height, cfg.width)
   state_dir = os.path.join(out_dir, "resume") if out_dir else None
   if state_dir:
     os.makedirs(state_dir, exist_ok=True)
   results, res = evaluate(cfg, params, clips, ec, state_dir)
-  results.update(model_dir=model_dir, metadata=meta, device=jax.devices()[0].device_kind)
+  results.update(model_dir=model_dir, metadata=meta, device=jax.devices()[0].device_kind, tau_inf=cfg.tau_inf)
   if out_dir:
     results["files"] = report.write(results, res, out_dir, title)
     if res.complete:

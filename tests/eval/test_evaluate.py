@@ -102,3 +102,26 @@ def test_eval_fidelity_cli_tau_inf(tiny_model, tmp_path):
   bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments/eval_fidelity.py"), f"--model={model_dir}",
                         "--tau_inf=1.0", "--clips=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "--tau_inf must be in [0, 1)" in bad.stderr
+
+
+def test_evaluate_cli_tau_inf(tiny_model, tmp_path):
+  """evaluate.py --tau_inf streams at that history noise level, records it, and refuses [1, inf)."""
+  _, params = tiny_model
+  model_dir = str(tmp_path / "model")
+  export.save(model_dir, CFG, randomize(params, jax.random.key(5)), dtype="float32")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  psnr = {}
+  for tau in ("0.0", "0.5"):
+    out = tmp_path / f"eval{tau}"
+    cmd = [sys.executable, os.path.join(ROOT, "experiments/evaluate.py"), f"--model={model_dir}", "--steps=1",
+           "--clips=0", "--stream_frames=12", "--switch_every=6", "--chunk=6", "--effects=sepia", f"--tau_inf={tau}",
+           f"--out={out}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((out / "eval.json").read_text())
+    assert r["tau_inf"] == float(tau)
+    psnr[tau] = np.load(out / "per_frame.npz")["psnr"]
+  assert not np.allclose(psnr["0.0"], psnr["0.5"])
+  bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments/evaluate.py"), f"--model={model_dir}",
+                        "--tau_inf=1.5", "--clips=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "--tau_inf must be in [0, 1)" in bad.stderr
