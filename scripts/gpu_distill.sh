@@ -55,7 +55,7 @@ for stage in "$@"; do
               --frames=24 --steps=1,2,4 --out="$OUT/$m/fidelity" 2>&1 | grep -E "mean|Error" ; echo "$m fidelity: exit ${PIPESTATUS[0]} (124: timed out)" ; done ;;
     drift) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
              for s in ${DRIFT_S:-1 2 4}; do env $ONDEMAND timeout ${DRIFT_TIMEOUT:-150} python3 experiments/evaluate.py --model=$d --steps=$s \
-               --clips=0 --stream_frames=$DRIFT_FRAMES --switch_every=125 --segment=500 --chunk=250 --effects=$EFFECTS \
+               --clips=0 --stream_frames=$DRIFT_FRAMES --switch_every=125 --chunk=250 --effects=$EFFECTS \
                --out="$OUT/$m/eval_s$s" 2>&1 | grep -E -i "drift|ratio|Error" | head -3; done; done ;;
     report) args=""; for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] && args="$args,$m=$d"; done
             python3 experiments/distill_prune_report.py --models=${args#,} --results="$OUT" --out="$OUT/distill_prune.md" \

@@ -404,7 +404,12 @@ class EvalConfig:
   max_minutes: float = 0.0  # stop the stream (saved, resumable) after this long; 0: no limit
 
   def segment_frames(self, n_effects: int) -> int:
-    return self.segment or n_effects * self.switch_every
+    cycle = n_effects * self.switch_every
+    if self.segment and self.segment % cycle:
+      raise ValueError(f"drift segment of {self.segment} frames is not a whole number of schedule cycles ({cycle} "
+                       f"frames: {n_effects} effects x {self.switch_every}); its segments would hold different "
+                       "effects and the drift ratio would compare them, not the model over time")
+    return self.segment or cycle
 
 
 RUN_ONLY = ("progress", "render_workers", "checkpoint_every", "max_minutes")  # EvalConfig fields outside the protocol

@@ -125,3 +125,13 @@ def test_evaluate_cli_tau_inf(tiny_model, tmp_path):
   bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments/evaluate.py"), f"--model={model_dir}",
                         "--tau_inf=1.5", "--clips=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "--tau_inf must be in [0, 1)" in bad.stderr
+
+
+def test_drift_segment_must_be_whole_schedule_cycles():
+  """A segment that is not a whole number of cycles would compare different effects, not time."""
+  ec = stream_eval.EvalConfig(switch_every=125, segment=500)
+  with pytest.raises(ValueError, match="not a whole number of schedule cycles"):
+    ec.segment_frames(8)  # cycle 1,000 frames
+  assert ec.segment_frames(4) == 500  # cycle 500: one cycle per segment
+  assert stream_eval.EvalConfig(switch_every=125, segment=2000).segment_frames(8) == 2000
+  assert stream_eval.EvalConfig(switch_every=125).segment_frames(8) == 1000
