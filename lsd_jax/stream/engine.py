@@ -167,10 +167,14 @@ class StreamModel:
   """What streams share: config, parameters on device, compiled functions, prompt embeddings."""
 
   def __init__(self, cfg: lsd.LSDConfig, params, info: ModelInfo, *, steps: int | None = None,
-               param_dtype=None, text_encoder=None):
+               tau_inf: float | None = None, param_dtype=None, text_encoder=None):
     if steps is not None and steps != cfg.steps:
       cfg = dataclasses.replace(cfg, steps=steps)
       info = dataclasses.replace(info, steps=steps)
+    if tau_inf is not None:  # history noise at inference: higher follows the input and prompt
+      if not 0.0 <= tau_inf < 1.0:  # faster, lower keeps frames steadier (BENCHMARKS.md)
+        raise ValueError(f"tau_inf must be in [0, 1), got {tau_inf}")
+      cfg = dataclasses.replace(cfg, tau_inf=float(tau_inf))
     self.cfg, self.info = cfg, info
     if param_dtype is not None:
       params = jax.tree.map(lambda p: jnp.asarray(p, param_dtype), params)

@@ -100,6 +100,18 @@ def test_reset_restores_initial_state(model):
   np.testing.assert_array_equal(np.stack(first), np.stack(again))
 
 
+def test_tau_inf_override(model):
+  """--tau-inf: the stream runs at that history noise level (other outputs), and refuses [1, inf)."""
+  hot = engine.StreamModel(TINY, model.params, model.info, tau_inf=0.6, text_encoder=FakeTextEncoder())
+  assert hot.cfg.tau_inf == 0.6 and model.cfg.tau_inf == TINY.tau_inf != 0.6
+  fs = _frames(5, seed=4)
+  a, b = engine.StreamSession(model, seed=1), engine.StreamSession(hot, seed=1)
+  out_a, out_b = [a(f) for f in fs], [b(f) for f in fs]
+  assert np.abs(out_a[-1].astype(int) - out_b[-1]).mean() > 0.5
+  with pytest.raises(ValueError, match="tau_inf must be in"):
+    engine.StreamModel(TINY, model.params, model.info, tau_inf=1.0)
+
+
 def test_history_matters(model):
   """Each output depends on the past frames (the ring), not only on the current input."""
   fs = _frames(4, seed=5)
