@@ -31,13 +31,12 @@ import importlib.resources
 import io as _io
 import ipaddress
 import json
-import socket
 import threading
 import time
 import urllib.parse
 from typing import Any
 
-from absl import app, flags, logging
+from absl import logging
 from aiohttp import WSMsgType, web
 import cv2
 import numpy as np
@@ -307,46 +306,3 @@ def make_app(model: engine.StreamModel, *, max_sessions: int = MAX_SESSIONS,
 
   application.on_cleanup.append(_shutdown)
   return application
-
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("host", "127.0.0.1", "Address to bind. Anything but loopback exposes the model "
-                    "(and your GPU) to the network.")
-flags.DEFINE_integer("port", 8765, "Port.")
-flags.DEFINE_string("checkpoint", None, "Model folder (default: checkpoints/lsd_small, else a "
-                    "labelled random-init tiny model).")
-flags.DEFINE_integer("steps", None, "Shortcut steps per frame (default: the model's).")
-flags.DEFINE_integer("max_sessions", MAX_SESSIONS, "Concurrent streams; more get 'server busy'.")
-flags.DEFINE_float("max_message_mb", MAX_MESSAGE_BYTES / 2**20, "Largest message accepted, MiB.")
-flags.DEFINE_integer("seed", 0, "Seed of the first session (each next one adds 1).")
-
-
-def _serve(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  loopback = is_loopback(FLAGS.host)
-  if not loopback:
-    banner = "!" * 78
-    logging.warning("\n%s\nlsd-serve is listening on %s, NOT loopback: anyone who can reach port %d "
-                    "can stream through this model.\nThere is no authentication. Prefer an SSH "
-                    "tunnel to 127.0.0.1.\n%s", banner, FLAGS.host, FLAGS.port, banner)
-  model = engine.StreamModel.load(FLAGS.checkpoint, steps=FLAGS.steps)
-  logging.info("model: %s; compiling", model.info.label)
-  warm = engine.StreamSession(model).warmup()
-  logging.info("ready after %.1f s of compilation", warm)
-  application = make_app(model, max_sessions=FLAGS.max_sessions,
-                         max_message_bytes=int(FLAGS.max_message_mb * 2**20), check_host=loopback,
-                         seed=FLAGS.seed)
-  shown = f"[{FLAGS.host}]" if ":" in FLAGS.host else FLAGS.host
-  print(f"lsd-serve: http://{shown}:{FLAGS.port}/  model: {model.info.label}", flush=True)
-  web.run_app(application, host=FLAGS.host, port=FLAGS.port, print=None,
-              reuse_address=True, family=socket.AF_INET6 if ":" in FLAGS.host else socket.AF_INET)
-
-
-def main() -> None:
-  """Console-script entry point (setup.cfg: lsd-serve = lsd_jax.stream.server:main)."""
-  app.run(_serve)
-
-
-if __name__ == "__main__":
-  main()

@@ -83,7 +83,7 @@ def test_browser_round_trip(tmp_path, prompt_sensitive_checkpoint):
   port = _free_port()
   log = open(tmp_path / "serve.log", "w")
   proc = subprocess.Popen(
-      [sys.executable, "-m", "lsd_jax.stream.server", f"--port={port}",
+      [sys.executable, "-m", "lsd_jax.stream.serve_cli", f"--port={port}",
        f"--checkpoint={prompt_sensitive_checkpoint}"],
       cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   driver = None
