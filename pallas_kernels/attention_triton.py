@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import math
 
+from absl import logging
 import jax
 import jax.experimental.pallas as pl
 import jax.experimental.pallas.triton as pltr
@@ -216,17 +217,17 @@ def main(_) -> None:
       fn = jax.jit(functools.partial(attention, config=config, **mask_kw))
       err = bench.rel_err(fn(q, k, v), ref)
       t = bench.time_fn(fn, q, k, v)
-      print(f"L={length} N={heads} H={head_dim} frame_len={frame_len} window={window} {config}: "
-            f"p50 {t['p50_ms'] * 1e3:.1f} us  kernel {bench.kernel_time_ms(fn, q, k, v)} ms  "
-            f"rel_err {err:.2e}")
+      logging.info(f"L={length} N={heads} H={head_dim} frame_len={frame_len} window={window} {config}: "
+                   f"p50 {t['p50_ms'] * 1e3:.1f} us  kernel {bench.kernel_time_ms(fn, q, k, v)} ms  "
+                   f"rel_err {err:.2e}")
     xla = jax.jit(functools.partial(api.attention_xla, **mask_kw))
-    print(f"  xla: p50 {bench.time_fn(xla, q, k, v)['p50_ms'] * 1e3:.1f} us  "
-          f"kernels {bench.kernel_time_ms(xla, q, k, v)} ms")
+    logging.info(f"  xla: p50 {bench.time_fn(xla, q, k, v)['p50_ms'] * 1e3:.1f} us  "
+                 f"kernels {bench.kernel_time_ms(xla, q, k, v)} ms")
     if mosaic is not None:
       fn = jax.jit(functools.partial(mosaic.attention, **mask_kw))
-      print(f"  mosaic: p50 {bench.time_fn(fn, q, k, v)['p50_ms'] * 1e3:.1f} us  "
-            f"kernel {bench.kernel_time_ms(fn, q, k, v)} ms  "
-            f"rel_err {bench.rel_err(fn(q, k, v), ref):.2e}")
+      logging.info(f"  mosaic: p50 {bench.time_fn(fn, q, k, v)['p50_ms'] * 1e3:.1f} us  "
+                   f"kernel {bench.kernel_time_ms(fn, q, k, v)} ms  "
+                   f"rel_err {bench.rel_err(fn(q, k, v), ref):.2e}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 # One GPU session: check the kernels at the model's shapes, time them, then the latency benchmark.
 # Usage (on the device machine, repo root): bash pallas_kernels/gpu_session.sh STAGE...
 # (tests/conftest.py defaults JAX_PLATFORMS to cpu, hence JAX_PLATFORMS=cuda for the tests.)
+# The kernels' benchmark main()s report through absl logging; the stages keep those lines.
 # Stages: tests (the Mosaic kernels' GPU tests; the Triton and mega-kernel ones have their own
 # stages, each a call's worth), kernels, bench_small_base, bench_large, bench_cmdbuf, triton (= triton_tests,
 # triton_kernels). Logs and results go to $OUT.
@@ -11,7 +12,7 @@ for stage in "$@"; do
   case $stage in
     tests) JAX_PLATFORMS=cuda timeout 150 python3 -m pytest -q -rs -m gpu tests/pallas_kernels/test_kernels.py 2>&1 | tail -40 > "$OUT/tests.log"; tail -5 "$OUT/tests.log";;
     kernels) for k in attention_mgpu ln_modulate_linear_mgpu mlp_mgpu; do
-               timeout 100 python3 -m pallas_kernels.$k 2>&1 | grep -E "^L=|xla:|Error" ; done 2>&1 | tee "$OUT/kernels.log";;
+               timeout 100 python3 -m pallas_kernels.$k 2>&1 | grep -E "\] +(L=|xla:)|Error" | sed -E 's/^.*\] //' ; done 2>&1 | tee "$OUT/kernels.log";;
     bench_small_base) timeout 300 python3 experiments/benchmark_latency.py --sizes=small,base \
         --resolutions=256x256,512x512,832x480 --steps=1,2,4 --impls=xla,mosaic --iters=50 \
         --out_dir="$OUT" --label=small_base 2>&1 | grep -v "^I" | tail -30;;
@@ -33,13 +34,13 @@ for stage in "$@"; do
         tests/pallas_kernels/test_triton.py 2>&1 | tail -40 > "$OUT/triton_tests.log"
         tail -5 "$OUT/triton_tests.log";;
     triton_kernels) for k in attention_triton ln_modulate_linear_triton mlp_triton; do
-          timeout 150 python3 -m pallas_kernels.$k 2>&1 | grep -E "^L=|xla:|mosaic:|Error"; done \
+          timeout 150 python3 -m pallas_kernels.$k 2>&1 | grep -E "\] +(L=|xla:|mosaic:)|Error" | sed -E 's/^.*\] //'; done \
         2>&1 | tee "$OUT/triton_kernels.log";;
     # megablock: the mega kernel (one DiT block per call). Its benchmark main (small and base at
     # 256 tokens, configs vs the XLA block; if all fail, the first phase that fails), then its
     # GPU tests; at most 440 s.
     megablock) timeout 240 python3 -m pallas_kernels.megablock_mgpu 2>&1 \
-        | grep -vE "^[IW][0-9]{4} " | tail -80 | tee "$OUT/megablock_bench.log"
+        | awk '!/^[IW][0-9]{4} / || /megablock_mgpu.py/' | tail -80 | tee "$OUT/megablock_bench.log"
       JAX_PLATFORMS=cuda timeout 200 python3 -m pytest -q -rs -m gpu \
         tests/pallas_kernels/test_megablock.py 2>&1 | tail -40 > "$OUT/megablock_tests.log"
       tail -5 "$OUT/megablock_tests.log";;

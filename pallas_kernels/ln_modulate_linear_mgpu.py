@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from absl import logging
 import jax
 import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
@@ -210,12 +211,12 @@ def main(_) -> None:
       fn = jax.jit(functools.partial(ln_modulate_linear, config=config))
       out = fn(x, shift, scale, w, b)
       t = bench.time_fn(fn, x, shift, scale, w, b)
-      print(f"L={length} D={d} F={f} {config}: p50 {t['p50_ms'] * 1e3:.1f} us "
-            f"kernel {bench.kernel_time_ms(fn, x, shift, scale, w, b)} ms "
-            f"rel_err {bench.rel_err(out, ref):.2e}")
+      logging.info(f"L={length} D={d} F={f} {config}: p50 {t['p50_ms'] * 1e3:.1f} us "
+                   f"kernel {bench.kernel_time_ms(fn, x, shift, scale, w, b)} ms "
+                   f"rel_err {bench.rel_err(out, ref):.2e}")
     xla = jax.jit(api.ln_modulate_linear_xla)
-    print(f"  xla: p50 {bench.time_fn(xla, x, shift, scale, w, b)['p50_ms'] * 1e3:.1f} us "
-          f"kernels {bench.kernel_time_ms(xla, x, shift, scale, w, b)} ms")
+    logging.info(f"  xla: p50 {bench.time_fn(xla, x, shift, scale, w, b)['p50_ms'] * 1e3:.1f} us "
+                 f"kernels {bench.kernel_time_ms(xla, x, shift, scale, w, b)} ms")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ import functools
 import math
 import traceback
 
+from absl import logging
 import jax
 import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
@@ -515,26 +516,25 @@ def main(_) -> None:
     mod = modulation(params["Dense_0"]["Dense_0"], cond)
     ref = megablock_reference(x, mod, params, heads=heads)
     t = bench.time_fn(xla, params, x, cond)
-    print(f"{name} L={length} D={d} N={heads} xla: p50 {t['p50_ms'] * 1e3:.1f} us "
-          f"kernels {bench.kernel_time_ms(xla, params, x, cond)} ms "
-          f"rel_err {bench.rel_err(out_xla, ref):.2e}", flush=True)
+    logging.info(f"{name} L={length} D={d} N={heads} xla: p50 {t['p50_ms'] * 1e3:.1f} us "
+                 f"kernels {bench.kernel_time_ms(xla, params, x, cond)} ms "
+                 f"rel_err {bench.rel_err(out_xla, ref):.2e}")
     ok = False
     for config in (TuningConfig(128, 3), TuningConfig(64, 2), TuningConfig(256, 2)):
       if not supports(length, d, 4 * d, heads, config):
-        print(f"  {config}: unsupported (shared memory)")
+        logging.info(f"  {config}: unsupported (shared memory)")
         continue
       fn = jax.jit(kernel_block_fn(heads, config))
       try:
         out = jax.block_until_ready(fn(params, x, cond))
       except Exception as e:  # noqa: BLE001  (report and try the next config)
-        print(f"  {config}: FAILED {type(e).__name__}: {str(e)[:1500]}", flush=True)
+        logging.info(f"  {config}: FAILED {type(e).__name__}: {str(e)[:1500]}")
         continue
       ok = True
       t = bench.time_fn(fn, params, x, cond)
-      print(f"  mosaic {config}: p50 {t['p50_ms'] * 1e3:.1f} us "
-            f"kernel {bench.kernel_time_ms(fn, params, x, cond)} ms "
-            f"rel_err {bench.rel_err(out, ref):.2e} vs_xla {bench.rel_err(out, out_xla):.2e}",
-            flush=True)
+      logging.info(f"  mosaic {config}: p50 {t['p50_ms'] * 1e3:.1f} us "
+                   f"kernel {bench.kernel_time_ms(fn, params, x, cond)} ms "
+                   f"rel_err {bench.rel_err(out, ref):.2e} vs_xla {bench.rel_err(out, out_xla):.2e}")
     if not ok:
       _diagnose(x, mod, params, heads)
 
@@ -546,9 +546,9 @@ def _diagnose(x, mod, params, heads):
                                    config=TuningConfig(64, 2)))
     try:
       jax.block_until_ready(fn(x, mod, params))
-      print(f"  phases up to {phase}: ran", flush=True)
+      logging.info(f"  phases up to {phase}: ran")
     except Exception:  # noqa: BLE001
-      print(f"  phases up to {phase}: FAILED\n{traceback.format_exc()[-3000:]}", flush=True)
+      logging.info(f"  phases up to {phase}: FAILED\n{traceback.format_exc()[-3000:]}")
       return
 
 

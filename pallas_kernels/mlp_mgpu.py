@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import math
 
+from absl import logging
 import jax
 import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
@@ -219,12 +220,12 @@ def main(_) -> None:
       fn = jax.jit(functools.partial(mlp, config=config))
       out = fn(x, w1, b1, w2, b2)
       t = bench.time_fn(fn, x, w1, b1, w2, b2)
-      print(f"L={length} D={d} {config}: p50 {t['p50_ms'] * 1e3:.1f} us "
-            f"kernel {bench.kernel_time_ms(fn, x, w1, b1, w2, b2)} ms "
-            f"rel_err {bench.rel_err(out, ref):.2e}")
+      logging.info(f"L={length} D={d} {config}: p50 {t['p50_ms'] * 1e3:.1f} us "
+                   f"kernel {bench.kernel_time_ms(fn, x, w1, b1, w2, b2)} ms "
+                   f"rel_err {bench.rel_err(out, ref):.2e}")
     xla = jax.jit(api.mlp_xla)
-    print(f"  xla: p50 {bench.time_fn(xla, x, w1, b1, w2, b2)['p50_ms'] * 1e3:.1f} us "
-          f"kernels {bench.kernel_time_ms(xla, x, w1, b1, w2, b2)} ms")
+    logging.info(f"  xla: p50 {bench.time_fn(xla, x, w1, b1, w2, b2)['p50_ms'] * 1e3:.1f} us "
+                 f"kernels {bench.kernel_time_ms(xla, x, w1, b1, w2, b2)} ms")
 
 
 if __name__ == "__main__":

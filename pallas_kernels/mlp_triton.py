@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import math
 
+from absl import logging
 import jax
 import jax.experimental.pallas as pl
 import jax.experimental.pallas.triton as pltr
@@ -192,17 +193,17 @@ def main(_) -> None:
     for config in configs:
       fn = jax.jit(functools.partial(mlp, config=config))
       t = bench.time_fn(fn, *args)
-      print(f"L={length} D={d} {config}: p50 {t['p50_ms'] * 1e3:.1f} us "
-            f"kernel {bench.kernel_time_ms(fn, *args)} ms "
-            f"rel_err {bench.rel_err(fn(*args), ref):.2e}")
+      logging.info(f"L={length} D={d} {config}: p50 {t['p50_ms'] * 1e3:.1f} us "
+                   f"kernel {bench.kernel_time_ms(fn, *args)} ms "
+                   f"rel_err {bench.rel_err(fn(*args), ref):.2e}")
     xla = jax.jit(api.mlp_xla)
-    print(f"  xla: p50 {bench.time_fn(xla, *args)['p50_ms'] * 1e3:.1f} us "
-          f"kernels {bench.kernel_time_ms(xla, *args)} ms")
+    logging.info(f"  xla: p50 {bench.time_fn(xla, *args)['p50_ms'] * 1e3:.1f} us "
+                 f"kernels {bench.kernel_time_ms(xla, *args)} ms")
     if mosaic is not None:
       fn = jax.jit(mosaic.mlp)
-      print(f"  mosaic: p50 {bench.time_fn(fn, *args)['p50_ms'] * 1e3:.1f} us "
-            f"kernel {bench.kernel_time_ms(fn, *args)} ms "
-            f"rel_err {bench.rel_err(fn(*args), ref):.2e}")
+      logging.info(f"  mosaic: p50 {bench.time_fn(fn, *args)['p50_ms'] * 1e3:.1f} us "
+                   f"kernel {bench.kernel_time_ms(fn, *args)} ms "
+                   f"rel_err {bench.rel_err(fn(*args), ref):.2e}")
 
 
 if __name__ == "__main__":
