@@ -19,6 +19,7 @@ _STEPS = flags.DEFINE_list("steps", ["1", "2", "4"], "step counts S")
 _COMPOSITIONS = flags.DEFINE_bool("compositions", False, "also composed effects (per-frame + temporal)")
 _OUT = flags.DEFINE_string("out", "reports/fidelity", "output folder")
 _TAU_INF = flags.DEFINE_float("tau_inf", None, "history noise level at inference (default: the model's own)")
+flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0, message="--tau_inf must be in [0, 1)")
 
 
 def main(argv):
@@ -29,8 +30,6 @@ def main(argv):
 
   cfg, params, meta = export.load(_MODEL.value)
   if _TAU_INF.value is not None:
-    if not 0.0 <= _TAU_INF.value < 1.0:
-      raise app.UsageError(f"--tau_inf must be in [0, 1), got {_TAU_INF.value}")
     cfg = dataclasses.replace(cfg, tau_inf=_TAU_INF.value)
   src = sources.VideoClipSource.from_manifest(_MANIFEST.value, "heldout", height=cfg.height, width=cfg.width,
                                               num_frames=_FRAMES.value, seed=7, strides=(1,))

@@ -41,6 +41,7 @@ _RENDER_WORKERS = flags.DEFINE_integer("render_workers", 0, "processes rendering
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 10_000, "frames between saves of the stream's progress")
 _MAX_MINUTES = flags.DEFINE_float("max_minutes", 0.0, "stop the stream after this long, resumable (0: no limit)")
 _TAU_INF = flags.DEFINE_float("tau_inf", None, "history noise level at inference (default: the model's own)")
+flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0, message="--tau_inf must be in [0, 1)")
 
 
 def main(argv):
@@ -52,8 +53,6 @@ def main(argv):
                               switch_every=_SWITCH_EVERY.value, segment=_SEGMENT.value, chunk=_CHUNK.value,
                               seed=_SEED.value, render_workers=_RENDER_WORKERS.value,
                               checkpoint_every=_CHECKPOINT_EVERY.value, max_minutes=_MAX_MINUTES.value)
-  if _TAU_INF.value is not None and not 0.0 <= _TAU_INF.value < 1.0:
-    raise app.UsageError(f"--tau_inf must be in [0, 1), got {_TAU_INF.value}")
   results = stream_eval.evaluate_model_dir(_MODEL.value, _OUT.value, ec, manifest=_MANIFEST.value, title=_TITLE.value,
                                            tau_inf=_TAU_INF.value)
   logging.info("wrote %s", results["files"])

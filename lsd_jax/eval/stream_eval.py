@@ -546,9 +546,7 @@ def evaluate_model_dir(model_dir: str, out_dir: str | None, ec: EvalConfig, *,
   from lsd_jax.models import export
 
   cfg, params, meta = export.load(model_dir)
-  if tau_inf is not None:
-    if not 0.0 <= tau_inf < 1.0:
-      raise ValueError(f"tau_inf must be in [0, 1), got {tau_inf}")
+  if tau_inf is not None:  # LSDConfig checks the range
     cfg = dataclasses.replace(cfg, tau_inf=float(tau_inf))
   clips = heldout_clips(manifest, ec.clips, ec.clip_frames, cfg.height, cfg.width)
   state_dir = os.path.join(out_dir, "resume") if out_dir else None
