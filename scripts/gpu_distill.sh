@@ -10,13 +10,22 @@
 #   EXPORT    labels the export stage brings back in $OUT (default "student"; `distill` brings the
 #             student back itself). Mind the 8 files a call returns: a model is 3-4 of them.
 #   DRIFT_S   the S values of the drift stage (default "1 2 4"); LIB the clip library's manifest
+#   STUDENT16 the unpruned student's export (distill.py:small_from_small_s16; label student16,
+#             default workdirs/distill_s16/export)
+#   DISTILL_CONFIG / DISTILL_WORKDIR / DISTILL_LABEL  which distillation the distill stage runs, where,
+#             and the label it brings back as (pruned / workdirs/distill / student by default;
+#             small_from_small_s16 / workdirs/distill_s16 / student16 for the unpruned student).
+#             Two distillations can run at once (each with its own DECODED_DIR).
+#   PAR       how many eval/drift runs the evaldrift stage runs at once on the one GPU (default 4)
 set -uo pipefail
 source scripts/gpu_wheels.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" workdirs
 LIB=${LIB:-.carry/library/manifest.json}
-DECODED=--config.data.sources.library.decoded_cache=/tmp/lsd_decoded  # decode the library once
+DECODED=--config.data.sources.library.decoded_cache=${DECODED_DIR:-/tmp/lsd_decoded}  # decode the library once
 TEACHER=${TEACHER:-checkpoints/lsd_small}; PRUNED=${PRUNED:-workdirs/pruned_small}
-STUDENT=${STUDENT:-workdirs/distill/export}; MODELS=${MODELS:-teacher pruned student}
+STUDENT=${STUDENT:-workdirs/distill/export}; STUDENT16=${STUDENT16:-workdirs/distill_s16/export}
+MODELS=${MODELS:-teacher pruned student}
+DISTILL_WORKDIR=${DISTILL_WORKDIR:-workdirs/distill}; DISTILL_LABEL=${DISTILL_LABEL:-student}; PAR=${PAR:-4}
 DISTILL_MIN=${DISTILL_MIN:-5}; DISTILL_CONFIG=${DISTILL_CONFIG:-pruned}
 DISTILL_EXTRA=${DISTILL_EXTRA:-}  # more --config.x=y overrides (e.g. --config.prune.tile=64)
 LAT_IMPLS=${LAT_IMPLS:-xla}; FID_CLIPS=${FID_CLIPS:-2}; DRIFT_FRAMES=${DRIFT_FRAMES:-2000}
@@ -30,7 +39,8 @@ ONDEMAND=XLA_PYTHON_CLIENT_PREALLOCATE=false
 export_model() { local d; d=$(folder "$1"); [ -f "$d/config.json" ] || { echo "no $1 model at $d"; return 0; }
   mkdir -p "$OUT/$1"; cp "$d/config.json" "$OUT/$1/"; [ -f "$d/prune.json" ] && cp "$d/prune.json" "$OUT/$1/"
   split -b 15m "$d/params.safetensors" "$OUT/$1/params.part_"; }
-folder() { case "$1" in teacher) echo "$TEACHER" ;; pruned) echo "$PRUNED" ;; student) echo "$STUDENT" ;; *) echo "$1" ;; esac; }
+folder() { case "$1" in teacher) echo "$TEACHER" ;; pruned) echo "$PRUNED" ;; student) echo "$STUDENT" ;;
+  student16) echo "$STUDENT16" ;; *) echo "$1" ;; esac; }
 for stage in "$@"; do
   case "$stage" in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
@@ -40,12 +50,12 @@ for stage in "$@"; do
              2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -15
            cp $PRUNED/prune.json "$OUT/prune.json" ;;
     distill) timeout $(python3 -c "print(int(60 * $DISTILL_MIN + 240))") python3 experiments/main.py \
-             --config=experiments/configs/distill.py:$DISTILL_CONFIG --workdir=workdirs/distill \
+             --config=experiments/configs/distill.py:$DISTILL_CONFIG --workdir=$DISTILL_WORKDIR \
              --config.distill.teacher=$TEACHER --config.init_from=$( [ "$DISTILL_CONFIG" = pruned ] && echo $PRUNED || echo $TEACHER ) \
-             --config.data.sources.library.manifest=$LIB --config.max_minutes=$DISTILL_MIN --config.data.worker_count=14 $DECODED \
-             $DISTILL_EXTRA 2>&1 | grep -v -E "$QUIET" | tee -a workdirs/distill.log | grep -E "step [0-9]*0 |done|Error|error" | tail -40
-             cp workdirs/distill/train_metrics.jsonl "$OUT/distill_metrics.jsonl"; cp workdirs/distill/train_curves.png "$OUT/distill_curves.png"
-             export_model student ;;  # at once: a lease that ends before the next call takes the workdir with it
+             --config.data.sources.library.manifest=$LIB --config.max_minutes=$DISTILL_MIN --config.data.worker_count=${DISTILL_WORKERS:-14} $DECODED \
+             $DISTILL_EXTRA 2>&1 | grep -v -E "$QUIET" | tee -a $DISTILL_WORKDIR.log | grep -E "step [0-9]*0 |done|Error|error" | tail -40
+             cp $DISTILL_WORKDIR/train_metrics.jsonl "$OUT/${DISTILL_LABEL}_metrics.jsonl"; cp $DISTILL_WORKDIR/train_curves.png "$OUT/${DISTILL_LABEL}_curves.png"
+             [ "${DISTILL_NO_EXPORT:-}" = 1 ] || export_model $DISTILL_LABEL ;;  # at once: a lease that ends before the next call takes the workdir with it
     export) for m in ${EXPORT:-student}; do export_model $m; done ;;
     latency) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
                timeout 240 python3 experiments/benchmark_latency.py --model=$d --label=$m --resolutions=256x256 \
@@ -57,6 +67,24 @@ for stage in "$@"; do
              for s in ${DRIFT_S:-1 2 4}; do env $ONDEMAND timeout ${DRIFT_TIMEOUT:-150} python3 experiments/evaluate.py --model=$d --steps=$s \
                --clips=0 --stream_frames=$DRIFT_FRAMES --switch_every=125 --chunk=250 --effects=$EFFECTS \
                --out="$OUT/$m/eval_s$s" 2>&1 | grep -E -i "drift|ratio|Error" | head -3; done; done ;;
+    # eval and drift of every model at once, PAR runs at a time on the one GPU (each allocates on
+    # demand): fidelity of EVAL_MODELS (default MODELS), drift of MODELS x DRIFT_S. Runs share the
+    # GPU, so this stage measures quality, never latency.
+    evaldrift) jobs=(); for m in ${EVAL_MODELS:-$MODELS}; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
+                 jobs+=("eval_fidelity.py --model=$d --manifest=$LIB --clips=$FID_CLIPS --frames=24 --steps=1,2,4 --out=$OUT/$m/fidelity"); done
+               for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || continue; for s in ${DRIFT_S:-1 2 4}; do
+                 jobs+=("evaluate.py --model=$d --steps=$s --clips=0 --stream_frames=$DRIFT_FRAMES --switch_every=125 --chunk=250 --effects=$EFFECTS --out=$OUT/$m/eval_s$s"); done; done
+               for j in "${jobs[@]}"; do
+                 while [ "$(jobs -rp | wc -l)" -ge "$PAR" ]; do wait -n; done
+                 o=${j##*--out=}; mkdir -p "$o"
+                 ( env $ONDEMAND timeout ${JOB_TIMEOUT:-300} python3 experiments/$j > "$o/log.txt" 2>&1; echo "exit $? (124: timed out): $o" ) &
+               done; wait
+               python3 -c "
+import sys
+from lsd_jax.eval import frontier
+for m in sys.argv[2:]:
+  print(m, ' '.join(f'S={s}: {frontier.fidelity_psnr(sys.argv[1], m, s):.2f} dB, drift {frontier.drift_ratio(sys.argv[1], m, s):.4f}' for s in (1, 2, 4)))
+" "$OUT" $MODELS ;;
     report) args=""; for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] && args="$args,$m=$d"; done
             python3 experiments/distill_prune_report.py --models=${args#,} --results="$OUT" --out="$OUT/distill_prune.md" \
               2>&1 | grep -v -E "^[IW][0-9]{4}" ;;

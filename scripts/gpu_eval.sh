@@ -9,6 +9,9 @@
 #             seconds in any case (its last checkpoint, every 5,000 frames, survives). If it prints
 #             PARTIAL, bring $OUT/drift back, carry it (e.g. as .carry/drift) and run the stage again
 #             with DRIFT_STATE=.carry/drift: it continues where it stopped, with the same numbers.
+#             DRIFT_TAU: stream at this history noise (--tau_inf; default the model's own);
+#             DRIFT_DIR: where the run writes (default $OUT/drift; a folder outside $OUT survives
+#             between calls on a warm machine, so the next call can resume it without carrying it).
 #   fidelity  experiments/eval_fidelity.py on CKPT: held-out clips, every single effect, S = 1, 2, 4.
 # Both stages allocate GPU memory on demand (XLA_PYTHON_CLIENT_PREALLOCATE=false) so that they can
 # run beside another JAX process: with the default 75% preallocation the second one dies of
@@ -26,12 +29,12 @@ for stage in "$@"; do
   case "$stage" in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
          python3 -c "import jax, cv2, tqdm, matplotlib; print(jax.__version__, jax.devices())" ;;
-    drift) D="$OUT/drift"; mkdir -p "$D"
+    drift) D="${DRIFT_DIR:-$OUT/drift}"; mkdir -p "$D"
            if [ -n "${DRIFT_STATE:-}" ]; then cp -r "$DRIFT_STATE"/. "$D"/ || exit 1; fi
            XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s KILL "$DRIFT_KILL_S" python3 experiments/evaluate.py --model="$CKPT" --steps="$DRIFT_STEPS" \
              --stream_frames="$DRIFT_FRAMES" --switch_every=1250 --chunk="$DRIFT_CHUNK" --clips=0 --render_workers="$DRIFT_WORKERS" \
-             --checkpoint_every=5000 --max_minutes="$DRIFT_MIN" --effects="$DRIFT_EFFECTS" --out="$D" \
-             --title="Drift: $DRIFT_FRAMES frames of $CKPT" 2>&1 | grep -v -E "$QUIET" | tee "$D/log.txt" | tail -40
+             --checkpoint_every=5000 --max_minutes="$DRIFT_MIN" --effects="$DRIFT_EFFECTS" --out="$D" ${DRIFT_TAU:+--tau_inf=$DRIFT_TAU} \
+             --title="Drift: $DRIFT_FRAMES frames of $CKPT${DRIFT_TAU:+, tau_inf $DRIFT_TAU}" 2>&1 | grep -v -E "$QUIET" | tee -a "$D/log.txt" | tail -40
            python3 -c "
 import json, sys
 s = json.load(open(sys.argv[1]))['stream']
