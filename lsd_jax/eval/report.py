@@ -174,3 +174,60 @@ def per_frame_plot(ax_psnr, ax_flicker, res: stream_eval.StreamResult) -> None:
       ax.axvline(s, color="k", ls=":", lw=1)
     ax.set_xlabel("frame")
   ax_psnr.set_ylabel("PSNR (dB)")
+
+
+def stream_summary(results: dict[str, Any]) -> dict[str, Any]:
+  """One row for a procedural-stream evaluation (an eval.json): the mean over effects of PSNR,
+  SSIM, flicker and the median prompt-switch response, the drift ratio, frames streamed."""
+  s = results.get("stream")
+  if not s or not s.get("per_effect"):
+    raise ValueError("these results hold no procedural stream (evaluate.py --stream_frames=0?)")
+  pe = s["per_effect"].values()
+  mean = lambda key: float(np.mean([r[key] for r in pe]))  # pylint: disable=unnecessary-lambda-assignment
+  switch = [r["median_frames"] for r in (s.get("switch_response") or {}).values()
+            if r.get("median_frames") is not None and not math.isnan(r["median_frames"])]
+  return {"steps": results.get("protocol", {}).get("steps"), "tau_inf": results.get("tau_inf"),
+          "device": results.get("device", ""), "frames": s["frames"], "complete": s["complete"],
+          "psnr": mean("psnr"), "ssim": mean("ssim"), "flicker": mean("flicker"),
+          "switch_frames": float(np.mean(switch)) if switch else float("nan"),
+          "drift_ratio": s["drift"]["psnr_ratio"], "segment": s["drift"]["segment"]}
+
+
+def compare_streams(runs: list[tuple[str, str]], out: str, title: str = "Procedural streams compared") -> str:
+  """Side-by-side table and overlaid drift curves of several evaluate.py runs.
+
+  `runs` is [(label, folder holding eval.json)]; writes `out`.md and `out`.png and returns the
+  markdown. A folder without a readable eval.json is an error that names it."""
+  import matplotlib.pyplot as plt
+
+  loaded = []
+  for label, folder in runs:
+    path = os.path.join(folder, "eval.json")
+    try:
+      with open(path) as f:
+        results = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise ValueError(f"{label}: cannot read {path}: {e}") from e
+    loaded.append((label, folder, results, stream_summary(results)))
+  lines = [f"# {title}", "",
+           "Means over effects; switch response is the mean over effects of the median frames to 90% of "
+           "steady-state PSNR; drift ratio is the last segment's PSNR over the first's.", "",
+           "| run | S | tau_inf | frames | PSNR dB | SSIM | flicker | switch frames | drift ratio | segment | device |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for label, folder, _, r in loaded:
+    frames = f"{r['frames']:,}" + ("" if r["complete"] else " (partial)")
+    lines.append(f"| [{label}]({os.path.relpath(folder, os.path.dirname(out) or '.')}) | {r['steps']} | "
+                 f"{_fmt(r['tau_inf'])} | {frames} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['flicker']:.4f} | "
+                 f"{_fmt(r['switch_frames'], '.1f')} | {r['drift_ratio']:.4f} | {r['segment']:,} | {r['device']} |")
+  md = "\n".join(lines) + f"\n\n![drift curves]({os.path.basename(out)}.png)\n"
+  fig, ax = plt.subplots(figsize=(8, 4))
+  for label, _, results, _ in loaded:
+    plot_drift(ax, results["stream"]["drift"], label=label, per_effect=False)
+  ax.legend()
+  ax.set_title(title)
+  if os.path.dirname(out):
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+  _save(fig, os.path.dirname(out) or ".", os.path.basename(out) + ".png")
+  with open(out + ".md", "w") as f:
+    f.write(md)
+  return md
