@@ -1,6 +1,7 @@
 """Ablation sweep: train each arm of experiments/configs/ablations.py with the same budget, evaluate
-every arm with evaluate.py's protocol (lsd_jax.eval.stream_eval), write reports/ablations.md (one
-table and one drift plot per ablation) and a JSON the ablations notebook reads.
+every arm with evaluate.py's protocol (lsd_jax.eval.stream_eval), write a markdown report (one
+table and one drift plot per ablation) and a JSON the ablations notebook reads. Each sweep writes
+its own folder under reports/; reports/ablations.md is the index of what the sweeps found.
 
 CPU smoke run (tiny model at 32x32, a handful of steps; trains its own smoke autoencoder):
   python experiments/sweep.py --config=experiments/configs/lsd.py:smoke --config.total_steps=3 \
@@ -12,7 +13,7 @@ GPU run (one H100; each distinct trained arm gets the same 60-minute budget; 6 t
   python experiments/sweep.py --config=experiments/configs/lsd.py:small --config.max_minutes=60 \
       --config.total_steps=20000 --autoencoder_dir=workdirs/ae_small --workdir=workdirs/sweep \
       --ablations=all --steps=2 --clips=8 --clip_frames=64 --stream_frames=20000 --switch_every=500 \
-      --chunk=500 --report=reports/ablations.md
+      --chunk=500 --report=reports/ablations_small_h100/ablations.md
 """
 
 import json
@@ -29,7 +30,7 @@ _ABLATIONS = flags.DEFINE_string("ablations", "all", "ablation names (comma-sepa
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/sweep", "one training folder per distinct arm")
 _AE_DIR = flags.DEFINE_string("autoencoder_dir", "", "trained autoencoder; empty: train the config's own "
                               "(autoencoder.py with the same size argument) into workdir/autoencoder")
-_REPORT = flags.DEFINE_string("report", "reports/ablations.md", "markdown report (plots go beside it)")
+_REPORT = flags.DEFINE_string("report", "reports/ablations_sweep/ablations.md", "markdown report (plots go beside it)")
 _JSON = flags.DEFINE_string("json", "", "sweep JSON (default: the report's name with .json)")
 _MANIFEST = flags.DEFINE_string("manifest", "data/library/manifest.json", "clip library (held-out split)")
 _STEPS = flags.DEFINE_integer("steps", 2, "S for arms that do not set it")

@@ -202,7 +202,7 @@ def plot_drift(results: dict[str, Any], out_dir: str) -> list[str]:
 
 
 def write(results: dict[str, Any], meta: dict[str, Any], report_path: str, json_path: str) -> None:
-  """reports/ablations.md (tables + drift plots beside it) and the sweep JSON."""
+  """The sweep report (tables, drift plots beside it) and the sweep JSON."""
   out_dir = os.path.dirname(os.path.abspath(report_path))
   plot_dir = os.path.join(out_dir, "ablations")
   os.makedirs(plot_dir, exist_ok=True)
