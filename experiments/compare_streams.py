@@ -2,8 +2,9 @@ r"""Compares procedural-stream evaluations (experiments/evaluate.py's eval.json)
 markdown table (mean over effects of PSNR, SSIM, flicker and prompt-switch response, the drift
 ratio, frames) and one plot of the drift curves (PSNR per segment, all effects).
 
-  python experiments/compare_streams.py --runs="tau_inf 0.1=reports/drift_100k_h100_2026-11-27/tau0.1,tau_inf 0.5=reports/drift_100k_h100_2026-11-27/tau0.5" \
-      --out=reports/drift_100k_h100_2026-11-27/compare
+  D=reports/drift_100k_h100_2026-11-27
+  python experiments/compare_streams.py --runs="tau_inf 0.1 (shipped)=$D/tau0.1,tau_inf 0.5=$D/tau0.5" \
+      --out=$D/compare --title="100,000 frames of the shipped model at S = 1, one H100"
 
 Each run is `label=folder` (the folder holding eval.json). Writes --out.md and --out.png.
 """

@@ -14,6 +14,16 @@ GPU run (one H100; each distinct trained arm gets the same 60-minute budget; 6 t
       --config.total_steps=20000 --autoencoder_dir=workdirs/ae_small --workdir=workdirs/sweep \
       --ablations=all --steps=2 --clips=8 --clip_frames=64 --stream_frames=20000 --switch_every=500 \
       --chunk=500 --report=reports/ablations_small_h100/ablations.md
+
+Fine-tune ablation (one H100, a session's budget): every arm warm-starts from the shipped model and
+trains the same number of steps with its own settings, so the arms compare at the shipped model's
+quality instead of from scratch; one process per arm trains in parallel into the shared workdir,
+then a last run (the same flags, no --train_only and no --arms) evaluates them all:
+  for arm in none "noise only" full; do python experiments/sweep.py --config=experiments/configs/lsd.py:small \
+      --config.init_from=checkpoints/lsd_small --autoencoder_dir=checkpoints/lsd_small --config.total_steps=2000 \
+      --ablations=history_augmentation --arms="$arm" --train_only --workdir=workdirs/sweep_ft & done; wait
+Only arms that keep the shipped model's shapes can warm-start (history augmentation; tau_inf and
+S are inference-only); K and the history mode change the parameters.
 """
 
 import json
@@ -40,6 +50,10 @@ _CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 32, "frames per held-out clip
 _STREAM_FRAMES = flags.DEFINE_integer("stream_frames", 2000, "procedural stream length")
 _SWITCH_EVERY = flags.DEFINE_integer("switch_every", 250, "frames between prompt switches")
 _CHUNK = flags.DEFINE_integer("chunk", 256, "frames per jitted scan")
+_ARMS = flags.DEFINE_list("arms", [], "only these arm labels (e.g. none,'noise only'); empty: every arm")
+_TRAIN_ONLY = flags.DEFINE_bool("train_only", False, "train the selected arms' models and stop (no evaluation): "
+                                "several such processes can share --workdir, one per arm, and a last run "
+                                "without it evaluates what they trained")
 
 
 def main(argv):
@@ -51,6 +65,8 @@ def main(argv):
 
   base = _CONFIG.value
   ablations = ablation_configs.get_config(_ABLATIONS.value)
+  if _ARMS.value:
+    ablations = ablation.select_arms(ablations, _ARMS.value)
   ae_dir = _AE_DIR.value
   if not ae_dir:
     ae_dir = os.path.join(_WORKDIR.value, "autoencoder")
@@ -61,6 +77,9 @@ def main(argv):
       loop.train(ae_cfg, ae_dir)
   base.autoencoder_dir = ae_dir
   exports = ablation.train_runs(base, ablations, _WORKDIR.value)
+  if _TRAIN_ONLY.value:
+    logging.info("trained %s (--train_only: no evaluation)", exports)
+    return
   ec = stream_eval.EvalConfig(steps=_STEPS.value, effects=tuple(_EFFECTS.value) or None, clips=_CLIPS.value,
                               clip_frames=_CLIP_FRAMES.value, stream_frames=_STREAM_FRAMES.value,
                               switch_every=_SWITCH_EVERY.value, chunk=_CHUNK.value)

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -70,6 +70,17 @@ def effective_overrides(base: ml_collections.ConfigDict | None, overrides: dict[
 
 def arm_run(base: ml_collections.ConfigDict | None, arm: dict[str, Any]) -> str:
   return run_id(effective_overrides(base, arm["train"]))
+
+
+def select_arms(ablations: dict[str, list[dict]], labels: Sequence[str]) -> dict[str, list[dict]]:
+  """Only the arms labelled in `labels` (ablations left without an arm are dropped), e.g. to train
+  a sweep's arms in parallel processes that share one workdir. A label no arm has is an error."""
+  wanted = set(labels)
+  known = {a["label"] for arms in ablations.values() for a in arms}
+  if wanted - known:
+    raise ValueError(f"no arm is labelled {sorted(wanted - known)}; the arms are {sorted(known)}")
+  picked = {n: [a for a in arms if a["label"] in wanted] for n, arms in ablations.items()}
+  return {n: arms for n, arms in picked.items() if arms}
 
 
 def training_runs(ablations: dict[str, list[dict]],

@@ -72,3 +72,25 @@ def test_sweep_smoke_end_to_end(tmp_path):
   assert all(math.isfinite(a["summary"]["drift_ratio"]) for a in arms)
   assert (tmp_path / "ablations" / "steps_drift.png").stat().st_size > 0
   assert "| S=4 | base |" in report.read_text()
+
+
+def test_select_arms_and_train_only_those(tmp_path):
+  abl = ablation_configs.get_config("history_augmentation,steps")
+  picked = ablation.select_arms(abl, ["none", "noise only"])
+  assert list(picked) == ["history_augmentation"]  # `steps` has neither arm: dropped
+  assert [a["label"] for a in picked["history_augmentation"]] == ["none", "noise only"]
+  with pytest.raises(ValueError, match="no arm is labelled \\['nonee'\\]"):
+    ablation.select_arms(abl, ["none", "nonee"])
+  base = lsd_config.get_config("smoke")
+  trained = []
+
+  def fake_train(cfg, workdir):  # what loop.train leaves behind: an export
+    trained.append((os.path.basename(workdir), len(cfg.train.augment), cfg.train.tau_max))
+    os.makedirs(os.path.join(workdir, "export"))
+    open(os.path.join(workdir, "export", "config.json"), "w").write("{}")
+
+  exports = ablation.train_runs(base, picked, str(tmp_path), train_fn=fake_train)
+  assert len(exports) == 2 and "base" not in exports
+  assert sorted(t[1:] for t in trained) == sorted([(0, 0.0), (0, base.train.tau_max)])
+  ablation.train_runs(base, ablation.select_arms(abl, ["none"]), str(tmp_path), train_fn=fake_train)
+  assert len(trained) == 2  # a second process finds the export and trains nothing
