@@ -16,6 +16,10 @@
 #             and the label it brings back as (pruned / workdirs/distill / student by default;
 #             small_from_small_s16 / workdirs/distill_s16 / student16 for the unpruned student).
 #             Two distillations can run at once (each with its own DECODED_DIR).
+#   DISTILL_MIN  the distillation's --config.max_minutes (default 5). It counts from the training
+#             loop's start, so the first step's compile and, on a fresh machine, decoding the
+#             library into DECODED_DIR come out of it: 2026-11-27 a 4-minute run beside an eval
+#             trained only ~75 s (1,500 steps) after ~2.6 minutes of decoding and compiling.
 #   PAR       how many eval/drift runs the evaldrift stage runs at once on the one GPU (default 4)
 set -uo pipefail
 source scripts/gpu_wheels.sh

@@ -75,3 +75,23 @@ def test_recorded_means_stand_in_for_lost_per_effect_results(folders, tmp_path):
   json.dump(doc, open(root / "pruned" / "fidelity" / "fidelity.json", "w"))
   assert report.fidelity_psnr(str(root), "pruned", 2) == 21.0
   assert report.fidelity_psnr(str(root), "pruned", 4) != report.fidelity_psnr(str(root), "pruned", 4)  # NaN
+
+
+def test_same_architecture_better_student_dominates_and_stream_columns(folders, tmp_path):
+  root = tmp_path / "results"
+  lat = {1: 4.0, 2: 6.0, 4: 10.0}
+  _results(root, {"teacher": lat, "student": lat}, {"teacher": {1: 30.0, 2: 31.0, 4: 32.0},
+                                                    "student": {1: 30.5, 2: 30.0, 4: 32.0}}, 1.01)
+  per_effect = {"sepia": {"psnr": 20.0, "flicker": 0.02}, "rain": {"psnr": 22.0, "flicker": 0.04}}
+  json.dump({"stream": {"drift": {"psnr_ratio": 1.01}, "per_effect": per_effect}},
+            open(root / "student" / "eval_s1" / "eval.json", "w"))
+  rows, md = report.write([("teacher", folders["teacher"]), ("student", folders["teacher"])], str(root),
+                          str(tmp_path / "r.md"), resolution="32x32")
+  assert "S=1: student is as fast as teacher and +0.50 dB PSNR: it dominates" in md
+  assert "S=2: student is as fast as teacher and -1.00 dB PSNR: no dominance" in md
+  assert "S=4: student is as fast as teacher and +0.00 dB PSNR: no dominance" in md  # equal is not better
+  by = {(r["label"], r["steps"]): r for r in rows}
+  assert by[("student", 1)]["stream_psnr"] == pytest.approx(21.0) and by[("student", 1)]["flicker"] == pytest.approx(0.03)
+  assert by[("student", 2)]["stream_psnr"] != by[("student", 2)]["stream_psnr"]  # no per-effect stream: NaN
+  assert "| 21.00 | 0.0300 | 1.010 |" in md
+  assert not by[("teacher", 1)]["frontier"] and by[("student", 1)]["frontier"]
