@@ -161,6 +161,7 @@ def arm_summary(r: dict[str, Any]) -> dict[str, float]:
           "heldout_psnr": float(np.nanmean([q["psnr"] for q in held])) if held else float("nan"),
           "heldout_ssim": float(np.nanmean([q["ssim"] for q in held])) if held else float("nan"),
           "drift_ratio": s["drift"]["psnr_ratio"],
+          "hold_ratio": (s.get("hold") or {}).get("psnr_ratio", float("nan")),
           "switch_frames": float(np.mean(resp)) if resp else float("nan"),
           "particle_density_ratio": float(np.nanmean(dens)) if dens else float("nan"),
           "ms_per_frame": s["latency"]["ms_per_frame_median"]}
@@ -168,7 +169,7 @@ def arm_summary(r: dict[str, Any]) -> dict[str, float]:
 
 COLUMNS = (("heldout_psnr", "held-out PSNR", ".2f"), ("heldout_ssim", "held-out SSIM", ".3f"),
            ("stream_psnr", "stream PSNR", ".2f"), ("stream_ssim", "stream SSIM", ".3f"),
-           ("flicker", "flicker", ".4f"), ("drift_ratio", "drift ratio", ".4f"),
+           ("flicker", "flicker", ".4f"), ("drift_ratio", "drift ratio", ".4f"), ("hold_ratio", "hold ratio", ".4f"),
            ("switch_frames", "switch response (frames)", ".1f"),
            ("particle_density_ratio", "particle density out/truth", ".2f"), ("ms_per_frame", "ms/frame", ".1f"))
 
@@ -184,7 +185,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
               "|---|---|" + "---|" * len(COLUMNS)]
     for a in arms:
       lines.append(f"| {a['label']} | {a['run']} | "
-                   + " | ".join(report._fmt(a["summary"][k], f) for k, _, f in COLUMNS) + " |")  # noqa: SLF001
+                   + " | ".join(report._fmt(a["summary"].get(k, float("nan")), f) for k, _, f in COLUMNS) + " |")  # noqa: SLF001
     lines.append("")
   return "\n".join(lines)
 

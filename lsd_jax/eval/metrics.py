@@ -196,6 +196,29 @@ def switch_response(fidelity_T, switch_at: int, *, steady_frames: int | None = N
   return int(hit[0]) if hit.size else None
 
 
+def hold_drift(fidelity_T, min_frames: int = 100) -> tuple[float, float] | None:
+  """Drift while one prompt is held: (early, late) mean fidelity of one prompt's interval, early
+  over its second quarter (the first is the switch's transient), late over its last quarter.
+  late / early < 1: the output degrades while the prompt stays the same, which a drift curve over
+  whole schedule cycles cannot see (every switch starts the effect afresh). None for an interval
+  shorter than `min_frames`."""
+  f = np.asarray(fidelity_T, np.float64)
+  n = f.size
+  if n < max(min_frames, 4):
+    return None
+  q = n // 4
+  return float(f[q:2 * q].mean()), float(f[n - q:].mean())
+
+
+def hold_profile(fidelity_T, bins: int = 10) -> np.ndarray:
+  """Mean fidelity in `bins` equal parts of one prompt's interval: how it evolves while the prompt
+  is held (the first bin holds the switch's transient)."""
+  f = np.asarray(fidelity_T, np.float64)
+  if f.size < bins:
+    raise ValueError(f"an interval of {f.size} frames cannot be split into {bins} bins")
+  return np.array([part.mean() for part in np.array_split(f, bins)])
+
+
 def drift_curve(fidelity_T, segment: int) -> np.ndarray:
   """Mean fidelity of each full segment of `segment` frames (a trailing partial one is dropped
   unless it is the only one)."""

@@ -51,6 +51,14 @@ def markdown(results: dict[str, Any], title: str = "Evaluation") -> str:
   for e, r in d["per_effect"].items():
     c = r["psnr_curve"]
     lines.append(f"| {e} | {_fmt(c[0] if c else None)} | {_fmt(c[-1] if c else None)} | {_fmt(r['psnr_ratio'], '.4f')} |")
+  if s.get("hold"):
+    h = s["hold"]
+    lines += ["", "## Held prompts (drift while one prompt stays on)", "",
+              f"Late over early PSNR of each whole prompt interval (early: its second quarter, late: its last "
+              f"quarter): **{_fmt(h['psnr_ratio'], '.4f')}** over all intervals (1.0: no decay while a prompt is held).",
+              "", "| effect | intervals | early PSNR | late PSNR | ratio |", "|---|---|---|---|---|"]
+    for e, r in h["per_effect"].items():
+      lines.append(f"| {e} | {r['holds']} | {_fmt(r['early'])} | {_fmt(r['late'])} | {_fmt(r['ratio'], '.4f')} |")
   lines += ["", "## Latency (model only, block_until_ready per chunk)", "",
             f"{_fmt(lat['ms_per_frame_median'])} ms/frame median, p90 {_fmt(lat['ms_per_frame_p90'])}, "
             f"p99 {_fmt(lat['ms_per_frame_p99'])} over {lat['chunks'] - 1 if lat['chunks'] > 1 else 1} chunks of "
@@ -95,6 +103,17 @@ def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
   ax.set_title(f"drift: ratio {s['drift']['psnr_ratio']:.3f}")
   ax.legend(fontsize=7)
   paths.append(_save(fig, out_dir, "drift.png"))
+  held = {e: r["profile"] for e, r in (s.get("hold") or {}).get("per_effect", {}).items() if r.get("profile")}
+  if held:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for e, prof in held.items():
+      ax.plot((np.arange(len(prof)) + 0.5) / len(prof), prof, "o-", lw=1.5, label=e)
+    ax.set_xlabel("fraction of the prompt's interval (0: the switch)")
+    ax.set_ylabel("PSNR (dB), mean over intervals")
+    ax.set_title(f"while a prompt is held: hold ratio {s['hold']['psnr_ratio']:.3f}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out_dir, "hold.png"))
   rows = results["heldout"] or s["per_effect"]
   names = list(rows)
   fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
@@ -190,7 +209,8 @@ def stream_summary(results: dict[str, Any]) -> dict[str, Any]:
           "device": results.get("device", ""), "frames": s["frames"], "complete": s["complete"],
           "psnr": mean("psnr"), "ssim": mean("ssim"), "flicker": mean("flicker"),
           "switch_frames": float(np.mean(switch)) if switch else float("nan"),
-          "drift_ratio": s["drift"]["psnr_ratio"], "segment": s["drift"]["segment"]}
+          "drift_ratio": s["drift"]["psnr_ratio"], "segment": s["drift"]["segment"],
+          "hold_ratio": (s.get("hold") or {}).get("psnr_ratio", float("nan"))}
 
 
 def compare_streams(runs: list[tuple[str, str]], out: str, title: str = "Procedural streams compared") -> str:
@@ -211,14 +231,16 @@ def compare_streams(runs: list[tuple[str, str]], out: str, title: str = "Procedu
     loaded.append((label, folder, results, stream_summary(results)))
   lines = [f"# {title}", "",
            "Means over effects; switch response is the mean over effects of the median frames to 90% of "
-           "steady-state PSNR; drift ratio is the last segment's PSNR over the first's.", "",
-           "| run | S | tau_inf | frames | PSNR dB | SSIM | flicker | switch frames | drift ratio | segment | device |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "steady-state PSNR; drift ratio is the last segment's PSNR over the first's; hold ratio is the late "
+           "over the early PSNR of each prompt interval (drift while a prompt is held).", "",
+           "| run | S | tau_inf | frames | PSNR dB | SSIM | flicker | switch frames | drift ratio | hold ratio | segment "
+           "| device |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for label, folder, _, r in loaded:
     frames = f"{r['frames']:,}" + ("" if r["complete"] else " (partial)")
     lines.append(f"| [{label}]({os.path.relpath(folder, os.path.dirname(out) or '.')}) | {r['steps']} | "
                  f"{_fmt(r['tau_inf'])} | {frames} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['flicker']:.4f} | "
-                 f"{_fmt(r['switch_frames'], '.1f')} | {r['drift_ratio']:.4f} | {r['segment']:,} | {r['device']} |")
+                 f"{_fmt(r['switch_frames'], '.1f')} | {r['drift_ratio']:.4f} | {_fmt(r['hold_ratio'], '.4f')} | "
+                 f"{r['segment']:,} | {r['device']} |")
   md = "\n".join(lines) + f"\n\n![drift curves]({os.path.basename(out)}.png)\n"
   fig, ax = plt.subplots(figsize=(8, 4))
   for label, _, results, _ in loaded:

@@ -349,10 +349,19 @@ def summarize_stream(res: StreamResult, prompts: dict[str, Prompt], *, segment: 
          if (m & (seg_of == s)).any()]
     drift["per_effect"][e] = {"psnr_curve": c, "psnr_ratio": metrics.drift_ratio(c) if c else float("nan")}
   responses: dict[str, list] = {e: [] for e in per_effect}
+  holds: dict[str, list] = {e: [] for e in per_effect}
+  profiles: dict[str, list] = {e: [] for e in per_effect}
   bounds = [s for s in sched.starts if s < n] + [n]
-  for j in range(1, len(bounds) - 1):
+  for j in range(len(bounds) - 1):
     lo, hi = bounds[j], bounds[j + 1]
-    responses[sched.names[j]].append(metrics.switch_response(pf["psnr"][lo:hi], 0))
+    if j > 0:
+      responses[sched.names[j]].append(metrics.switch_response(pf["psnr"][lo:hi], 0))
+    planned_end = sched.starts[j + 1] if j + 1 < len(sched.starts) else max(res.num_frames, n)
+    if planned_end <= n:  # whole intervals only (a stream stopped part-way cuts its last one short)
+      h = metrics.hold_drift(pf["psnr"][lo:hi])
+      if h is not None:
+        holds[sched.names[j]].append(h)
+        profiles[sched.names[j]].append(metrics.hold_profile(pf["psnr"][lo:hi]))
   switch = {}
   for e, rs in responses.items():
     got = [r for r in rs if r is not None]
@@ -360,7 +369,27 @@ def summarize_stream(res: StreamResult, prompts: dict[str, Prompt], *, segment: 
                  "median_frames": float(np.median(got)) if got else None,
                  "mean_frames": float(np.mean(got)) if got else None}
   return {"frames": n, "per_effect": per_effect, "drift": drift, "switch_response": switch,
-          "latency": latency_summary(res)}
+          "hold": hold_summary(holds, profiles), "latency": latency_summary(res)}
+
+
+def hold_summary(holds: dict[str, list[tuple[float, float]]],
+                 profiles: dict[str, list[np.ndarray]] | None = None) -> dict[str, Any]:
+  """Per effect and overall: mean early and late PSNR over the held intervals (metrics.hold_drift)
+  and their ratio, late / early (1.0: no drift while a prompt is held); with `profiles`
+  (metrics.hold_profile of each interval) their mean per effect, PSNR across the interval."""
+  per_effect, early_all, late_all = {}, [], []
+  for e, hs in holds.items():
+    if not hs:
+      per_effect[e] = {"holds": 0, "early": None, "late": None, "ratio": float("nan")}
+      continue
+    early, late = (float(np.mean([h[i] for h in hs])) for i in (0, 1))
+    per_effect[e] = {"holds": len(hs), "early": early, "late": late, "ratio": late / early}
+    if profiles and profiles.get(e):
+      per_effect[e]["profile"] = np.mean(np.stack(profiles[e]), axis=0).tolist()
+    early_all += [h[0] for h in hs]
+    late_all += [h[1] for h in hs]
+  ratio = float(np.mean(late_all) / np.mean(early_all)) if early_all else float("nan")
+  return {"psnr_ratio": ratio, "per_effect": per_effect}
 
 
 def latency_summary(res: StreamResult) -> dict[str, Any]:

@@ -51,6 +51,46 @@ def test_drift_curve_and_ratio_by_hand():
   assert np.isnan(metrics.drift_ratio([30.0]))  # one segment: no statement about drift
 
 
+def test_hold_drift_by_hand():
+  # 8 frames: a transient quarter, then 20, 20 (second quarter), 18, 18, then 16, 16 (last quarter).
+  f = np.array([5, 5, 20, 20, 18, 18, 16, 16], np.float64)
+  assert metrics.hold_drift(f, min_frames=8) == (20.0, 16.0)
+  assert metrics.hold_drift(f, min_frames=9) is None  # too short to say
+  np.testing.assert_allclose(metrics.hold_profile(f, bins=4), [5, 20, 18, 16])
+  with pytest.raises(ValueError, match="bins"):
+    metrics.hold_profile(f[:3], bins=4)
+  early, late = metrics.hold_drift(np.full(400, 17.0))
+  assert early == late == 17.0
+
+
+def test_hold_summary_and_stream_intervals():
+  from lsd_jax.eval import stream_eval
+
+  # Two held intervals of 100 frames: sepia decays from 20 to 10 dB, cartoon stays at 15; a third
+  # interval (sepia again) stopped after 40 of its 100 frames is left out.
+  sepia = np.linspace(20, 10, 100)
+  psnr = np.concatenate([sepia, np.full(100, 15.0), np.full(40, 3.0)])
+  n = psnr.size
+  sched = stream_eval.Schedule.cycle(["sepia", "cartoon"], 100, 300)
+  res = stream_eval.StreamResult(per_frame={"psnr": psnr, "ssim": np.ones(n), "flicker": np.zeros(n)},
+                                 prompt_index=sched.segment_index(np.arange(n)), chunk_seconds=np.ones(3),
+                                 chunk_frames=np.full(3, 80), schedule=sched, num_frames=300)
+  h = stream_eval.hold_summary({"sepia": [metrics.hold_drift(sepia)], "cartoon": [metrics.hold_drift(psnr[100:200])]})
+  assert h["per_effect"]["cartoon"]["ratio"] == pytest.approx(1.0)
+  early, late = sepia[25:50].mean(), sepia[75:].mean()
+  assert h["per_effect"]["sepia"]["ratio"] == pytest.approx(late / early)
+  assert h["psnr_ratio"] == pytest.approx((late + 15) / (early + 15))
+  prompts = stream_eval.choose_prompts(["sepia", "cartoon"])
+  s = stream_eval.summarize_stream(res, prompts, segment=200, warm=0, height=8, width=8)
+  assert s["hold"]["per_effect"]["sepia"]["holds"] == 1  # the cut-short third interval is not counted
+  assert s["hold"]["per_effect"]["sepia"]["ratio"] == pytest.approx(late / early)
+  assert s["hold"]["psnr_ratio"] == pytest.approx(h["psnr_ratio"])
+  np.testing.assert_allclose(s["hold"]["per_effect"]["sepia"]["profile"], [sepia[i:i + 10].mean() for i in range(0, 100, 10)])
+  assert s["hold"]["per_effect"]["cartoon"]["profile"] == pytest.approx([15.0] * 10)
+  empty = stream_eval.hold_summary({"echo": []})
+  assert empty["per_effect"]["echo"]["holds"] == 0 and np.isnan(empty["psnr_ratio"])
+
+
 def test_switch_response_on_a_known_step():
   # Steady at 30 dB, the switch at frame 20 drops to 10 dB, then a linear ramp of 2 dB per frame
   # back to 30 (reached 10 frames after the switch), steady after.
