@@ -3,7 +3,8 @@
 # device call (each stage fits a 10-minute command; see experiments/configs/distill.py):
 #   bash scripts/gpu_distill.sh STAGE...   stages: env prune distill export latency eval drift report
 # Needs the carried wheels (.whl) and clip library (.carry/library); writes under $OUT.
-#   TEACHER   exported teacher (default checkpoints/lsd_small)
+#   TEACHER   exported teacher (default the shipped model: checkpoints/lsd_small, or /tmp/teacher
+#             where gpu_wheels.sh staged it)
 #   PRUNED    where `prune` writes / later stages read the pruned model (default workdirs/pruned_small)
 #   STUDENT   the distilled student's export (default workdirs/distill/export)
 #   MODELS    labels the latency/eval/drift/report stages cover (default "teacher pruned student")
@@ -24,9 +25,9 @@
 set -uo pipefail
 source scripts/gpu_wheels.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" workdirs
-LIB=${LIB:-.carry/library/manifest.json}
+LIB=${LIB:-$LIBRARY}
 DECODED=--config.data.sources.library.decoded_cache=${DECODED_DIR:-/tmp/lsd_decoded}  # decode the library once
-TEACHER=${TEACHER:-checkpoints/lsd_small}; PRUNED=${PRUNED:-workdirs/pruned_small}
+TEACHER=${TEACHER:-$SHIPPED}; PRUNED=${PRUNED:-workdirs/pruned_small}
 STUDENT=${STUDENT:-workdirs/distill/export}; STUDENT16=${STUDENT16:-workdirs/distill_s16/export}
 MODELS=${MODELS:-teacher pruned student}
 DISTILL_WORKDIR=${DISTILL_WORKDIR:-workdirs/distill}; DISTILL_LABEL=${DISTILL_LABEL:-student}; PAR=${PAR:-4}

@@ -19,8 +19,8 @@
 set -uo pipefail
 source scripts/gpu_wheels.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-CKPT=${CKPT:-checkpoints/lsd_small}
-LIB=${LIB:-.carry/library/manifest.json}
+CKPT=${CKPT:-$SHIPPED}
+LIB=${LIB:-$LIBRARY}
 DRIFT_FRAMES=${DRIFT_FRAMES:-100000}; DRIFT_STEPS=${DRIFT_STEPS:-1}
 DRIFT_MIN=${DRIFT_MIN:-7}; DRIFT_KILL_S=${DRIFT_KILL_S:-540}; DRIFT_CHUNK=${DRIFT_CHUNK:-1000}; DRIFT_WORKERS=${DRIFT_WORKERS:-12}
 DRIFT_EFFECTS=${DRIFT_EFFECTS:-sepia,cartoon,thermal,pencil_sketch,snowfall,rain,echo,fireflies}

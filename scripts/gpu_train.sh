@@ -5,7 +5,7 @@
 set -uo pipefail
 source scripts/gpu_wheels.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" workdirs
-LIB=.carry/library/manifest.json
+LIB=${LIB:-$LIBRARY}
 AE_MIN=${AE_MIN:-3.5}; LSD_MIN=${LSD_MIN:-5}
 AE_DIR=${AE_DIR:-workdirs/ae_small}  # an autoencoder run's workdir, or an exported model folder
 LSD_CONFIG=${LSD_CONFIG:-small}; LSD_WORKERS=${LSD_WORKERS:-14}
