@@ -23,7 +23,8 @@ def test_bash_syntax(script):
   assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("script", ["scripts/gpu_distill.sh", "scripts/gpu_eval.sh"])
+@pytest.mark.parametrize("script", ["scripts/gpu_distill.sh", "scripts/gpu_eval.sh", "scripts/gpu_train.sh",
+                                    "scripts/gpu_ablation.sh"])
 def test_unknown_stage_is_refused(script, tmp_path):
   proc = subprocess.run(["bash", script, "no_such_stage"], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
                         timeout=60)
@@ -47,3 +48,19 @@ def test_export_brings_a_model_back_in_parts(tmp_path):
   missing = subprocess.run(["bash", "scripts/gpu_distill.sh", "export"], cwd=ROOT,
                            env=_env(tmp_path, STUDENT=str(tmp_path / "nowhere")), capture_output=True, text=True, timeout=60)
   assert missing.returncode == 0 and "no student model at" in missing.stdout
+
+
+def test_stages_find_the_model_in_the_tree_or_staged(tmp_path):
+  show = 'source scripts/gpu_wheels.sh; echo "$SHIPPED $LIBRARY"'
+  here = subprocess.run(["bash", "-c", show], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+  assert here.returncode == 0 and here.stdout.split()[0] == "checkpoints/lsd_small"
+  # A tree whose model was moved out for a device call (a dangling link) uses the staged copy.
+  tree = tmp_path / "tree"
+  (tree / "scripts").mkdir(parents=True)
+  (tree / "scripts" / "gpu_wheels.sh").write_text(open(os.path.join(ROOT, "scripts", "gpu_wheels.sh")).read())
+  (tree / "checkpoints" / "lsd_small").mkdir(parents=True)
+  os.symlink(tmp_path / "moved_away.safetensors", tree / "checkpoints" / "lsd_small" / "params.safetensors")
+  (tree / ".carry" / "library").mkdir(parents=True)
+  (tree / ".carry" / "library" / "manifest.json").write_text("{}")
+  moved = subprocess.run(["bash", "-c", show], cwd=tree, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+  assert moved.stdout.split() == ["/tmp/teacher", ".carry/library/manifest.json"], moved.stdout + moved.stderr
