@@ -14,6 +14,9 @@
 #   eval    the sweep's evaluation of what `train` made: S = 2, FT_CLIPS held-out clips (default 4),
 #           FT_FRAMES procedural frames (default 20000, switch every 500 frames through 8 effects,
 #           drift per 4,000-frame cycle); report and plots to $OUT/ablations/ (tar it to bring back).
+#           Every arm streams at its export's tau_inf, the training config's 0.1 (not the shipped
+#           model's 0.5): the level where the shipped model collapses under a held prompt, and the
+#           fairest to the arm trained without history noise; the hold ratio is the number to read.
 set -uo pipefail
 source scripts/gpu_wheels.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
