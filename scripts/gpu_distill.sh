@@ -44,6 +44,10 @@ ONDEMAND=XLA_PYTHON_CLIENT_PREALLOCATE=false
 export_model() { local d; d=$(folder "$1"); [ -f "$d/config.json" ] || { echo "no $1 model at $d"; return 0; }
   mkdir -p "$OUT/$1"; cp "$d/config.json" "$OUT/$1/"; [ -f "$d/prune.json" ] && cp "$d/prune.json" "$OUT/$1/"
   split -b 15m "$d/params.safetensors" "$OUT/$1/params.part_"; }
+# The two evaluations of a model (folder $2, label $1), as experiments/ scripts and their flags:
+# held-out fidelity, and the procedural stream at S = $3 (drift ratio, stream PSNR, flicker).
+fid_job() { echo "eval_fidelity.py --model=$2 --manifest=$LIB --clips=$FID_CLIPS --frames=24 --steps=1,2,4 --out=$OUT/$1/fidelity"; }
+drift_job() { echo "evaluate.py --model=$2 --steps=$3 --clips=0 --stream_frames=$DRIFT_FRAMES --switch_every=125 --chunk=250 --effects=$EFFECTS --out=$OUT/$1/eval_s$3"; }
 folder() { case "$1" in teacher) echo "$TEACHER" ;; pruned) echo "$PRUNED" ;; student) echo "$STUDENT" ;;
   student16) echo "$STUDENT16" ;; *) echo "$1" ;; esac; }
 for stage in "$@"; do
@@ -66,19 +70,17 @@ for stage in "$@"; do
                timeout 240 python3 experiments/benchmark_latency.py --model=$d --label=$m --resolutions=256x256 \
                  --steps=1,2,4 --impls=$LAT_IMPLS --out_dir="$OUT/latency" 2>&1 | grep -E "^\||Error" ; done ;;
     eval) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
-            env $ONDEMAND timeout ${FID_TIMEOUT:-180} python3 experiments/eval_fidelity.py --model=$d --manifest=$LIB --clips=$FID_CLIPS \
-              --frames=24 --steps=1,2,4 --out="$OUT/$m/fidelity" 2>&1 | grep -E "mean|Error" ; echo "$m fidelity: exit ${PIPESTATUS[0]} (124: timed out)" ; done ;;
+            env $ONDEMAND timeout ${FID_TIMEOUT:-180} python3 experiments/$(fid_job $m $d) 2>&1 | grep -E "mean|Error" ; echo "$m fidelity: exit ${PIPESTATUS[0]} (124: timed out)" ; done ;;
     drift) for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
-             for s in ${DRIFT_S:-1 2 4}; do env $ONDEMAND timeout ${DRIFT_TIMEOUT:-150} python3 experiments/evaluate.py --model=$d --steps=$s \
-               --clips=0 --stream_frames=$DRIFT_FRAMES --switch_every=125 --chunk=250 --effects=$EFFECTS \
-               --out="$OUT/$m/eval_s$s" 2>&1 | grep -E -i "drift|ratio|Error" | head -3; done; done ;;
+             for s in ${DRIFT_S:-1 2 4}; do env $ONDEMAND timeout ${DRIFT_TIMEOUT:-150} python3 experiments/$(drift_job $m $d $s) \
+               2>&1 | grep -E -i "drift|ratio|Error" | head -3; done; done ;;
     # eval and drift of every model at once, PAR runs at a time on the one GPU (each allocates on
     # demand): fidelity of EVAL_MODELS (default MODELS), drift of MODELS x DRIFT_S. Runs share the
     # GPU, so this stage measures quality, never latency.
     evaldrift) jobs=(); for m in ${EVAL_MODELS:-$MODELS}; do d=$(folder $m); [ -f $d/config.json ] || { echo "no $m model at $d"; continue; }
-                 jobs+=("eval_fidelity.py --model=$d --manifest=$LIB --clips=$FID_CLIPS --frames=24 --steps=1,2,4 --out=$OUT/$m/fidelity"); done
+                 jobs+=("$(fid_job $m $d)"); done
                for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] || continue; for s in ${DRIFT_S:-1 2 4}; do
-                 jobs+=("evaluate.py --model=$d --steps=$s --clips=0 --stream_frames=$DRIFT_FRAMES --switch_every=125 --chunk=250 --effects=$EFFECTS --out=$OUT/$m/eval_s$s"); done; done
+                 jobs+=("$(drift_job $m $d $s)"); done; done
                for j in "${jobs[@]}"; do
                  while [ "$(jobs -rp | wc -l)" -ge "$PAR" ]; do wait -n; done
                  o=${j##*--out=}; mkdir -p "$o"

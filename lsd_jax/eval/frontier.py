@@ -58,12 +58,14 @@ def drift_ratio(results: str, label: str, steps: int) -> float:
 def stream_metrics(results: str, label: str, steps: int) -> tuple[float, float]:
   """Mean over effects of the procedural stream's PSNR and flicker (evaluate.py's eval.json; the
   same run as the drift ratio), NaN where not measured."""
+  from lsd_jax.eval import report
+
   doc = _read(os.path.join(results, label, f"eval_s{steps}", "eval.json"))
-  per_effect = list(((doc or {}).get("stream") or {}).get("per_effect", {}).values())
+  per_effect = ((doc or {}).get("stream") or {}).get("per_effect")
   if not per_effect:
     return NA, NA
-  return (float(sum(r["psnr"] for r in per_effect) / len(per_effect)),
-          float(sum(r["flicker"] for r in per_effect) / len(per_effect)))
+  m = report.effect_means(per_effect, ("psnr", "flicker"))
+  return m["psnr"], m["flicker"]
 
 
 def collect(models: list[tuple[str, str]], results: str, steps: list[int], resolution: str) -> list[dict]:

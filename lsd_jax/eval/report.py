@@ -195,19 +195,22 @@ def per_frame_plot(ax_psnr, ax_flicker, res: stream_eval.StreamResult) -> None:
   ax_psnr.set_ylabel("PSNR (dB)")
 
 
+def effect_means(per_effect: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
+  """The mean over effects of each of `keys` in a stream's per-effect rows."""
+  return {k: float(np.mean([r[k] for r in per_effect.values()])) for k in keys}
+
+
 def stream_summary(results: dict[str, Any]) -> dict[str, Any]:
   """One row for a procedural-stream evaluation (an eval.json): the mean over effects of PSNR,
   SSIM, flicker and the median prompt-switch response, the drift ratio, frames streamed."""
   s = results.get("stream")
   if not s or not s.get("per_effect"):
     raise ValueError("these results hold no procedural stream (evaluate.py --stream_frames=0?)")
-  pe = s["per_effect"].values()
-  mean = lambda key: float(np.mean([r[key] for r in pe]))  # pylint: disable=unnecessary-lambda-assignment
   switch = [r["median_frames"] for r in (s.get("switch_response") or {}).values()
             if r.get("median_frames") is not None and not math.isnan(r["median_frames"])]
   return {"steps": results.get("protocol", {}).get("steps"), "tau_inf": results.get("tau_inf"),
           "device": results.get("device", ""), "frames": s["frames"], "complete": s["complete"],
-          "psnr": mean("psnr"), "ssim": mean("ssim"), "flicker": mean("flicker"),
+          **effect_means(s["per_effect"], ("psnr", "ssim", "flicker")),
           "switch_frames": float(np.mean(switch)) if switch else float("nan"),
           "drift_ratio": s["drift"]["psnr_ratio"], "segment": s["drift"]["segment"],
           "hold_ratio": (s.get("hold") or {}).get("psnr_ratio", float("nan"))}
