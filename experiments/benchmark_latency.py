@@ -77,15 +77,16 @@ def _make_fns(cfg: lsd.LSDConfig):
   ae, den = lsd.build(cfg)
 
   @jax.jit
-  def step(den_params, x):
-    return den.apply({"params": den_params}, x["z"], x["c"], x["t"], x["d"], x["prompt"],
-                     x["hist"], x["tau"])
+  def step(params, x):  # params: {"denoiser"[, "megastep"]}
+    vel = lsd.velocity_fn(den, params["denoiser"], params.get("megastep"))
+    cond = {"c": x["c"], "prompt": x["prompt"], "hist": x["hist"], "tau": x["tau"]}
+    return vel(x["z"], x["t"], x["d"], cond)
 
   def frame_fn(steps: int):
     @jax.jit
     def frame(params, frame_u8, ring, prompt, key):
       c = lsd.encode(ae, params["autoencoder"], frame_u8)
-      vel = lsd.velocity_fn(den, params["denoiser"])
+      vel = lsd.velocity_fn(den, params["denoiser"], params.get("megastep"))
       z = sampler.sample_frame(vel, key, c, ring, prompt, tau_inf=cfg.tau_inf, steps=steps,
                                mode=cfg.history_mode, residual=cfg.residual)
       return lsd.decode(ae, params["autoencoder"], z)
@@ -108,6 +109,20 @@ def _floors(cfg: lsd.LSDConfig, steps: int) -> dict[str, float]:
       "frame_byte_floor_ms": (steps * 2 * rep["params_denoiser"] + 2 * rep["params_autoencoder"])
                              / bw * 1e3,
   }
+
+
+def _impl_name(cfg: lsd.LSDConfig, impl: str) -> str:
+  """The implementation that actually runs: "megastep" only where the mega kernel supports the
+  shape on this device, else the per-op backend it falls back to (e.g. "megastep->mosaic")."""
+  if impl != "megastep":
+    return api.resolve(impl)
+  from pallas_kernels import megastep_mgpu
+
+  ae, den = lsd.build(cfg)
+  s = cfg.model_size.denoiser
+  tokens = (cfg.latent_shape[0] // s.patch) * (cfg.latent_shape[1] // s.patch)
+  ok = api.is_hopper() and megastep_mgpu.step_supported(den.config, tokens) is None
+  return "megastep" if ok else f"megastep->{api.resolve(impl)}"
 
 
 def _want_frame(size: str, res: str, steps: int) -> bool:
@@ -137,15 +152,17 @@ def _bench_one(size: str, res: str, model=None) -> list[dict]:
   for impl in FLAGS.impls:
     cfg = dataclasses.replace(base_cfg, kernel_impl=impl)
     step, frame_fn = _make_fns(cfg)
+    params = lsd.with_kernel_params(cfg, {k: v for k, v in params.items() if k != "megastep"})
+    step_params = {k: v for k, v in params.items() if k != "autoencoder"}
     t0 = time.perf_counter()
-    out = jax.block_until_ready(step(params["denoiser"], x))
+    out = jax.block_until_ready(step(step_params, x))
     compile_s = time.perf_counter() - t0
     if ref_step is None:
       ref_step = out
     err = bench.rel_err(out, ref_step)
-    st = bench.time_fn(step, params["denoiser"], x, warmup=FLAGS.warmup, iters=FLAGS.iters)
+    st = bench.time_fn(step, step_params, x, warmup=FLAGS.warmup, iters=FLAGS.iters)
     fl = _floors(cfg, 1)
-    row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": api.resolve(impl),
+    row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": _impl_name(cfg, impl),
            "what": "step", "steps": 1, **st, "rel_err_vs_xla": err, "compile_s": compile_s,
            "random_weights": model is None, **fl}
     logging.info("%s", row)
@@ -158,7 +175,7 @@ def _bench_one(size: str, res: str, model=None) -> list[dict]:
       jax.block_until_ready(frame(params, frame_u8, ring, prompt, fkey))
       ft = bench.time_fn(frame, params, frame_u8, ring, prompt, fkey, warmup=FLAGS.warmup,
                          iters=FLAGS.iters)
-      row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": api.resolve(impl),
+      row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": _impl_name(cfg, impl),
              "what": "frame", "steps": s, **ft, "random_weights": model is None, **_floors(cfg, s)}
       logging.info("%s", row)
       rows.append(row)

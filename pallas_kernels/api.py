@@ -7,6 +7,9 @@ semantics that the kernels are tested against. `implementation` is one of:
 - ``"mosaic"``: Pallas Mosaic GPU kernels (Hopper, sm_90a).
 - ``"triton"``: Pallas Triton kernels (any recent NVIDIA GPU).
 - ``"auto"``: mosaic on Hopper, triton on other CUDA GPUs, xla on CPU/TPU.
+- ``"megastep"``: the whole denoiser step as one persistent Mosaic GPU kernel
+  (`megastep_mgpu`, used by `lsd.velocity_fn` when the model's weights were packed for it on a
+  Hopper GPU); per-op calls, and shapes the mega kernel does not support, behave as ``"auto"``.
 
 Kernel implementations register themselves in `_REGISTRY` (see `register`); an op with no
 kernel for the chosen backend falls back to XLA, logged once.
@@ -22,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-IMPLEMENTATIONS = ("auto", "xla", "mosaic", "triton")
+IMPLEMENTATIONS = ("auto", "xla", "mosaic", "triton", "megastep")
 
 # (op name, backend) -> callable with the op's signature.
 _REGISTRY: dict[tuple[str, str], Callable] = {}
@@ -68,7 +71,7 @@ def warn_fallback_once(op: str, why: str) -> None:
 def resolve(implementation: str) -> str:
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-  return _default_backend() if implementation == "auto" else implementation
+  return _default_backend() if implementation in ("auto", "megastep") else implementation
 
 
 # Modules whose import registers kernels; imported on first use, so that the XLA path never

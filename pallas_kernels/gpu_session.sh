@@ -5,8 +5,8 @@
 # The kernels' benchmark main()s report through absl logging; the stages keep those lines.
 # Stages: tests (the Mosaic kernels' GPU tests; the Triton and mega-kernel ones have their own
 # stages, each a call's worth), kernels, bench_small_base, bench_large, bench_cmdbuf, triton (= triton_tests,
-# triton_kernels). Logs and results go to $OUT.
-export PYTHONPATH=. PYTHONUNBUFFERED=1
+# triton_kernels), megablock, megastep. Logs and results go to $OUT.
+export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 for stage in "$@"; do
   case $stage in
@@ -44,5 +44,17 @@ for stage in "$@"; do
       JAX_PLATFORMS=cuda timeout 200 python3 -m pytest -q -rs -m gpu \
         tests/pallas_kernels/test_megablock.py 2>&1 | tail -40 > "$OUT/megablock_tests.log"
       tail -5 "$OUT/megablock_tests.log";;
+    # megastep: the whole-step mega kernel (one persistent call per denoiser step). Its benchmark
+    # main (small and base trunks at 256 tokens: fused vs split vs XLA vs the f32 reference,
+    # timings), then its GPU tests; at most 500 s.
+    megastep) timeout ${MEGASTEP_S:-300} python3 -m pallas_kernels.megastep_mgpu 2>&1 \
+        | awk '!/^[IW][0-9]{4} / || /megastep_mgpu.py/' | tail -80 | tee "$OUT/megastep_bench.log"
+      JAX_PLATFORMS=cuda timeout ${MEGASTEP_TESTS_S:-200} python3 -m pytest -q -rs -m gpu \
+        tests/pallas_kernels/test_megastep.py 2>&1 | tail -40 > "$OUT/megastep_tests.log"
+      tail -5 "$OUT/megastep_tests.log";;
+    # The whole step and frame of small and base at 256x256, XLA vs per-op kernels vs the mega kernel.
+    megastep_bench) timeout ${BENCH_S:-250} python3 experiments/benchmark_latency.py --sizes=small,base \
+        --resolutions=256x256 --steps=1,2 --impls=xla,mosaic,megastep --iters=200 --out_dir="$OUT" \
+        --label=megastep 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -16;;
   esac
 done

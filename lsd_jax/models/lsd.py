@@ -102,14 +102,35 @@ def init_params(key, cfg: LSDConfig, *, boxed: bool = False) -> dict[str, Any]:
   return params if boxed else nn.meta.unbox(params)
 
 
-def velocity_fn(den: Denoiser, den_params) -> VelocityFn:
-  """u(x, t, d, cond) with cond = {"c", "prompt"[, "hist", "tau"]}, as the objective and sampler expect."""
+def velocity_fn(den: Denoiser, den_params, packed=None) -> VelocityFn:
+  """u(x, t, d, cond) with cond = {"c", "prompt"[, "hist", "tau"]}, as the objective and sampler expect.
 
-  def fn(x, t, d, cond):
+  `packed` (from `with_kernel_params`): the denoiser's weights packed for the whole-step mega
+  kernel; the step then runs as one Mosaic GPU call where `megastep_mgpu.step_supported` says
+  it can (else as `Denoiser.apply`)."""
+
+  def apply(x, t, d, cond):
     return den.apply({"params": den_params}, x, cond["c"], t, d, cond["prompt"],
                      cond.get("hist"), cond.get("tau"))
 
-  return fn
+  if packed is None:
+    return apply
+  from pallas_kernels import megastep_mgpu
+
+  return megastep_mgpu.velocity_fn(den.config, den_params, packed, fallback=apply)
+
+
+def with_kernel_params(cfg: LSDConfig, params):
+  """`params` plus, for `kernel_impl="megastep"` on a Hopper GPU, the denoiser's weights packed
+  for the mega kernel under "megastep" (made once here, not per step). Pass
+  `params.get("megastep")` to `velocity_fn`."""
+  from pallas_kernels import api
+
+  if cfg.kernel_impl != "megastep" or not api.is_hopper() or "megastep" in params:
+    return params
+  from pallas_kernels import megastep_mgpu
+
+  return {**params, "megastep": megastep_mgpu.pack(params["denoiser"])}
 
 
 def encode(ae: Autoencoder, ae_params, frames_NxHxWx3):

@@ -46,6 +46,7 @@ class StreamOptions:
   checkpoint: str | None = None
   steps: int | None = None
   tau_inf: float | None = None  # history noise at inference (None: the model's own)
+  kernel_impl: str | None = None  # pallas_kernels.api implementation (None: the model's own)
   seed: int = 0
   window: bool = False
   vcam: bool = False
@@ -120,7 +121,8 @@ def run(opts: StreamOptions, *, stop: threading.Event | None = None) -> dict[str
   Raises io.SourceError, export.CheckpointError or ValueError with a message for the user.
   """
   schedule = load_schedule(opts.prompt_schedule) if opts.prompt_schedule else []
-  model = engine.StreamModel.load(opts.checkpoint, steps=opts.steps, tau_inf=opts.tau_inf)
+  model = engine.StreamModel.load(opts.checkpoint, steps=opts.steps, tau_inf=opts.tau_inf,
+                                  kernel_impl=opts.kernel_impl)
   logging.info("model: %s", model.info.label)
   session = engine.StreamSession(model, seed=opts.seed, prompt=opts.prompt)
   source = io.open_source(opts.source, height=model.height, width=model.width, seed=opts.seed)

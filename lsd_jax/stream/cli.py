@@ -33,13 +33,17 @@ flags.DEFINE_string("checkpoint", None, "Model folder (default: checkpoints/lsd_
 flags.DEFINE_integer("steps", None, "Shortcut steps per frame (default: the model's).")
 flags.DEFINE_float("tau-inf", None, "History noise level at inference, in [0, 1) (default: the "
                   "model's). Higher follows the input and prompt switches faster but flickers more.")
+flags.DEFINE_enum("kernel-impl", None, ["auto", "xla", "mosaic", "triton", "megastep"],
+                  "Denoiser ops implementation (default: the model's, xla): auto picks Pallas kernels "
+                  "on GPUs; megastep runs each denoiser step as one Mosaic GPU kernel on a Hopper GPU "
+                  "(pallas_kernels/megastep_mgpu.py; elsewhere it acts as auto).")
 flags.DEFINE_integer("seed", 0, "Stream seed (the noise of every frame derives from it).")
 flags.DEFINE_bool("window", False, "Also show a window (needs a display).")
 flags.DEFINE_bool("vcam", False, "Also send to a virtual camera (pip install 'lsd-jax[vcam]').")
 flags.DEFINE_bool("profile", False, "Time encode, denoise and decode separately (three jitted "
                   "pieces instead of one fused step).")
 flags.DEFINE_bool("progress", True, "Show a progress bar for files.")
-for _name in ("prompt-schedule", "transition-frames", "side-by-side", "tau-inf"):
+for _name in ("prompt-schedule", "transition-frames", "side-by-side", "tau-inf", "kernel-impl"):
   flags.DEFINE_alias(_name.replace("-", "_"), _name)
 
 
@@ -56,7 +60,8 @@ def _main(argv) -> int:
       source=FLAGS.source, prompt=FLAGS.prompt, prompt_schedule=FLAGS["prompt-schedule"].value,
       output=FLAGS.output, frames=FLAGS.frames, lossless=FLAGS.lossless,
       side_by_side=FLAGS["side-by-side"].value, stats=FLAGS.stats, checkpoint=FLAGS.checkpoint,
-      steps=FLAGS.steps, tau_inf=FLAGS["tau-inf"].value, seed=FLAGS.seed, window=FLAGS.window, vcam=FLAGS.vcam,
+      steps=FLAGS.steps, tau_inf=FLAGS["tau-inf"].value, kernel_impl=FLAGS["kernel-impl"].value,
+      seed=FLAGS.seed, window=FLAGS.window, vcam=FLAGS.vcam,
       profile=FLAGS.profile, transition_frames=FLAGS["transition-frames"].value,
       progress=FLAGS.progress)
   try:

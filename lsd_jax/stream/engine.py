@@ -30,6 +30,7 @@ import numpy as np
 from lsd_jax.diffusion import sampler
 from lsd_jax.models import export, lsd, sizes
 from lsd_jax.stream import frames as frames_lib
+from pallas_kernels import api
 
 DEFAULT_CHECKPOINT = "checkpoints/lsd_small"  # relative to the repository root
 RANDOM_TINY_LABEL = "random-init tiny (untrained)"
@@ -145,7 +146,7 @@ def make_step_fns(cfg: lsd.LSDConfig) -> StepFns:
   def denoise(params, state: StreamState, c_1xhxwxC, prompt_E):
     index = state.index + 1  # DESIGN.md: frame i+1 uses fold_in(stream_key, i+1)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key_data), index)
-    vel = lsd.velocity_fn(den, params["denoiser"])
+    vel = lsd.velocity_fn(den, params["denoiser"], params.get("megastep"))
     z = sampler.sample_frame(vel, key, c_1xhxwxC, state.ring, prompt_E[None].astype(jnp.float32),
                              tau_inf=cfg.tau_inf, steps=cfg.steps, mode=cfg.history_mode, residual=cfg.residual)
     return StreamState(sampler.push(state.ring, z, c_1xhxwxC), index, state.key_data), z
@@ -167,16 +168,20 @@ class StreamModel:
   """What streams share: config, parameters on device, compiled functions, prompt embeddings."""
 
   def __init__(self, cfg: lsd.LSDConfig, params, info: ModelInfo, *, steps: int | None = None,
-               tau_inf: float | None = None, param_dtype=None, text_encoder=None):
+               tau_inf: float | None = None, param_dtype=None, text_encoder=None,
+               kernel_impl: str | None = None):
     if steps is not None and steps != cfg.steps:
       cfg = dataclasses.replace(cfg, steps=steps)
       info = dataclasses.replace(info, steps=steps)
     if tau_inf is not None:  # history noise at inference (LSDConfig checks its range): higher
       cfg = dataclasses.replace(cfg, tau_inf=float(tau_inf))  # follows input and prompt sooner, flickers more
+    if kernel_impl is not None:  # pallas_kernels.api implementation, e.g. "megastep" on a Hopper GPU
+      api.resolve(kernel_impl)  # validates the name
+      cfg = dataclasses.replace(cfg, kernel_impl=kernel_impl)
     self.cfg, self.info = cfg, info
     if param_dtype is not None:
       params = jax.tree.map(lambda p: jnp.asarray(p, param_dtype), params)
-    self.params = jax.device_put(params)
+    self.params = jax.device_put(lsd.with_kernel_params(cfg, params))
     self.fns = make_step_fns(cfg)
     self._text_encoder = text_encoder
     self._embeddings: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()

@@ -112,6 +112,26 @@ def test_tau_inf_override(model):
     engine.StreamModel(TINY, model.params, model.info, tau_inf=1.0)
 
 
+def test_kernel_impl_override(model):
+  """--kernel-impl: the model runs with that implementation; off a Hopper GPU "megastep" acts as
+  auto (XLA on the CPU), so the stream is the same; an unknown name is refused. The CLI's
+  choices are the api's."""
+  from lsd_jax.stream import cli
+  from pallas_kernels import api
+
+  mega = engine.StreamModel(TINY, model.params, model.info, kernel_impl="megastep",
+                            text_encoder=FakeTextEncoder())
+  assert mega.cfg.kernel_impl == "megastep" and model.cfg.kernel_impl == TINY.kernel_impl
+  if not api.is_hopper():
+    assert "megastep" not in mega.params
+    fs = _frames(3, seed=6)
+    a, b = engine.StreamSession(model, seed=1), engine.StreamSession(mega, seed=1)
+    np.testing.assert_array_equal(np.stack([a(f) for f in fs]), np.stack([b(f) for f in fs]))
+  with pytest.raises(ValueError, match="implementation must be one of"):
+    engine.StreamModel(TINY, model.params, model.info, kernel_impl="cuda")
+  assert tuple(cli.FLAGS["kernel-impl"].parser.enum_values) == api.IMPLEMENTATIONS
+
+
 def test_history_matters(model):
   """Each output depends on the past frames (the ring), not only on the current input."""
   fs = _frames(4, seed=5)
