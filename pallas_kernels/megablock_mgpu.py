@@ -50,7 +50,7 @@ the hopper_matmul warp-specialised pipeline (2 compute warpgroups + a TMA warpgr
 cross-CTA synchronisation that interpret mode cannot check (see NOTES.md, "Mega kernel").
 The whole-step variant (all blocks in one call) needs that same cross-CTA synchronisation
 between blocks (block i+1's K/V of all tokens depend on every CTA's rows of block i), so it is
-not built on this skeleton.
+not built on this skeleton (it is `megastep_mgpu.py`, with GMEM-semaphore synchronisation).
 """
 
 from __future__ import annotations
