@@ -46,6 +46,10 @@ flags.DEFINE_float("peak_tflops", 790.0, "bf16 matmul rate for the FLOP floor (H
 flags.DEFINE_float("hbm_tbps", 3.0, "Device-memory bandwidth for the byte floor, TB/s.")
 flags.DEFINE_string("out_dir", "reports/latency", "Where the table, JSON and plot go.")
 flags.DEFINE_string("label", "default", "Name of this run (e.g. the command-buffer setting).")
+flags.DEFINE_bool("resume", False, "Keep the rows of an earlier run with the same --out_dir and "
+                  "--label and skip the size x resolution x implementation triples it finished (the "
+                  "JSON is written after each), so a grid longer than one device call fills in call "
+                  "by call.")
 flags.DEFINE_string("model", "", "An exported model folder (e.g. a pruned one): time its architecture "
                     "and its own weights at --resolutions instead of --sizes.")
 
@@ -129,8 +133,9 @@ def _want_frame(size: str, res: str, steps: int) -> bool:
   return not FLAGS.frame_only or f"{size}:{res}:{steps}" in FLAGS.frame_only
 
 
-def _bench_one(size: str, res: str, model=None) -> list[dict]:
-  """`model`: (LSDConfig, params) of an exported model, timed with its own weights."""
+def _bench_one(size: str, res: str, model=None, skip=frozenset(), save=None) -> list[dict]:
+  """`model`: (LSDConfig, params) of an exported model, timed with its own weights. Skips the
+  implementations in `skip`; `save(rows)` after each implementation's rows."""
   width, height = (int(v) for v in res.split("x"))
   rows = []
   key = jax.random.key(0)
@@ -149,7 +154,12 @@ def _bench_one(size: str, res: str, model=None) -> list[dict]:
                                                           ring.frames_BxKxHxWxC.shape))
   prompt = x["prompt"]
   ref_step = None
+  if "xla" in skip and any(i not in skip for i in FLAGS.impls):  # resumed: the reference again
+    step, _ = _make_fns(dataclasses.replace(base_cfg, kernel_impl="xla"))
+    ref_step = step({k: v for k, v in params.items() if k != "autoencoder"}, x)
   for impl in FLAGS.impls:
+    if impl in skip:
+      continue
     cfg = dataclasses.replace(base_cfg, kernel_impl=impl)
     step, frame_fn = _make_fns(cfg)
     params = lsd.with_kernel_params(cfg, {k: v for k, v in params.items() if k != "megastep"})
@@ -164,6 +174,7 @@ def _bench_one(size: str, res: str, model=None) -> list[dict]:
     fl = _floors(cfg, 1)
     row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": _impl_name(cfg, impl),
            "what": "step", "steps": 1, **st, "rel_err_vs_xla": err, "compile_s": compile_s,
+           "impl_requested": impl,
            "random_weights": model is None, **fl}
     logging.info("%s", row)
     rows.append(row)
@@ -176,10 +187,17 @@ def _bench_one(size: str, res: str, model=None) -> list[dict]:
       ft = bench.time_fn(frame, params, frame_u8, ring, prompt, fkey, warmup=FLAGS.warmup,
                          iters=FLAGS.iters)
       row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": _impl_name(cfg, impl),
-             "what": "frame", "steps": s, **ft, "random_weights": model is None, **_floors(cfg, s)}
+             "what": "frame", "steps": s, **ft, "random_weights": model is None, **_floors(cfg, s),
+             "impl_requested": impl}
       logging.info("%s", row)
       rows.append(row)
+    if save is not None:
+      save(rows)
   return rows
+
+
+def _tag(rows: list[dict], model) -> list[dict]:
+  return [{**r, "model": FLAGS.model} if model else r for r in rows]
 
 
 def _ratios(rows: list[dict]) -> None:
@@ -247,6 +265,10 @@ def main(argv) -> None:
     api.set_kernel_ops(backend, FLAGS.kernel_ops)
   rows = []
   stem = os.path.join(FLAGS.out_dir, f"latency_{FLAGS.label}")
+  if FLAGS.resume and os.path.exists(stem + ".json"):
+    with open(stem + ".json") as f:
+      rows = json.load(f)["rows"]
+    logging.info("resuming: %d rows from %s.json", len(rows), stem)
   model = None
   if FLAGS.model:
     from lsd_jax.models import export
@@ -254,14 +276,23 @@ def main(argv) -> None:
     cfg, params, _ = export.load(FLAGS.model)
     model = (cfg, params)
     FLAGS.sizes = [cfg.model_size.name]
+
+  def save(all_rows):
+    _ratios(all_rows)
+    with open(stem + ".json", "w") as f:  # after every implementation: a timeout keeps the rest
+      json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                 "xla_flags": os.environ.get("XLA_FLAGS", ""), "kernel_ops": FLAGS.kernel_ops,
+                 "rows": all_rows}, f, indent=1)
+
   for size in FLAGS.sizes:
     for res in FLAGS.resolutions:
-      rows += [{**r, "model": FLAGS.model} if model else r for r in _bench_one(size, res, model)]
-      _ratios(rows)
-      with open(stem + ".json", "w") as f:  # after every configuration: a timeout keeps the rest
-        json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-                   "xla_flags": os.environ.get("XLA_FLAGS", ""), "kernel_ops": FLAGS.kernel_ops,
-                   "rows": rows}, f, indent=1)
+      done = {r.get("impl_requested") for r in rows if r["size"] == size and r["resolution"] == res
+              and r["what"] == "step"}
+      earlier = list(rows)
+      new = _bench_one(size, res, model, skip=frozenset(done),
+                       save=lambda new_rows: save(earlier + _tag(new_rows, model)))
+      rows = earlier + _tag(new, model)
+      save(rows)
   md = _markdown(rows)
   with open(stem + ".md", "w") as f:
     f.write(md)

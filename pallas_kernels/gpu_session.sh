@@ -5,7 +5,7 @@
 # The kernels' benchmark main()s report through absl logging; the stages keep those lines.
 # Stages: tests (the Mosaic kernels' GPU tests; the Triton and mega-kernel ones have their own
 # stages, each a call's worth), kernels, bench_small_base, bench_large, bench_cmdbuf, triton (= triton_tests,
-# triton_kernels), megablock, megastep. Logs and results go to $OUT.
+# triton_kernels), megablock, megastep, megastep_bench, grid. Logs and results go to $OUT.
 export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 for stage in "$@"; do
@@ -56,5 +56,14 @@ for stage in "$@"; do
     megastep_bench) timeout ${BENCH_S:-250} python3 experiments/benchmark_latency.py --sizes=small,base \
         --resolutions=256x256 --steps=1,2 --impls=xla,mosaic,megastep --iters=200 --out_dir="$OUT" \
         --label=megastep 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -16;;
+    # The issue's whole latency grid (small, base, large x 256x256, 512x512, 832x480 x S = 1, 2, 4,
+    # XLA vs the kernel path), longer than one call: it resumes from reports/latency/grid/ (carried
+    # in the tree; copy $OUT's files back there and commit after each call), GRID_S seconds a call.
+    grid) mkdir -p reports/latency/grid
+      timeout ${GRID_S:-540} python3 experiments/benchmark_latency.py --sizes=small,base,large \
+        --resolutions=256x256,512x512,832x480 --steps=1,2,4 --impls=xla,auto --iters=100 \
+        --out_dir=reports/latency/grid --label=grid --resume 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -12
+      cp reports/latency/grid/latency_grid.* "$OUT/";;
+    *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done
