@@ -222,72 +222,84 @@ def _matmul_phase(num_tiles, k_chunks, a_src, w_src, epilogue, *, tn, slots, dty
   )
 
 
-def _attention_phase(qkv_rows, o_rows, *, m, heads, length, d, dtype):
-  """Per head: softmax(Q K^T / 8) V for the CTA's 64 rows; qkv_rows is the CTA's (L, 3D)
-  scratch, o_rows its (64, D) output scratch. K/V are split in blocks of <= 128 keys (the wgmma
-  N that attention_mgpu ran with on the H100); one softmax over all blocks (L <= 256)."""
-  scale_log2 = _LOG2E / math.sqrt(_HEAD_DIM)
+def attention_scratch(length: int, dtype):
+  """SMEM and barriers of `attention_tile` (pass to `pl.run_scoped`): Q, K and V blocks, P, the
+  output stage; keys in blocks of <= 128 (the wgmma N that attention_mgpu ran with)."""
   bkv = 128 if length % 128 == 0 else 64
   nb = length // bkv
+  return (plgpu.SMEM((_TILE_M, _HEAD_DIM), dtype, transforms=mc.TRANSFORMS),
+          plgpu.SMEM((nb, bkv, _HEAD_DIM), dtype, transforms=mc.TRANSFORMS),
+          plgpu.SMEM((nb, bkv, _HEAD_DIM), dtype, transforms=mc.TRANSFORMS),
+          plgpu.SMEM((nb, _TILE_M, bkv), dtype, transforms=mc.TRANSFORMS),
+          plgpu.SMEM((_TILE_M, _HEAD_DIM), dtype, transforms=mc.TRANSFORMS),
+          plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=nb),
+          plgpu.Barrier(num_barriers=nb))
 
-  def body(q_smem, k_smem, v_smem, p_smem, o_smem, q_bar, k_bars, v_bars):
+
+def attention_tile(q_src, k_src, v_src, o_dst, scratch, *, dtype):
+  """softmax(Q K^T / 8) V for one 64-row query tile and one head, single pass (all keys in
+  SMEM, L <= 256): q_src (64, 64) GMEM, k_src(kb) / v_src(kb) the kb-th key block (bkv, 64),
+  o_dst (64, 64) GMEM (stored asynchronously); scratch from `attention_scratch`."""
+  q_smem, k_smem, v_smem, p_smem, o_smem, q_bar, k_bars, v_bars = scratch
+  nb = k_smem.shape[0]
+  bkv = k_smem.shape[1]
+  scale_log2 = _LOG2E / math.sqrt(_HEAD_DIM)
+  plgpu.copy_gmem_to_smem(q_src, q_smem, q_bar.at[0])
+  for kb in range(nb):
+    plgpu.copy_gmem_to_smem(k_src(kb), k_smem.at[kb], k_bars.at[kb])
+    plgpu.copy_gmem_to_smem(v_src(kb), v_smem.at[kb], v_bars.at[kb])
+  plgpu.barrier_wait(q_bar.at[0])
+  s = []
+  for kb in range(nb):
+    plgpu.barrier_wait(k_bars.at[kb])
+
+    def qk(acc_ref, kb=kb):
+      plgpu.wgmma(acc_ref, q_smem, k_smem.at[kb].T)
+      plgpu.wgmma_wait(0)
+      return acc_ref[...]
+
+    s.append(pl.run_scoped(qk, plgpu.ACC((_TILE_M, bkv), jnp.float32)) * scale_log2)
+  mx = s[0].max(axis=1)
+  for sb in s[1:]:
+    mx = jnp.maximum(mx, sb.max(axis=1))
+  l_i = None
+  for kb, sb in enumerate(s):
+    p = jnp.exp2(sb - lax.broadcast_in_dim(mx, sb.shape, [0]))
+    l_i = p.sum(axis=1) if l_i is None else l_i + p.sum(axis=1)
+    p_smem[kb] = p.astype(dtype)
+  plgpu.commit_smem()
+
+  def pv(acc_ref):
+    for kb in range(nb):
+      plgpu.barrier_wait(v_bars.at[kb])
+      plgpu.wgmma(acc_ref, p_smem.at[kb], v_smem.at[kb])
+    plgpu.wgmma_wait(0)
+    return acc_ref[...]
+
+  o = pl.run_scoped(pv, plgpu.ACC((_TILE_M, _HEAD_DIM), jnp.float32))
+  o = o / lax.broadcast_in_dim(l_i, o.shape, [0])
+  _store_async(o_smem, o_dst, o)
+
+
+def _attention_phase(qkv_rows, o_rows, *, m, heads, length, d, dtype):
+  """Per head: softmax(Q K^T / 8) V for the CTA's 64 rows; qkv_rows is the CTA's (L, 3D)
+  scratch, o_rows its (64, D) output scratch."""
+  bkv = 128 if length % 128 == 0 else 64
+
+  def body(*scratch):
     def head(h, carry):
       col = h * _HEAD_DIM
-      plgpu.copy_gmem_to_smem(qkv_rows.at[pl.ds(m * _TILE_M, _TILE_M), pl.ds(col, _HEAD_DIM)],
-                              q_smem, q_bar.at[0])
-      for kb in range(nb):
-        keys = pl.ds(kb * bkv, bkv)
-        plgpu.copy_gmem_to_smem(qkv_rows.at[keys, pl.ds(d + col, _HEAD_DIM)], k_smem.at[kb],
-                                k_bars.at[kb])
-        plgpu.copy_gmem_to_smem(qkv_rows.at[keys, pl.ds(2 * d + col, _HEAD_DIM)],
-                                v_smem.at[kb], v_bars.at[kb])
-      plgpu.barrier_wait(q_bar.at[0])
-      s = []
-      for kb in range(nb):
-        plgpu.barrier_wait(k_bars.at[kb])
-
-        def qk(acc_ref, kb=kb):
-          plgpu.wgmma(acc_ref, q_smem, k_smem.at[kb].T)
-          plgpu.wgmma_wait(0)
-          return acc_ref[...]
-
-        s.append(pl.run_scoped(qk, plgpu.ACC((_TILE_M, bkv), jnp.float32)) * scale_log2)
-      mx = s[0].max(axis=1)
-      for sb in s[1:]:
-        mx = jnp.maximum(mx, sb.max(axis=1))
-      l_i = None
-      for kb, sb in enumerate(s):
-        p = jnp.exp2(sb - lax.broadcast_in_dim(mx, sb.shape, [0]))
-        l_i = p.sum(axis=1) if l_i is None else l_i + p.sum(axis=1)
-        p_smem[kb] = p.astype(dtype)
-      plgpu.commit_smem()
-
-      def pv(acc_ref):
-        for kb in range(nb):
-          plgpu.barrier_wait(v_bars.at[kb])
-          plgpu.wgmma(acc_ref, p_smem.at[kb], v_smem.at[kb])
-        plgpu.wgmma_wait(0)
-        return acc_ref[...]
-
-      o = pl.run_scoped(pv, plgpu.ACC((_TILE_M, _HEAD_DIM), jnp.float32))
-      o = o / lax.broadcast_in_dim(l_i, o.shape, [0])
-      _store_async(o_smem, o_rows.at[:, pl.ds(col, _HEAD_DIM)], o)
+      keys = lambda kb: pl.ds(kb * bkv, bkv)  # noqa: E731
+      attention_tile(qkv_rows.at[pl.ds(m * _TILE_M, _TILE_M), pl.ds(col, _HEAD_DIM)],
+                     lambda kb: qkv_rows.at[keys(kb), pl.ds(d + col, _HEAD_DIM)],
+                     lambda kb: qkv_rows.at[keys(kb), pl.ds(2 * d + col, _HEAD_DIM)],
+                     o_rows.at[:, pl.ds(col, _HEAD_DIM)], scratch, dtype=dtype)
       return carry
 
     lax.fori_loop(0, heads, head, None)
     plgpu.wait_smem_to_gmem(0)
 
-  pl.run_scoped(
-      body,
-      plgpu.SMEM((_TILE_M, _HEAD_DIM), dtype, transforms=mc.TRANSFORMS),
-      plgpu.SMEM((nb, bkv, _HEAD_DIM), dtype, transforms=mc.TRANSFORMS),
-      plgpu.SMEM((nb, bkv, _HEAD_DIM), dtype, transforms=mc.TRANSFORMS),
-      plgpu.SMEM((nb, _TILE_M, bkv), dtype, transforms=mc.TRANSFORMS),
-      plgpu.SMEM((_TILE_M, _HEAD_DIM), dtype, transforms=mc.TRANSFORMS),
-      plgpu.Barrier(num_barriers=1),
-      plgpu.Barrier(num_barriers=nb),
-      plgpu.Barrier(num_barriers=nb),
-  )
+  pl.run_scoped(body, *attention_scratch(length, dtype))
 
 
 def _build(batch, length, d, f, heads, dtype, config: TuningConfig, last_phase: str):

@@ -398,72 +398,27 @@ def _matmul_phase(num_tiles, n_cols, k_chunks, a_src, w_src, vec_srcs, res_src, 
 
 def _attention_phase(qkv, o, *, shape: _Shape, cta, ctas, dtype, sync=None):
   """Items (row tile, head): softmax(Q K^T / 8) V with Q the tile's 64 rows and K, V all L rows
-  of its frame; single pass (L <= 256), K/V in blocks of <= 128 keys (the wgmma N)."""
+  of its frame (`megablock_mgpu.attention_tile`: single pass, L <= 256)."""
   length, d, heads = shape.length, shape.d, shape.heads
-  scale_log2 = math.log2(math.e) / math.sqrt(_HEAD_DIM)
   bkv = 128 if length % 128 == 0 else 64
-  nb = length // bkv
   per_frame = length // _TILE_M
 
-  def body(q_smem, k_smem, v_smem, p_smem, o_smem, q_bar, k_bars, v_bars):
+  def body(*scratch):
     def item(j, t):
       rt, h = lax.div(t, heads), lax.rem(t, heads)
       frame0 = lax.div(rt, per_frame) * length
       col = h * _HEAD_DIM
-      plgpu.copy_gmem_to_smem(qkv.at[pl.ds(rt * _TILE_M, _TILE_M), pl.ds(col, _HEAD_DIM)],
-                              q_smem, q_bar.at[0])
-      for kb in range(nb):
-        keys = pl.ds(frame0 + kb * bkv, bkv)
-        plgpu.copy_gmem_to_smem(qkv.at[keys, pl.ds(d + col, _HEAD_DIM)], k_smem.at[kb],
-                                k_bars.at[kb])
-        plgpu.copy_gmem_to_smem(qkv.at[keys, pl.ds(2 * d + col, _HEAD_DIM)], v_smem.at[kb],
-                                v_bars.at[kb])
-      plgpu.barrier_wait(q_bar.at[0])
-      s = []
-      for kb in range(nb):
-        plgpu.barrier_wait(k_bars.at[kb])
-
-        def qk(acc_ref, kb=kb):
-          plgpu.wgmma(acc_ref, q_smem, k_smem.at[kb].T)
-          plgpu.wgmma_wait(0)
-          return acc_ref[...]
-
-        s.append(pl.run_scoped(qk, plgpu.ACC((_TILE_M, bkv), jnp.float32)) * scale_log2)
-      mx = s[0].max(axis=1)
-      for sb in s[1:]:
-        mx = jnp.maximum(mx, sb.max(axis=1))
-      l_i = None
-      for kb, sb in enumerate(s):
-        p = jnp.exp2(sb - lax.broadcast_in_dim(mx, sb.shape, [0]))
-        l_i = p.sum(axis=1) if l_i is None else l_i + p.sum(axis=1)
-        p_smem[kb] = p.astype(dtype)
-      plgpu.commit_smem()
-
-      def pv(acc_ref):
-        for kb in range(nb):
-          plgpu.barrier_wait(v_bars.at[kb])
-          plgpu.wgmma(acc_ref, p_smem.at[kb], v_smem.at[kb])
-        plgpu.wgmma_wait(0)
-        return acc_ref[...]
-
-      out = pl.run_scoped(pv, plgpu.ACC((_TILE_M, _HEAD_DIM), jnp.float32))
-      out = out / lax.broadcast_in_dim(l_i, out.shape, [0])
-      mb._store_async(o_smem, o.at[pl.ds(rt * _TILE_M, _TILE_M), pl.ds(col, _HEAD_DIM)], out)
+      keys = lambda kb: pl.ds(frame0 + kb * bkv, bkv)  # noqa: E731
+      mb.attention_tile(qkv.at[pl.ds(rt * _TILE_M, _TILE_M), pl.ds(col, _HEAD_DIM)],
+                        lambda kb: qkv.at[keys(kb), pl.ds(d + col, _HEAD_DIM)],
+                        lambda kb: qkv.at[keys(kb), pl.ds(2 * d + col, _HEAD_DIM)],
+                        o.at[pl.ds(rt * _TILE_M, _TILE_M), pl.ds(col, _HEAD_DIM)], scratch,
+                        dtype=dtype)
 
     _tile_loop(shape.row_tiles * heads, cta, ctas, item, sync)
     plgpu.wait_smem_to_gmem(0)
 
-  pl.run_scoped(
-      body,
-      plgpu.SMEM((_TILE_M, _HEAD_DIM), dtype, transforms=mc.TRANSFORMS),
-      plgpu.SMEM((nb, bkv, _HEAD_DIM), dtype, transforms=mc.TRANSFORMS),
-      plgpu.SMEM((nb, bkv, _HEAD_DIM), dtype, transforms=mc.TRANSFORMS),
-      plgpu.SMEM((nb, _TILE_M, bkv), dtype, transforms=mc.TRANSFORMS),
-      plgpu.SMEM((_TILE_M, _HEAD_DIM), dtype, transforms=mc.TRANSFORMS),
-      plgpu.Barrier(num_barriers=1),
-      plgpu.Barrier(num_barriers=nb),
-      plgpu.Barrier(num_barriers=nb),
-  )
+  pl.run_scoped(body, *mb.attention_scratch(length, dtype))
 
 
 # ----------------------------------------------------------------------------- phases
