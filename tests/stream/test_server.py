@@ -144,3 +144,17 @@ def test_loopback_detection():
   assert server.is_loopback("127.0.0.1") and server.is_loopback("::1")
   assert server.is_loopback("localhost") and server.is_loopback("127.1.2.3")
   assert not server.is_loopback("0.0.0.0") and not server.is_loopback("192.168.1.4")
+
+
+def test_serve_cli_flags():
+  """lsd-serve takes the same model overrides as lsd-stream, and refuses bad values before it
+  loads anything."""
+  import subprocess
+  import sys
+
+  for bad, says in (("--kernel_impl=cuda", "kernel_impl"), ("--tau_inf=1.5", "tau_inf must be in")):
+    proc = subprocess.run([sys.executable, "-m", "lsd_jax.stream.serve_cli", bad, "--port=1"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode != 0 and says in proc.stderr + proc.stdout, (bad, proc.stderr[-500:])
+    assert "Traceback" not in proc.stderr  # a message, not a crash
