@@ -120,13 +120,7 @@ def _impl_name(cfg: lsd.LSDConfig, impl: str) -> str:
   shape on this device, else the per-op backend it falls back to (e.g. "megastep->mosaic")."""
   if impl != "megastep":
     return api.resolve(impl)
-  from pallas_kernels import megastep_mgpu
-
-  ae, den = lsd.build(cfg)
-  s = cfg.model_size.denoiser
-  tokens = (cfg.latent_shape[0] // s.patch) * (cfg.latent_shape[1] // s.patch)
-  ok = api.is_hopper() and megastep_mgpu.step_supported(den.config, tokens) is None
-  return "megastep" if ok else f"megastep->{api.resolve(impl)}"
+  return "megastep" if lsd.megastep_unsupported(cfg) is None else f"megastep->{api.resolve(impl)}"
 
 
 def _want_frame(size: str, res: str, steps: int) -> bool:

@@ -120,13 +120,32 @@ def velocity_fn(den: Denoiser, den_params, packed=None) -> VelocityFn:
   return megastep_mgpu.velocity_fn(den.config, den_params, packed, fallback=apply)
 
 
-def with_kernel_params(cfg: LSDConfig, params):
-  """`params` plus, for `kernel_impl="megastep"` on a Hopper GPU, the denoiser's weights packed
-  for the mega kernel under "megastep" (made once here, not per step). Pass
-  `params.get("megastep")` to `velocity_fn`."""
-  from pallas_kernels import api
+def megastep_unsupported(cfg: LSDConfig) -> str | None:
+  """Why the whole-step mega kernel cannot run this config here (None: it can): the model's
+  shape (history mode, pruned blocks, tokens per frame, widths) first, then the device."""
+  from pallas_kernels import api, megastep_mgpu
 
-  if cfg.kernel_impl != "megastep" or not api.is_hopper() or "megastep" in params:
+  s = cfg.model_size.denoiser
+  h, w, _ = cfg.latent_shape
+  _, den = build(cfg)
+  why = megastep_mgpu.step_supported(den.config, (h // s.patch) * (w // s.patch))
+  if why is None and not api.is_hopper():
+    why = f"needs a Hopper GPU, have {jax.devices()[0].device_kind}"
+  return why
+
+
+def with_kernel_params(cfg: LSDConfig, params):
+  """`params` plus, for `kernel_impl="megastep"` where the mega kernel can run this config
+  (`megastep_unsupported`), the denoiser's weights packed for it under "megastep" (made once
+  here, not per step). Pass `params.get("megastep")` to `velocity_fn`. Elsewhere `params` as
+  they are (the step then runs per op, as "auto"), logged once."""
+  if cfg.kernel_impl != "megastep" or "megastep" in params:
+    return params
+  why = megastep_unsupported(cfg)
+  if why is not None:
+    from pallas_kernels import api
+
+    api.warn_fallback_once("megastep", why)
     return params
   from pallas_kernels import megastep_mgpu
 

@@ -160,14 +160,22 @@ def test_velocity_fn_falls_back(interpret):
   np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))  # the fallback is the Flax path
 
 
-def test_with_kernel_params_off_hopper():
-  """Packing happens only for kernel_impl="megastep" on a Hopper GPU; elsewhere the params are
-  returned as they are (and `velocity_fn` gets no packed weights)."""
+def test_with_kernel_params_only_where_it_runs():
+  """Packing happens only for kernel_impl="megastep" where the kernel supports the config on a
+  Hopper GPU; elsewhere the params are returned as they are (and `velocity_fn` gets no packed
+  weights), with the reason: the model's shape first, then the device."""
   from lsd_jax.models import lsd
   from pallas_kernels import api
 
-  cfg = lsd.LSDConfig(size="tiny", height=64, width=64, kernel_impl="megastep")
+  small = lsd.LSDConfig(size="small", kernel_impl="megastep")
+  assert "attention" in lsd.megastep_unsupported(
+      lsd.LSDConfig(size="small", history_mode="attention", kernel_impl="megastep"))
+  assert "tokens" in lsd.megastep_unsupported(lsd.LSDConfig(size="small", height=480, width=832))
+  assert "pruned" in lsd.megastep_unsupported(
+      lsd.LSDConfig(size="small", block_heads=(6, 3, 6, 6, 6, 6)))
+  assert "head dim" in lsd.megastep_unsupported(lsd.LSDConfig(size="tiny"))
   params = {"denoiser": {}, "autoencoder": {}}
-  assert api.resolve("megastep") in api.IMPLEMENTATIONS
+  assert lsd.with_kernel_params(lsd.LSDConfig(size="small"), params) is params  # not asked for
   if not api.is_hopper():
-    assert lsd.with_kernel_params(cfg, params) is params
+    assert "Hopper" in lsd.megastep_unsupported(small)
+    assert lsd.with_kernel_params(small, params) is params
