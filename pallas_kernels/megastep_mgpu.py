@@ -145,11 +145,7 @@ DEFAULT_CONFIG = TuningConfig()
 
 
 def supports(length: int, d: int, f: int, heads: int, config: TuningConfig = DEFAULT_CONFIG):
-  try:
-    config.check(length, d, f, heads)
-  except ValueError:
-    return False
-  return True
+  return mb.supports(length, d, f, heads, config)  # same check signature: config.check(...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,30 +168,6 @@ class _Shape:
 
 
 # ----------------------------------------------------------------------------- tiling
-
-
-class _Ring:
-  """`slots`-deep ring of SMEM buffers filled by TMA from `src(i)` for chunks i < `count`
-  (`count` may be traced: how many chunks this CTA streams in the phase)."""
-
-  def __init__(self, src, smem, barriers, count):
-    self.src, self.smem, self.barriers, self.count = src, smem, barriers, count
-    self.slots = smem.shape[0]
-
-  def fetch(self, i):
-    @pl.when(i < self.count)
-    def _():
-      s = lax.rem(jnp.int32(i), jnp.int32(self.slots))
-      plgpu.copy_gmem_to_smem(self.src(i), self.smem.at[s], self.barriers.at[s])
-
-  def prologue(self, start=0):
-    for i in range(self.slots):
-      self.fetch(start + i)
-
-  def wait(self, i):
-    s = lax.rem(jnp.int32(i), jnp.int32(self.slots))
-    plgpu.barrier_wait(self.barriers.at[s])
-    return self.smem.at[s]
 
 
 def _my_tiles(num_tiles, cta, ctas):
@@ -228,10 +200,10 @@ def _tile_loop(num_tiles, cta, ctas, body, sync=None, pre=None):
     return carry
 
   lax.fori_loop(0, bound, step, None)
-  return count
 
 
-def _matmul_chain(acc_ref, k_chunks, j, a_chunk, w_ring: _Ring, a_ring: _Ring | None = None):
+def _matmul_chain(acc_ref, k_chunks, j, a_chunk, w_ring: mc.WeightStream,
+                  a_ring: mc.WeightStream | None = None):
   """acc += sum_kc A_kc @ W_kc for the CTA's j-th tile, chunks streamed by the rings (global
   chunk index j * k_chunks + kc; A resident in SMEM as `a_chunk(kc)` when `a_ring` is None).
   One wgmma stays in flight: after issuing chunk i, wait for chunk i - 1 and refill its slots."""
@@ -267,8 +239,8 @@ def _ln_matmul_phase(num_tiles, n_cols, x_rows, mod_src, w_src, bias_src, epilog
   tile_of = lambda i: cta + lax.div(i, kd) * ctas  # noqa: E731  (global chunk -> tile)
 
   def body(a_buf, mod_buf, bias_buf, w_ring, stage, a_bars, vec_bars, w_bars):
-    ring = _Ring(lambda i: w_src(lax.rem(tile_of(i), n_cols), lax.rem(i, kd)), w_ring, w_bars,
-                 count * kd)
+    ring = mc.WeightStream(lambda i: w_src(lax.rem(tile_of(i), n_cols), lax.rem(i, kd)), w_ring,
+                           w_bars, count * kd)
     ring.prologue()
 
     def pre(j, t):
@@ -349,10 +321,10 @@ def _matmul_phase(num_tiles, n_cols, k_chunks, a_src, w_src, vec_srcs, res_src, 
   n_vec = len(vec_srcs(0, 0))
 
   def body(a_ring, w_ring, vecs, stage, res, a_bars, w_bars, vec_bars, res_bar):
-    ra = _Ring(lambda i: a_src(lax.div(tile_of(i), n_cols), lax.rem(i, k_chunks)), a_ring,
-               a_bars, count * k_chunks)
-    rw = _Ring(lambda i: w_src(lax.rem(tile_of(i), n_cols), lax.rem(i, k_chunks)), w_ring,
-               w_bars, count * k_chunks)
+    ra = mc.WeightStream(lambda i: a_src(lax.div(tile_of(i), n_cols), lax.rem(i, k_chunks)),
+                         a_ring, a_bars, count * k_chunks)
+    rw = mc.WeightStream(lambda i: w_src(lax.rem(tile_of(i), n_cols), lax.rem(i, k_chunks)),
+                         w_ring, w_bars, count * k_chunks)
     rw.prologue()
 
     def pre(j, t):
@@ -362,7 +334,7 @@ def _matmul_phase(num_tiles, n_cols, k_chunks, a_src, w_src, vec_srcs, res_src, 
 
     def tile(j, t):
       rt, ct = lax.div(t, n_cols), lax.rem(t, n_cols)
-      ra.count = (j + 1) * k_chunks  # this tile's chunks only
+      ra.num_chunks = (j + 1) * k_chunks  # this tile's chunks only
       ra.prologue(j * k_chunks)
       plgpu.copy_gmem_to_smem(res_src(rt, ct), res, res_bar.at[0])
 

@@ -27,11 +27,13 @@ def pad_rows(x_BxLxD, length: int):
 
 
 class WeightStream:
-  """Ring of `slots` shared-memory buffers that TMA fills with 64-row chunks of a weight slab.
+  """Ring of `slots` shared-memory buffers that TMA fills with 64-row chunks of an operand
+  (a weight slab, or an activation streamed the same way).
 
   `fetch(i)` starts chunk i into slot i % slots; `wait(i)` blocks until it landed; after the
-  wgmma that read chunk i has retired, `fetch(i + slots)` may reuse the slot. `i` may be a
-  Python int or a traced int32 (inside `fori_loop`); chunks past the end are skipped.
+  wgmma that read chunk i has retired, `fetch(i + slots)` may reuse the slot. `i` and
+  `num_chunks` may be Python ints or traced int32s (inside `fori_loop`, or a per-CTA count);
+  chunks at or past `num_chunks` are skipped.
   """
 
   def __init__(self, w_gmem_chunk_fn, smem, barriers, num_chunks: int):
@@ -48,15 +50,19 @@ class WeightStream:
       s = self._slot(i)
       plgpu.copy_gmem_to_smem(self.src(i), self.smem.at[s], self.barriers.at[s])
 
-    if isinstance(i, int):
+    if isinstance(i, int) and isinstance(self.num_chunks, int):
       if i < self.num_chunks:
         go()
     else:
       pl.when(i < self.num_chunks)(go)
 
-  def prologue(self):
-    for i in range(min(self.slots, self.num_chunks)):
-      self.fetch(i)
+  def prologue(self, start=0):
+    """Fills every slot from chunk `start` on (as far as there are chunks)."""
+    n = self.slots
+    if isinstance(start, int) and isinstance(self.num_chunks, int):
+      n = min(n, self.num_chunks - start)
+    for i in range(n):
+      self.fetch(start + i)
 
   def wait(self, i):
     s = self._slot(i)

@@ -17,6 +17,7 @@ from lsd_jax.diffusion.shortcut import VelocityFn
 from lsd_jax.models import sizes
 from lsd_jax.models.autoencoder import Autoencoder
 from lsd_jax.models.denoiser import Denoiser, DenoiserConfig
+from pallas_kernels import api
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,7 @@ class LSDConfig:
       raise ValueError(f"tau_inf must be in [0, 1), got {self.tau_inf}")
     if self.steps < 1:
       raise ValueError(f"steps must be >= 1, got {self.steps}")
+    api.resolve(self.kernel_impl)  # an unknown implementation fails here, with the known ones
 
   @property
   def model_size(self) -> sizes.ModelSize:
@@ -123,7 +125,7 @@ def velocity_fn(den: Denoiser, den_params, packed=None) -> VelocityFn:
 def megastep_unsupported(cfg: LSDConfig) -> str | None:
   """Why the whole-step mega kernel cannot run this config here (None: it can): the model's
   shape (history mode, pruned blocks, tokens per frame, widths) first, then the device."""
-  from pallas_kernels import api, megastep_mgpu
+  from pallas_kernels import megastep_mgpu
 
   s = cfg.model_size.denoiser
   h, w, _ = cfg.latent_shape
@@ -143,8 +145,6 @@ def with_kernel_params(cfg: LSDConfig, params):
     return params
   why = megastep_unsupported(cfg)
   if why is not None:
-    from pallas_kernels import api
-
     api.warn_fallback_once("megastep", why)
     return params
   from pallas_kernels import megastep_mgpu

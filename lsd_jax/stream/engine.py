@@ -30,7 +30,6 @@ import numpy as np
 from lsd_jax.diffusion import sampler
 from lsd_jax.models import export, lsd, sizes
 from lsd_jax.stream import frames as frames_lib
-from pallas_kernels import api
 
 DEFAULT_CHECKPOINT = "checkpoints/lsd_small"  # relative to the repository root
 RANDOM_TINY_LABEL = "random-init tiny (untrained)"
@@ -175,8 +174,7 @@ class StreamModel:
       info = dataclasses.replace(info, steps=steps)
     if tau_inf is not None:  # history noise at inference (LSDConfig checks its range): higher
       cfg = dataclasses.replace(cfg, tau_inf=float(tau_inf))  # follows input and prompt sooner, flickers more
-    if kernel_impl is not None:  # pallas_kernels.api implementation, e.g. "megastep" on a Hopper GPU
-      api.resolve(kernel_impl)  # validates the name
+    if kernel_impl is not None:  # pallas_kernels.api implementation (LSDConfig checks the name)
       cfg = dataclasses.replace(cfg, kernel_impl=kernel_impl)
     self.cfg, self.info = cfg, info
     if param_dtype is not None:
