@@ -18,6 +18,7 @@ processes, e.g. with XLA_FLAGS=--xla_gpu_enable_command_buffer= for "off"):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -135,7 +136,8 @@ def _bench_one(size: str, res: str, model=None, skip=frozenset(), save=None) -> 
   key = jax.random.key(0)
   if model is None:
     base_cfg = lsd.LSDConfig(size=size, height=height, width=width)
-    params = _random_params(jax.random.fold_in(key, 1), lsd.init_params(key, base_cfg))
+    shapes = jax.eval_shape(functools.partial(lsd.init_params, cfg=base_cfg), key)  # no init run
+    params = _random_params(jax.random.fold_in(key, 1), shapes)
   else:
     base_cfg = dataclasses.replace(model[0], height=height, width=width, kernel_impl="xla")
     params = jax.tree.map(lambda p: jnp.asarray(p, jnp.bfloat16), model[1])

@@ -59,7 +59,10 @@ for stage in "$@"; do
     # The whole latency grid (small, base, large x 256x256, 512x512, 832x480 x S = 1, 2, 4,
     # XLA vs the kernel path), longer than one call: it resumes from reports/latency/grid/ (carried
     # in the tree; copy $OUT's files back there and commit after each call), GRID_S seconds a call.
+    # A persistent compilation cache in /tmp (kept on a warm machine between calls) makes the
+    # resumed run's XLA reference, and a cell cut off by the time-out, cheap to compile again.
     grid) mkdir -p reports/latency/grid
+      export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
       timeout ${GRID_S:-540} python3 experiments/benchmark_latency.py --sizes=small,base,large \
         --resolutions=256x256,512x512,832x480 --steps=1,2,4 --impls=xla,auto --iters=100 \
         --out_dir=reports/latency/grid --label=grid --resume 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -12
