@@ -131,6 +131,8 @@ def _want_frame(size: str, res: str, steps: int) -> bool:
 def _bench_one(size: str, res: str, model=None, skip=frozenset(), save=None) -> list[dict]:
   """`model`: (LSDConfig, params) of an exported model, timed with its own weights. Skips the
   implementations in `skip`; `save(rows)` after each implementation's rows."""
+  if all(impl in skip for impl in FLAGS.impls):  # resumed and finished: nothing to build
+    return []
   width, height = (int(v) for v in res.split("x"))
   rows = []
   key = jax.random.key(0)
@@ -206,14 +208,25 @@ def _ratios(rows: list[dict]) -> None:
       r["xla_over_kernel_p50"] = ref["p50_ms"] / r["p50_ms"]
 
 
-def _markdown(rows: list[dict]) -> str:
+def _run_info() -> dict:
+  """What a run's numbers depend on besides its rows; stored in the JSON beside them."""
   dev = jax.devices()[0]
-  head = (f"Device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, label {FLAGS.label!r}, "
-          f"kernel ops {','.join(FLAGS.kernel_ops)}, "
-          f"{FLAGS.iters} timed calls each, random weights (all sizes).\n\n")
+  return {"device": dev.device_kind, "platform": dev.platform, "jax": jax.__version__,
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "kernel_ops": list(FLAGS.kernel_ops),
+          "iters": FLAGS.iters}
+
+
+def _markdown(rows: list[dict], info: dict) -> str:
+  """The table, its header from `info` (the run that measured the rows, not this process)."""
+  weights = ("random weights (all sizes)" if all(r.get("random_weights", True) for r in rows)
+             else "the model's own weights")
+  head = (f"Device: {info['device']} ({info.get('platform', '?')}), jax {info['jax']}, "
+          f"XLA_FLAGS={info['xla_flags']!r}, label {FLAGS.label!r}, "
+          f"kernel ops {','.join(info['kernel_ops'])}, "
+          f"{info.get('iters', '?')} timed calls each, {weights}. "
+          "x floor: p50 over the larger of the two floors (1.0 = at the roofline).\n\n")
   lines = ["| size | WxH | tokens | what | S | impl | p50 ms | p99 ms | FLOP floor ms | "
-           "byte floor ms | XLA/kernel p50 | rel err vs XLA |", "|" + "---|" * 12]
+           "byte floor ms | x floor | XLA/kernel p50 | rel err vs XLA |", "|" + "---|" * 13]
   for r in rows:
     floor_f = r["step_flop_floor_ms"] if r["what"] == "step" else r["frame_flop_floor_ms"]
     floor_b = r["step_byte_floor_ms"] if r["what"] == "step" else r["frame_byte_floor_ms"]
@@ -221,11 +234,12 @@ def _markdown(rows: list[dict]) -> str:
     err = f"{r['rel_err_vs_xla']:.1e}" if "rel_err_vs_xla" in r else ""
     lines.append(f"| {r['size']} | {r['resolution']} | {r['tokens']} | {r['what']} | "
                  f"{r['steps']} | {r['impl']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-                 f"{floor_f:.3f} | {floor_b:.3f} | {ratio} | {err} |")
+                 f"{floor_f:.3f} | {floor_b:.3f} | {r['p50_ms'] / max(floor_f, floor_b):.1f} | "
+                 f"{ratio} | {err} |")
   return head + "\n".join(lines) + "\n"
 
 
-def _plot(rows: list[dict], path: str) -> None:
+def _plot(rows: list[dict], path: str, device: str) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
@@ -241,17 +255,24 @@ def _plot(rows: list[dict], path: str) -> None:
     vals = [next((r["p50_ms"] for r in steps_rows if (r["size"], r["resolution"]) == n
                   and r["impl"] == impl), np.nan) for n in names]
     ax.bar(np.arange(len(names)) + j * width, vals, width, label=f"{impl} p50")
-  floors = [next(r["step_flop_floor_ms"] for r in steps_rows if (r["size"], r["resolution"]) == n)
-            for n in names]
-  ax.bar(np.arange(len(names)) + len(impls) * width, floors, width, label="FLOP floor")
+  floors = [next(max(r["step_flop_floor_ms"], r["step_byte_floor_ms"]) for r in steps_rows
+                 if (r["size"], r["resolution"]) == n) for n in names]
+  ax.bar(np.arange(len(names)) + len(impls) * width, floors, width,
+         label="floor (FLOPs or bytes, the larger)")
   ax.set_xticks(np.arange(len(names)) + width * len(impls) / 2)
   ax.set_xticklabels([f"{s}\n{r}" for s, r in names])
   ax.set_yscale("log")
   ax.set_ylabel("ms per denoiser step (one frame)")
-  ax.set_title(f"LSD denoiser step latency, {jax.devices()[0].device_kind}, {FLAGS.label}")
+  ax.set_title(f"LSD denoiser step latency, {device}, {FLAGS.label}")
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+
+
+def _done(rows: list[dict], size: str, res: str) -> set[str]:
+  """The implementations whose rows for (size, res) a resumed run already has."""
+  return {r.get("impl_requested") for r in rows if r["size"] == size and r["resolution"] == res
+          and r["what"] == "step"}
 
 
 def main(argv) -> None:
@@ -260,11 +281,8 @@ def main(argv) -> None:
   for backend in ("mosaic", "triton"):
     api.set_kernel_ops(backend, FLAGS.kernel_ops)
   rows = []
+  info = _run_info()
   stem = os.path.join(FLAGS.out_dir, f"latency_{FLAGS.label}")
-  if FLAGS.resume and os.path.exists(stem + ".json"):
-    with open(stem + ".json") as f:
-      rows = json.load(f)["rows"]
-    logging.info("resuming: %d rows from %s.json", len(rows), stem)
   model = None
   if FLAGS.model:
     from lsd_jax.models import export
@@ -272,27 +290,37 @@ def main(argv) -> None:
     cfg, params, _ = export.load(FLAGS.model)
     model = (cfg, params)
     FLAGS.sizes = [cfg.model_size.name]
+  if FLAGS.resume and os.path.exists(stem + ".json"):
+    with open(stem + ".json") as f:
+      earlier_run = json.load(f)
+    rows = earlier_run.pop("rows")
+    logging.info("resuming: %d rows from %s.json", len(rows), stem)
+    left = [(size, res) for size in FLAGS.sizes for res in FLAGS.resolutions
+            if set(FLAGS.impls) - _done(rows, size, res)]
+    changed = {k: (earlier_run[k], info[k]) for k in ("device", "xla_flags", "kernel_ops", "iters")
+               if k in earlier_run and earlier_run[k] != info[k]}
+    if left and changed:  # one table, one set of conditions
+      raise app.UsageError(f"--resume: {stem}.json was measured with {changed} (earlier, now); "
+                           "finish it under the same conditions or use another --label")
+    # Nothing left to run: only re-render, with the header of the run that measured the rows.
+    info = {**info, **earlier_run} if left else earlier_run
 
   def save(all_rows):
     _ratios(all_rows)
     with open(stem + ".json", "w") as f:  # after every implementation: a timeout keeps the rest
-      json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-                 "xla_flags": os.environ.get("XLA_FLAGS", ""), "kernel_ops": FLAGS.kernel_ops,
-                 "rows": all_rows}, f, indent=1)
+      json.dump({**info, "rows": all_rows}, f, indent=1)
 
   for size in FLAGS.sizes:
     for res in FLAGS.resolutions:
-      done = {r.get("impl_requested") for r in rows if r["size"] == size and r["resolution"] == res
-              and r["what"] == "step"}
       earlier = list(rows)
-      new = _bench_one(size, res, model, skip=frozenset(done),
+      new = _bench_one(size, res, model, skip=frozenset(_done(rows, size, res)),
                        save=lambda new_rows: save(earlier + _tag(new_rows, model)))
       rows = earlier + _tag(new, model)
       save(rows)
-  md = _markdown(rows)
+  md = _markdown(rows, info)
   with open(stem + ".md", "w") as f:
     f.write(md)
-  _plot(rows, stem + ".png")
+  _plot(rows, stem + ".png", info["device"])
   print(md)
 
 

@@ -32,3 +32,34 @@ def test_resume_fills_in(tmp_path):
   assert mega[0]["impl"] == "megastep->xla"  # on the CPU the mega kernel falls back, and says so
   assert mega[0]["rel_err_vs_xla"] == 0.0  # against the XLA step recomputed in the second run
   assert (tmp_path / "latency_t.md").exists() and (tmp_path / "latency_t.png").exists()
+
+
+def _measured_elsewhere(out_dir):
+  """A finished one-cell run as an H100 wrote it (rows as benchmark_latency records them)."""
+  floors = {"tokens": 256, "params_denoiser": 1, "step_flop_floor_ms": 0.01,
+            "step_byte_floor_ms": 0.02, "frame_flop_floor_ms": 0.1, "frame_byte_floor_ms": 0.05}
+  rows = [{"label": "t", "size": "small", "resolution": "256x256", "impl": "xla", "what": what,
+           "steps": 1, "p50_ms": p50, "p99_ms": 2 * p50, "impl_requested": "xla",
+           "random_weights": True, **floors} for what, p50 in (("step", 0.5), ("frame", 1.5))]
+  run = {"device": "NVIDIA H100 80GB HBM3", "platform": "gpu", "jax": "0.11.2", "xla_flags": "",
+         "kernel_ops": ["attention"], "iters": 100, "rows": rows}
+  with open(os.path.join(out_dir, "latency_t.json"), "w") as f:
+    json.dump(run, f)
+  return run
+
+
+def test_resume_rerenders_with_the_measuring_run_header(tmp_path):
+  """Nothing left to run: the table is written again, headed by the device that measured it."""
+  run = _measured_elsewhere(tmp_path)
+  assert _run(tmp_path, "xla", "--resume") == run["rows"]
+  md = (tmp_path / "latency_t.md").read_text()
+  assert md.startswith("Device: NVIDIA H100 80GB HBM3 (gpu)") and "100 timed calls" in md
+  assert "| 0.500 | 1.000 | 0.010 | 0.020 | 25.0 |" in md  # p50 over the larger floor
+
+
+def test_resume_refuses_to_mix_devices(tmp_path):
+  """Work left and another device (this CPU): one table would mix two machines' numbers."""
+  _measured_elsewhere(tmp_path)
+  with pytest.raises(subprocess.CalledProcessError) as err:
+    _run(tmp_path, "xla,megastep", "--resume")
+  assert "was measured with" in err.value.stderr.decode() and "H100" in err.value.stderr.decode()
