@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import time
 
 from absl import app, flags, logging
@@ -275,8 +276,32 @@ def _done(rows: list[dict], size: str, res: str) -> set[str]:
           and r["what"] == "step"}
 
 
+def _check_flags() -> None:
+  """Every size x resolution x S the grid will visit, checked before anything is built."""
+  try:
+    steps = [int(v) for v in FLAGS.steps]
+    for impl in FLAGS.impls:
+      api.resolve(impl)
+    names = [] if FLAGS.model else FLAGS.sizes  # an exported model: its own size
+    for res in FLAGS.resolutions:
+      if not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", res):
+        raise ValueError(f"a resolution is WIDTHxHEIGHT, e.g. 832x480, got {res!r}")
+      w, h = (int(v) for v in res.split("x"))
+      for name in names:
+        sizes.tokens_per_frame(sizes.get_size(name), h, w)
+  except ValueError as e:  # not a number, an unknown name, a shape that does not tile
+    raise app.UsageError(f"benchmark_latency: {e} (--sizes={','.join(FLAGS.sizes)} "
+                         f"--resolutions={','.join(FLAGS.resolutions)} "
+                         f"--steps={','.join(FLAGS.steps)} --impls={','.join(FLAGS.impls)})")
+  if not steps or min(steps) < 1:
+    raise app.UsageError(f"benchmark_latency: --steps must be integers >= 1, got {FLAGS.steps}")
+  if FLAGS.iters < 1 or FLAGS.warmup < 0:
+    raise app.UsageError("benchmark_latency: --iters must be >= 1 and --warmup >= 0")
+
+
 def main(argv) -> None:
   del argv
+  _check_flags()
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   for backend in ("mosaic", "triton"):
     api.set_kernel_ops(backend, FLAGS.kernel_ops)

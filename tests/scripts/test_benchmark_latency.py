@@ -63,3 +63,14 @@ def test_resume_refuses_to_mix_devices(tmp_path):
   with pytest.raises(subprocess.CalledProcessError) as err:
     _run(tmp_path, "xla,megastep", "--resume")
   assert "was measured with" in err.value.stderr.decode() and "H100" in err.value.stderr.decode()
+
+
+@pytest.mark.parametrize("flag,says", [
+    ("--resolutions=abc", "WIDTHxHEIGHT"), ("--resolutions=100x90", "not divisible"),
+    ("--sizes=huge", "unknown model size"), ("--steps=0", ">= 1"), ("--impls=fast", "implementation"),
+])
+def test_bad_flags_are_refused_before_any_work(tmp_path, flag, says):
+  with pytest.raises(subprocess.CalledProcessError) as err:
+    _run(tmp_path, "xla", flag)
+  assert says in err.value.stderr.decode()
+  assert not (tmp_path / "latency_t.json").exists()
