@@ -192,16 +192,16 @@ def test_api_dispatch_picks_triton_kernels():
   old = api.set_kernel_ops("triton", {"attention", "ln_modulate_linear", "mlp"})
   try:
     fn = api._pick("ln_modulate_linear", "triton", api.ln_modulate_linear_xla)
-    assert fn is ln_modulate_linear_triton.ln_modulate_linear
+    assert fn.__wrapped__ is ln_modulate_linear_triton.ln_modulate_linear  # under the registry's jit
     args = _ln_args(1, 32, 64, 64)
     cfg = ln_modulate_linear_triton.TuningConfig(tile_m=32, tile_n=32, block_k=32)
     assert bench.rel_err(fn(*args, config=cfg, interpret=True),
                          ln_modulate_linear_triton.ln_modulate_linear_reference(*args)) < BF16_TOL
-    assert api._pick("attention", "triton", api.attention_xla) is attention_triton.attention
-    assert api._pick("mlp", "triton", api.mlp_xla) is mlp_triton.mlp
+    assert api._pick("attention", "triton", api.attention_xla).__wrapped__ is attention_triton.attention
+    assert api._pick("mlp", "triton", api.mlp_xla).__wrapped__ is mlp_triton.mlp
   finally:
     api.set_kernel_ops("triton", old)
-  assert api._pick("attention", "triton", api.attention_xla) is attention_triton.attention
+  assert api._pick("attention", "triton", api.attention_xla).__wrapped__ is attention_triton.attention
   assert api._pick("ln_modulate_linear", "triton", api.ln_modulate_linear_xla) is api.ln_modulate_linear_xla
   assert api._pick("mlp", "triton", api.mlp_xla) is api.mlp_xla
 
