@@ -52,6 +52,9 @@ flags.DEFINE_bool("resume", False, "Keep the rows of an earlier run with the sam
                   "--label and skip the size x resolution x implementation triples it finished (the "
                   "JSON is written after each), so a grid longer than one device call fills in call "
                   "by call.")
+flags.DEFINE_bool("profile", False, "Also record every GPU kernel of one step and one frame (CUPTI: "
+                  "name, launches, ms, category) in the rows, and write latency_<label>_kernels.md "
+                  "(GPU only; elsewhere logged and skipped).")
 flags.DEFINE_string("model", "", "An exported model folder (e.g. a pruned one): time its architecture "
                     "and its own weights at --resolutions instead of --sizes.")
 
@@ -125,6 +128,39 @@ def _impl_name(cfg: lsd.LSDConfig, impl: str) -> str:
   return "megastep" if lsd.megastep_unsupported(cfg) is None else f"megastep->{api.resolve(impl)}"
 
 
+def _profile(fn, *args) -> dict:
+  """With --profile on a GPU: the kernels of one call (`bench.kernel_profile`), their sum and the
+  time per category, for the row."""
+  if not FLAGS.profile:
+    return {}
+  kernels = bench.kernel_profile(fn, *args)
+  if kernels is None:
+    logging.warning("--profile: no CUPTI kernel profile on %s; rows go without one",
+                    jax.devices()[0].platform)
+    return {}
+  return {"kernel_sum_ms": sum(k["ms"] for k in kernels),
+          "kernel_ms_by_category": bench.by_category(kernels), "kernels": kernels}
+
+
+def _kernels_markdown(rows: list[dict], info: dict, top: int = 12) -> str:
+  """Per profiled row: the time per kernel category, then the `top` kernels by time."""
+  out = [f"Kernel profiles (CUPTI, median of 5 calls), {info['device']}, label {FLAGS.label!r}. "
+         "host p50 is the timed row's; the kernels' sum leaves out launch gaps and host work.\n"]
+  for r in rows:
+    if "kernels" not in r:
+      continue
+    what = "step" if r["what"] == "step" else f"frame, S={r['steps']}"
+    out.append(f"\n### {r['size']} {r['resolution']} {what}, {r['impl']}: kernels "
+               f"{r['kernel_sum_ms']:.3f} ms of {r['p50_ms']:.3f} ms host p50\n")
+    out.append("| category | ms | share |\n|---|---|---|")
+    for cat, ms in r["kernel_ms_by_category"].items():
+      out.append(f"| {cat} | {ms:.3f} | {ms / r['kernel_sum_ms']:.0%} |")
+    out.append("\n| top kernels | launches | ms | category |\n|---|---|---|---|")
+    for k in r["kernels"][:top]:
+      out.append(f"| `{k['name'][:90]}` | {k['launches']} | {k['ms']:.3f} | {k['category']} |")
+  return "\n".join(out) + "\n"
+
+
 def _want_frame(size: str, res: str, steps: int) -> bool:
   return not FLAGS.frame_only or f"{size}:{res}:{steps}" in FLAGS.frame_only
 
@@ -174,7 +210,7 @@ def _bench_one(size: str, res: str, model=None, skip=frozenset(), save=None) -> 
     row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": _impl_name(cfg, impl),
            "what": "step", "steps": 1, **st, "rel_err_vs_xla": err, "compile_s": compile_s,
            "impl_requested": impl,
-           "random_weights": model is None, **fl}
+           "random_weights": model is None, **fl, **_profile(step, step_params, x)}
     logging.info("%s", row)
     rows.append(row)
     for s in (int(v) for v in FLAGS.steps):
@@ -187,7 +223,8 @@ def _bench_one(size: str, res: str, model=None, skip=frozenset(), save=None) -> 
                          iters=FLAGS.iters)
       row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": _impl_name(cfg, impl),
              "what": "frame", "steps": s, **ft, "random_weights": model is None, **_floors(cfg, s),
-             "impl_requested": impl}
+             "impl_requested": impl,
+             **_profile(frame, params, frame_u8, ring, prompt, fkey)}
       logging.info("%s", row)
       rows.append(row)
     if save is not None:
@@ -346,6 +383,9 @@ def main(argv) -> None:
   with open(stem + ".md", "w") as f:
     f.write(md)
   _plot(rows, stem + ".png", info["device"])
+  if any("kernels" in r for r in rows):
+    with open(stem + "_kernels.md", "w") as f:
+      f.write(_kernels_markdown(rows, info))
   print(md)
 
 

@@ -224,7 +224,7 @@ def _forward(q, k, v, *, frame_len, window, config: TuningConfig):
           plgpu.barrier_wait(k_free.at[slot])
           plgpu.barrier_wait(v_free.at[slot])
 
-  def entry(q_ref, k_ref, v_ref, out_ref):
+  def attention_mgpu(q_ref, k_ref, v_ref, out_ref):  # its name is the kernel's in profiles
     transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
     smem = (
         plgpu.SMEM((_COMPUTE_WGS, block_q, head_dim), dtype, transforms=transforms),
@@ -244,7 +244,7 @@ def _forward(q, k, v, *, frame_len, window, config: TuningConfig):
     )
 
   out = plgpu.kernel(
-      entry,
+      attention_mgpu,
       out_type=jax.ShapeDtypeStruct(q.shape, dtype),
       grid=(heads, q_pad // cta_q, batch),
       grid_names=("heads", "q_seq", "batch"),

@@ -1,4 +1,4 @@
-"""Shared helpers for the kernels' benchmark `main()`s and tests: error norm and timing."""
+"""Shared helpers for the kernels' benchmark `main()`s and tests: error norm, timing, kernel profiles."""
 
 from __future__ import annotations
 
@@ -56,3 +56,64 @@ def device_time_fn(fn, *args, iters: int = 100) -> float:
     out = fn(*args)
   jax.block_until_ready(out)
   return (time.perf_counter() - t0) * 1e3 / iters
+
+
+# Kernel-name patterns -> category, first match wins (lower-cased names). Convolutions before
+# GEMMs: cuDNN's implicit-GEMM convolutions have "gemm" in their names.
+_CATEGORIES = (
+    ("attention kernel", ("attention", "flash", "fmha", "sdpa")),
+    ("mega kernel", ("megastep", "megablock")),
+    ("convolution", ("conv", "fprop", "dgrad", "wgrad", "implicit", "cudnn")),
+    ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "_dot", "dot_", "matmul")),
+    ("other pallas kernel", ("_mgpu", "_triton")),
+    ("reduction", ("reduce", "reduction")),
+    ("copy / layout", ("copy", "transpose", "memcpy", "memset", "concatenate", "slice", "pad")),
+    ("elementwise fusion", ("fusion", "loop_", "input_", "wrapped_", "triton")),
+)
+
+
+def kernel_category(name: str) -> str:
+  """A coarse class of a GPU kernel from its name (XLA fusions, cuBLAS / cuDNN kernels, ours)."""
+  low = name.lower()
+  for category, patterns in _CATEGORIES:
+    if any(p in low for p in patterns):
+      return category
+  return "other"
+
+
+def summarize_launches(per_call: list[list[tuple[str, float]]]) -> list[dict]:
+  """CUPTI launches of several calls of one function -> one entry per kernel name: launches per
+  call, ms per call (its launches summed; median over the calls), category. Largest first."""
+  names = list(dict.fromkeys(n for launches in per_call for n, _ in launches))
+  out = []
+  for name in names:
+    ms = [sum(t for n, t in launches if n == name) for launches in per_call]
+    count = [sum(1 for n, _ in launches if n == name) for launches in per_call]
+    out.append({"name": name, "launches": int(np.median(count)), "ms": float(np.median(ms)),
+                "category": kernel_category(name)})
+  return sorted(out, key=lambda k: -k["ms"])
+
+
+def by_category(profile: list[dict]) -> dict[str, float]:
+  """ms per call per category, largest first."""
+  cats: dict[str, float] = {}
+  for k in profile:
+    cats[k["category"]] = cats.get(k["category"], 0.0) + k["ms"]
+  return dict(sorted(cats.items(), key=lambda kv: -kv[1]))
+
+
+def kernel_profile(fn, *args, calls: int = 5) -> list[dict] | None:
+  """Every GPU kernel one call of `fn` launches (CUPTI, via Mosaic GPU's profiler), summarised by
+  `summarize_launches` over `calls` calls. None off-GPU or if the profiler is unavailable."""
+  if jax.devices()[0].platform not in ("gpu", "cuda"):
+    return None
+  try:
+    from jax.experimental.mosaic.gpu import profiler
+
+    jax.block_until_ready(fn(*args))
+    per_call = [profiler.measure(fn, aggregate=False)(*args)[1] for _ in range(calls)]
+  except Exception:  # noqa: BLE001  (profiler support varies by jaxlib build)
+    return None
+  if not all(per_call):
+    return None
+  return summarize_launches(per_call)

@@ -5,7 +5,7 @@
 # The kernels' benchmark main()s report through absl logging; the stages keep those lines.
 # Stages: tests (the Mosaic kernels' GPU tests; the Triton and mega-kernel ones have their own
 # stages, each a call's worth), kernels, bench_small_base, bench_large, bench_cmdbuf, triton (= triton_tests,
-# triton_kernels), megablock, megastep, megastep_bench, grid. Logs and results go to $OUT.
+# triton_kernels), megablock, megastep, megastep_bench, grid, profile. Logs and results go to $OUT.
 export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 for stage in "$@"; do
@@ -67,6 +67,13 @@ for stage in "$@"; do
         --resolutions=256x256,512x512,832x480 --steps=1,2,4 --impls=xla,auto --iters=100 \
         --out_dir=reports/latency/grid --label=grid --resume 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -12
       cp reports/latency/grid/latency_grid.* "$OUT/";;
+    # Where the time goes: every GPU kernel (CUPTI: name, launches, ms, category) of the step and
+    # the S = 2 frame, XLA vs the kernel path, small and large at 256x256 and 832x480 (the large
+    # 832x480 frame is the issue's 16 ms target). Writes latency_profile{.json,.md,_kernels.md}.
+    profile) export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
+      timeout ${PROFILE_S:-500} python3 experiments/benchmark_latency.py --sizes=small,large \
+        --resolutions=256x256,832x480 --steps=2 --impls=xla,auto --iters=50 --profile \
+        --out_dir="$OUT" --label=profile 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -12;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

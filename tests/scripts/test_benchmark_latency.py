@@ -74,3 +74,20 @@ def test_bad_flags_are_refused_before_any_work(tmp_path, flag, says):
     _run(tmp_path, "xla", flag)
   assert says in err.value.stderr.decode()
   assert not (tmp_path / "latency_t.json").exists()
+
+
+def test_kernel_profiles_render(tmp_path):
+  """Rows that carry a kernel profile (--profile on a GPU) get latency_<label>_kernels.md."""
+  run = _measured_elsewhere(tmp_path)
+  run["rows"][0].update(kernel_sum_ms=0.3, kernel_ms_by_category={"gemm": 0.2, "reduction": 0.1},
+                        kernels=[{"name": "nvjet_hsh_128x256", "launches": 24, "ms": 0.2,
+                                  "category": "gemm"},
+                                 {"name": "input_reduce_fusion", "launches": 12, "ms": 0.1,
+                                  "category": "reduction"}])
+  with open(tmp_path / "latency_t.json", "w") as f:
+    json.dump(run, f)
+  _run(tmp_path, "xla", "--resume")
+  md = (tmp_path / "latency_t_kernels.md").read_text()
+  assert "### small 256x256 step, xla: kernels 0.300 ms of 0.500 ms host p50" in md
+  assert "| gemm | 0.200 | 67% |" in md
+  assert "| `nvjet_hsh_128x256` | 24 | 0.200 | gemm |" in md
