@@ -59,11 +59,12 @@ def device_time_fn(fn, *args, iters: int = 100) -> float:
 
 
 # Kernel-name patterns -> category, first match wins (lower-cased names). Convolutions before
-# GEMMs: cuDNN's implicit-GEMM convolutions have "gemm" in their names.
+# GEMMs: cuDNN's implicit-GEMM convolutions have "gemm" in their names; not bare "conv", which
+# XLA's dtype-convert fusions (`loop_convert_fusion`) also contain.
 _CATEGORIES = (
     ("attention kernel", ("attention", "flash", "fmha", "sdpa")),
     ("mega kernel", ("megastep", "megablock")),
-    ("convolution", ("conv", "fprop", "dgrad", "wgrad", "implicit", "cudnn")),
+    ("convolution", ("convolution", "conv2d", "fprop", "dgrad", "wgrad", "implicit", "cudnn")),
     ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "_dot", "dot_", "matmul")),
     ("other pallas kernel", ("_mgpu", "_triton")),
     ("reduction", ("reduce", "reduction")),

@@ -22,6 +22,8 @@ from pallas_kernels import bench
     ("input_reduce_fusion_3", "reduction"),
     ("loop_transpose_fusion", "copy / layout"),
     ("loop_multiply_fusion_7", "elementwise fusion"),
+    ("loop_convert_fusion_1", "elementwise fusion"),  # a dtype convert, not a convolution
+    ("attention_mgpu_mosaic_gpu_kernel", "attention kernel"),  # as CUPTI names ours (H200)
     ("triton_softmax_fusion", "elementwise fusion"),
     ("some_new_kernel", "other"),
 ])
