@@ -199,6 +199,7 @@ def _bench_one(size: str, res: str, model=None, skip=frozenset(), save=None) -> 
     step, frame_fn = _make_fns(cfg)
     params = lsd.with_kernel_params(cfg, {k: v for k, v in params.items() if k != "megastep"})
     step_params = {k: v for k, v in params.items() if k != "autoencoder"}
+    name = _impl_name(cfg, impl)  # what runs, for every row of this implementation
     t0 = time.perf_counter()
     out = jax.block_until_ready(step(step_params, x))
     compile_s = time.perf_counter() - t0
@@ -207,7 +208,7 @@ def _bench_one(size: str, res: str, model=None, skip=frozenset(), save=None) -> 
     err = bench.rel_err(out, ref_step)
     st = bench.time_fn(step, step_params, x, warmup=FLAGS.warmup, iters=FLAGS.iters)
     fl = _floors(cfg, 1)
-    row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": _impl_name(cfg, impl),
+    row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": name,
            "what": "step", "steps": 1, **st, "rel_err_vs_xla": err, "compile_s": compile_s,
            "impl_requested": impl,
            "random_weights": model is None, **fl, **_profile(step, step_params, x)}
@@ -221,7 +222,7 @@ def _bench_one(size: str, res: str, model=None, skip=frozenset(), save=None) -> 
       jax.block_until_ready(frame(params, frame_u8, ring, prompt, fkey))
       ft = bench.time_fn(frame, params, frame_u8, ring, prompt, fkey, warmup=FLAGS.warmup,
                          iters=FLAGS.iters)
-      row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": _impl_name(cfg, impl),
+      row = {"label": FLAGS.label, "size": size, "resolution": res, "impl": name,
              "what": "frame", "steps": s, **ft, "random_weights": model is None, **_floors(cfg, s),
              "impl_requested": impl,
              **_profile(frame, params, frame_u8, ring, prompt, fkey)}

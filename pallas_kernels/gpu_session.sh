@@ -8,6 +8,8 @@
 # triton_kernels), megablock, megastep, megastep_bench, grid, profile. Logs and results go to $OUT.
 export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# A persistent compilation cache in /tmp, kept on a warm machine between calls (grid, profile).
+persistent_cache() { export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1; }
 for stage in "$@"; do
   case $stage in
     tests) JAX_PLATFORMS=cuda timeout 150 python3 -m pytest -q -rs -m gpu tests/pallas_kernels/test_kernels.py 2>&1 | tail -40 > "$OUT/tests.log"; tail -5 "$OUT/tests.log";;
@@ -62,7 +64,7 @@ for stage in "$@"; do
     # A persistent compilation cache in /tmp (kept on a warm machine between calls) makes the
     # resumed run's XLA reference, and a cell cut off by the time-out, cheap to compile again.
     grid) mkdir -p reports/latency/grid
-      export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
+      persistent_cache
       timeout ${GRID_S:-540} python3 experiments/benchmark_latency.py --sizes=small,base,large \
         --resolutions=256x256,512x512,832x480 --steps=1,2,4 --impls=xla,auto --iters=100 \
         --out_dir=reports/latency/grid --label=grid --resume 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -12
@@ -70,7 +72,7 @@ for stage in "$@"; do
     # Where the time goes: every GPU kernel (CUPTI: name, launches, ms, category) of the step and
     # the S = 2 frame, XLA vs the kernel path, small and large at 256x256 and 832x480 (the large
     # 832x480 frame is the 16 ms target). Writes latency_profile{.json,.md,_kernels.md}.
-    profile) export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
+    profile) persistent_cache
       timeout ${PROFILE_S:-500} python3 experiments/benchmark_latency.py --sizes=small,large \
         --resolutions=256x256,832x480 --steps=2 --impls=xla,auto --iters=50 --profile \
         --out_dir="$OUT" --label=profile 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -12;;

@@ -33,6 +33,7 @@ flags.DEFINE_string("checkpoint", None, "Model folder (default: checkpoints/lsd_
 flags.DEFINE_integer("steps", None, "Shortcut steps per frame (default: the model's).")
 flags.DEFINE_float("tau-inf", None, "History noise level at inference, in [0, 1) (default: the "
                   "model's). Higher follows the input and prompt switches faster but flickers more.")
+# pallas_kernels.api.IMPLEMENTATIONS, spelt out: this module imports jax only in _main.
 flags.DEFINE_enum("kernel-impl", None, ["auto", "xla", "mosaic", "triton", "megastep"],
                   "Denoiser ops implementation (default: the model's, xla): auto picks Pallas kernels "
                   "on GPUs; megastep runs each denoiser step as one Mosaic GPU kernel on a Hopper GPU "

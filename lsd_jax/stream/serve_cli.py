@@ -14,6 +14,7 @@ from aiohttp import web
 
 from lsd_jax.models import export
 from lsd_jax.stream import engine, server
+from pallas_kernels import api
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind. Anything but loopback exposes the model "
@@ -23,7 +24,7 @@ flags.DEFINE_string("checkpoint", None, "Model folder (default: checkpoints/lsd_
                     "labelled random-init tiny model).")
 flags.DEFINE_integer("steps", None, "Shortcut steps per frame (default: the model's).")
 flags.DEFINE_float("tau_inf", None, "History noise level at inference, in [0, 1) (default: the model's).")
-flags.DEFINE_enum("kernel_impl", None, ["auto", "xla", "mosaic", "triton", "megastep"],
+flags.DEFINE_enum("kernel_impl", None, list(api.IMPLEMENTATIONS),
                   "Denoiser ops implementation (default: the model's); as lsd-stream --kernel-impl.")
 flags.DEFINE_integer("max_sessions", server.MAX_SESSIONS, "Concurrent streams; more get 'server busy'.")
 flags.DEFINE_float("max_message_mb", server.MAX_MESSAGE_BYTES / 2**20, "Largest message accepted, MiB.")
