@@ -30,7 +30,8 @@ def main(argv):
   from lsd_jax.train import loop
 
   params, meta = loop.load_autoencoder(_AE.value)
-  ae = Autoencoder(sizes.get_size(meta["size"]).autoencoder, latent_scale=meta["latent_scale"])
+  size = sizes.get_size(meta["size"]).with_autoencoder(meta["kind"])
+  ae = Autoencoder(size.autoencoder, latent_scale=meta["latent_scale"])
   src = sources.VideoClipSource.from_manifest(_MANIFEST.value, _SPLIT.value, height=_H.value, width=_W.value,
                                               num_frames=4, seed=123)
   fn = jax.jit(lambda p, x: lsd.decode(ae, p, lsd.encode(ae, p, x)))

@@ -5,7 +5,14 @@
 
 `small` at 256x256, batch 32: expect reconstruction PSNR above 30 dB on held-out clips after a
 few thousand steps on one H100 (see BENCHMARKS.md for what it reached). `smoke` is a tiny model
-at 32x32 that runs in seconds on a CPU (tests and CI).
+at 32x32 that runs in seconds on a CPU (tests and CI). A `_light` suffix (`small_light`,
+`smoke_light`) trains the light kind (space-to-depth stem, no full-resolution convolution: 3.6
+instead of 25 GFLOPs a 256x256 frame at the small size); with
+`--config.teacher_autoencoder=checkpoints/lsd_small` it learns that model's latent space, so
+the shipped denoiser (and any trained on those latents) runs on it unchanged:
+
+  python experiments/main.py --config=experiments/configs/autoencoder.py:small_light \
+      --config.teacher_autoencoder=checkpoints/lsd_small --workdir=workdirs/ae_small_light
 """
 
 from experiments.configs import defaults
@@ -15,7 +22,16 @@ def get_config(arg: str = "small"):
   c = defaults.base("autoencoder")
   c.name = f"autoencoder:{arg}"
   c.train.ema_decay = 0.99
-  if arg in ("small", "base", "large"):
+  c.train.latent_match = 1.0
+  # An autoencoder (run workdir or exported model) whose latent space this one learns.
+  c.teacher_autoencoder = ""
+  if arg.endswith("_light"):  # the light kind (sizes.AutoencoderSize), e.g. small_light
+    arg = arg[: -len("_light")]
+    c.model.autoencoder = "light"
+  if arg == "smoke":
+    defaults.smoke(c)
+    c.data.num_frames = 2
+  elif arg in ("small", "base", "large"):
     c.model.size = arg
     c.data.global_batch_size = 32
     c.data.num_frames = 2
@@ -23,9 +39,6 @@ def get_config(arg: str = "small"):
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 200
     c.data.worker_count = 8
-  elif arg == "smoke":
-    defaults.smoke(c)
-    c.data.num_frames = 2
   else:
     raise ValueError(f"unknown autoencoder config {arg!r}")
   return c

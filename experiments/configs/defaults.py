@@ -33,7 +33,7 @@ def base(task: str) -> ml_collections.ConfigDict:
   c.data = pipeline.default_data_config()
   c.model = ml_collections.ConfigDict({"size": "small", "history_mode": "concat", "history_len": 3,
                                        "tau_inf": 0.1, "steps": 2, "kernel_impl": "xla",
-                                       "residual": False})
+                                       "residual": False, "autoencoder": "conv"})
   c.optim = ml_collections.ConfigDict({"lr": 3e-4, "warmup_steps": 500, "weight_decay": 0.01, "clip_norm": 1.0})
   c.train = ml_collections.ConfigDict({
       "ema_decay": 0.999, "latent_penalty": 1e-4,
@@ -41,6 +41,8 @@ def base(task: str) -> ml_collections.ConfigDict:
       "augment": [dict(a) for a in FULL_AUGMENT],
       "bootstrap_frac": 0.25, "max_log2": 7, "level_kind": "logit_normal", "p_no_prompt": 0.05,
   })
+  # Held-out fidelity per effect while training (lsd_jax/train/heldout.py); every = 0: off.
+  c.heldout = ml_collections.ConfigDict({"every": 0, "clips": 2, "frames": 8})
   c.autoencoder_dir = ""  # an autoencoder run's workdir or an exported model folder
   c.init_from = ""  # an exported model folder: warm-start the denoiser from it (fresh optimizer)
   return c

@@ -531,6 +531,19 @@ def stack_specs(specs: list[EffectSpec]) -> EffectSpec:
   return EffectSpec(*(np.stack(field) for field in zip(*specs)))
 
 
+# Groups that training metrics are split by: every single effect, then one for compositions.
+GROUP_NAMES: tuple[str, ...] = FRAME_EFFECTS + TEMPORAL_EFFECTS[1:] + ("composition",)
+
+
+def group_id(frame_id: jax.Array, temporal_id: jax.Array) -> jax.Array:
+  """Index into GROUP_NAMES of each (per-frame, temporal) pair: the per-frame effect alone,
+  the temporal effect alone, or "composition"; works on arrays, inside jit."""
+  nf, nt = len(FRAME_EFFECTS), len(TEMPORAL_EFFECTS)
+  frame_id, temporal_id = jnp.asarray(frame_id), jnp.asarray(temporal_id)
+  return jnp.where(temporal_id == 0, frame_id,
+                   jnp.where(frame_id == 0, nf + temporal_id - 1, nf + nt - 1)).astype(jnp.int32)
+
+
 def spec_name(spec: EffectSpec) -> str:
   """'cartoon+snowfall', 'sepia', 'echo' or 'identity'."""
   frame, temporal = FRAME_EFFECTS[int(spec.frame_id)], TEMPORAL_EFFECTS[int(spec.temporal_id)]

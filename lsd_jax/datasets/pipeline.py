@@ -92,6 +92,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       "folder": {"weight": 0.0, "path": "", "strides": (1, 2), "min_crop_scale": 0.6},
   })
   c.prompt_split = "train"
+  c.effects = ""  # comma-separated effect names: train on their prompts only (empty: all)
   c.read_threads = 2  # grain ReadOptions.num_threads (per process or per worker)
   c.prefetch_buffer_size = 8  # elements read ahead by those threads
   c.worker_count = 0  # > 0: decode in that many grain worker processes (mp_prefetch)

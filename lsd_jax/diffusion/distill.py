@@ -112,4 +112,5 @@ def distill_loss(student_fn: VelocityFn, teacher_fn: VelocityFn, key, x0, cond, 
       "student_flow_err": mean(data_err, fm_w),
       "teacher_flow_err": mean(teacher_err, fm_w),
       "bootstrap_fraction": jnp.mean(boot.astype(jnp.float32)),
+      **shortcut.per_sample_flow(err, fm_w),
   }

@@ -101,5 +101,14 @@ def shortcut_loss(velocity_fn: VelocityFn, key, x0, cond, *, x0_in=None, bootstr
       "loss_flow": jnp.sum(err * fm_w) / jnp.maximum(jnp.sum(fm_w), 1.0),
       "loss_bootstrap": jnp.sum(err * boot_w) / jnp.maximum(jnp.sum(boot_w), 1.0),
       "bootstrap_fraction": jnp.mean(boot.astype(jnp.float32)),
+      **per_sample_flow(err, fm_w),
   }
   return loss, info
+
+
+def per_sample_flow(err_BxT, fm_w_BxT):
+  """Each sample's flow-matching error (mean over its flow-matching frames) and whether it has
+  any: `flow_err_B`, `flow_w_B`, for splitting the flow loss by effect (`train.steps`)."""
+  n = jnp.sum(fm_w_BxT, axis=1)
+  return {"flow_err_B": jnp.sum(err_BxT * fm_w_BxT, axis=1) / jnp.maximum(n, 1.0),
+          "flow_w_B": (n > 0).astype(jnp.float32)}

@@ -32,6 +32,7 @@ class LSDConfig:
   latent_scale: float = 1.0
   kernel_impl: str = "xla"
   residual: bool = False  # the denoiser diffuses target - input latent (see diffusion.forcing)
+  autoencoder: str = "conv"  # sizes.AE_KINDS: "conv" (models before v3) or "light"
   # Per-block attention heads and MLP widths of a pruned denoiser (empty: the size's own).
   block_heads: tuple[int, ...] = ()
   block_mlp: tuple[int, ...] = ()
@@ -39,6 +40,8 @@ class LSDConfig:
   def __post_init__(self):
     for name in ("block_heads", "block_mlp"):  # JSON gives lists; keep the config hashable
       object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+    if self.autoencoder not in sizes.AE_KINDS:
+      raise ValueError(f"autoencoder must be one of {sizes.AE_KINDS}, got {self.autoencoder!r}")
     sizes.tokens_per_frame(self.model_size, self.height, self.width)  # validates
     if not 0.0 <= self.tau_inf < 1.0:
       raise ValueError(f"tau_inf must be in [0, 1), got {self.tau_inf}")
@@ -48,8 +51,9 @@ class LSDConfig:
 
   @property
   def model_size(self) -> sizes.ModelSize:
-    """The named size, with this config's per-block widths when it is pruned."""
-    s = sizes.get_size(self.size)
+    """The named size, with this config's autoencoder kind and, when it is pruned, its
+    per-block widths."""
+    s = sizes.get_size(self.size).with_autoencoder(self.autoencoder)
     if not (self.block_heads or self.block_mlp):
       return s
     den = dataclasses.replace(s.denoiser, block_heads=self.block_heads, block_mlp=self.block_mlp)

@@ -9,11 +9,31 @@ from __future__ import annotations
 import dataclasses
 
 
+AE_KINDS = ("conv", "light")
+
+
 @dataclasses.dataclass(frozen=True)
 class AutoencoderSize:
-  channels: tuple[int, ...]  # encoder widths per resolution level; len == 4 gives factor 8
-  blocks: int  # residual blocks per level
+  """An autoencoder's shape. `kind` "conv" (the first models'): 4 levels of GroupNorm residual
+  blocks from full resolution down (`channels` has 4 widths, `blocks` per level). `kind` "light":
+  a space-to-depth stem to 1/4 resolution, then two levels (1/4 and 1/8) of norm-free residual
+  blocks (`channels` has 2 widths; `blocks` per encoder level, `dec_blocks` per decoder level,
+  1/8 first), and a depth-to-space head: about a sixth of the conv kind's FLOPs at 256x256."""
+
+  channels: tuple[int, ...]
+  blocks: int
   latent_channels: int
+  kind: str = "conv"
+  dec_blocks: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    if self.kind not in AE_KINDS:
+      raise ValueError(f"autoencoder kind must be one of {AE_KINDS}, got {self.kind!r}")
+    levels = 4 if self.kind == "conv" else 2
+    if len(self.channels) != levels:
+      raise ValueError(f"a {self.kind!r} autoencoder has {levels} levels, got channels {self.channels}")
+    if self.kind == "light" and len(self.dec_blocks) != 2:
+      raise ValueError(f"a light autoencoder needs dec_blocks for its 2 levels, got {self.dec_blocks}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +75,17 @@ class DenoiserSize:
 class ModelSize:
   name: str
   denoiser: DenoiserSize
-  autoencoder: AutoencoderSize
+  autoencoder: AutoencoderSize  # the conv kind (models before v3)
   note: str = ""
+  light_autoencoder: AutoencoderSize | None = None  # the light kind, same latent channels
+
+  def with_autoencoder(self, kind: str) -> "ModelSize":
+    """This size with the autoencoder of `kind` in its `autoencoder` slot."""
+    if kind == "conv":
+      return self
+    if kind == "light" and self.light_autoencoder is not None:
+      return dataclasses.replace(self, autoencoder=self.light_autoencoder)
+    raise ValueError(f"size {self.name!r} has no {kind!r} autoencoder; kinds: {AE_KINDS}")
 
 
 SIZES: dict[str, ModelSize] = {
@@ -64,20 +93,25 @@ SIZES: dict[str, ModelSize] = {
     for s in (
         ModelSize("tiny", DenoiserSize(width=64, depth=2, heads=2),
                   AutoencoderSize(channels=(16, 16, 32, 32), blocks=1, latent_channels=4),
-                  "tests: seconds on a CPU"),
+                  "tests: seconds on a CPU",
+                  AutoencoderSize((16, 32), 1, 4, kind="light", dec_blocks=(1, 1))),
         ModelSize("small", DenoiserSize(width=384, depth=6, heads=6),
                   AutoencoderSize(channels=(32, 64, 96, 128), blocks=1, latent_channels=8),
-                  "the shipped default: under 40 MB of bf16 weights"),
+                  "the shipped default: under 40 MB of bf16 weights",
+                  AutoencoderSize((64, 128), 1, 8, kind="light", dec_blocks=(2, 1))),
         ModelSize("base", DenoiserSize(width=768, depth=12, heads=12),
                   AutoencoderSize(channels=(32, 64, 128, 256), blocks=1, latent_channels=8),
-                  "about 130M parameters"),
+                  "about 130M parameters",
+                  AutoencoderSize((64, 160), 1, 8, kind="light", dec_blocks=(2, 1))),
         ModelSize("large", DenoiserSize(width=1536, depth=30, heads=12),
                   AutoencoderSize(channels=(64, 128, 256, 256), blocks=1, latent_channels=16),
-                  "about 1.3B parameters: latency targets, timed with random weights"),
+                  "about 1.3B parameters: latency targets, timed with random weights",
+                  AutoencoderSize((96, 256), 1, 16, kind="light", dec_blocks=(2, 1))),
     )
 }
 
 AE_FACTOR = 8
+LIGHT_STEM = 4  # the light autoencoder's space-to-depth factor (then one more 2x inside)
 PROMPT_DIM = 384  # MiniLM-L6 embedding width
 FREQ_DIM = 256  # sinusoidal embedding width for t, d and tau
 
@@ -131,8 +165,23 @@ def _resblock(c_in: int, c_out: int) -> int:
   return n
 
 
+def _light_resblock(c: int) -> int:
+  return 2 * _conv(3, c, c)  # norm-free
+
+
+def _light_autoencoder_params(a: AutoencoderSize) -> int:
+  (c1, c2), z, s = a.channels, a.latent_channels, LIGHT_STEM
+  enc = _conv(3, 3 * s * s, c1) + a.blocks * _light_resblock(c1) + _conv(1, 4 * c1, c2)
+  enc += a.blocks * _light_resblock(c2) + _conv(3, c2, z)
+  dec = _conv(3, z, c2) + a.dec_blocks[0] * _light_resblock(c2) + _conv(1, c2, 4 * c1)
+  dec += a.dec_blocks[1] * _light_resblock(c1) + _conv(3, c1, 3 * s * s)
+  return enc + dec
+
+
 def autoencoder_params(size: ModelSize) -> int:
   a = size.autoencoder
+  if a.kind == "light":
+    return _light_autoencoder_params(a)
   ch, z = a.channels, a.latent_channels
   # Encoder: stem, per level blocks (+ stride-2 conv except last), norm, to-latent.
   n = _conv(3, 3, ch[0])
@@ -186,13 +235,28 @@ def denoiser_flops(size: ModelSize, height: int, width: int, history_mode: str =
   return fl
 
 
+def _conv_flops(h, w, k, ci, co):
+  return 2 * h * w * k * k * ci * co
+
+
+def _light_autoencoder_flops(a: AutoencoderSize, height: int, width: int) -> dict[str, int]:
+  (c1, c2), z, s = a.channels, a.latent_channels, LIGHT_STEM
+  h1, w1, h2, w2 = height // s, width // s, height // (2 * s), width // (2 * s)
+  res = lambda h, w, c: 2 * _conv_flops(h, w, 3, c, c)  # noqa: E731
+  enc = (_conv_flops(h1, w1, 3, 3 * s * s, c1) + a.blocks * res(h1, w1, c1)
+         + _conv_flops(h2, w2, 1, 4 * c1, c2) + a.blocks * res(h2, w2, c2) + _conv_flops(h2, w2, 3, c2, z))
+  dec = (_conv_flops(h2, w2, 3, z, c2) + a.dec_blocks[0] * res(h2, w2, c2) + _conv_flops(h2, w2, 1, c2, 4 * c1)
+         + a.dec_blocks[1] * res(h1, w1, c1) + _conv_flops(h1, w1, 3, c1, 3 * s * s))
+  return {"encode": enc, "decode": dec}
+
+
 def autoencoder_flops(size: ModelSize, height: int, width: int) -> dict[str, int]:
   """Conv FLOPs of encoding and decoding one frame."""
   a = size.autoencoder
+  if a.kind == "light":
+    return _light_autoencoder_flops(a, height, width)
   ch, z = a.channels, a.latent_channels
-
-  def conv(h, w, k, ci, co):
-    return 2 * h * w * k * k * ci * co
+  conv = _conv_flops
 
   def res(h, w, ci, co):
     fl = conv(h, w, 3, ci, co) + conv(h, w, 3, co, co)

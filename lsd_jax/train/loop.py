@@ -30,28 +30,44 @@ from absl import logging
 
 from lsd_jax.datasets import pipeline
 from lsd_jax.diffusion import distill, forcing
-from lsd_jax.models import export, lsd
+from lsd_jax.models import export, lsd, sizes
 from lsd_jax.models.autoencoder import Autoencoder
-from lsd_jax.train import checkpoint, sharding, steps, writers
+from lsd_jax.train import checkpoint, heldout, sharding, steps, writers
 from lsd_jax.train import state as state_lib
 
 AE_FILE = "autoencoder/params.safetensors"
 AE_META = "autoencoder/meta.json"
 
 
-def prompt_table(split: str) -> pipeline.PromptTable:
-  from lsd_jax.datasets import prompts
+def prompt_table(split: str, effect_names: str = "") -> pipeline.PromptTable:
+  """The precomputed prompts of `split`; with `effect_names` ("thermal" or "sepia,echo"), only
+  the rows whose effect is one of them (a single-effect capacity check, a subset study)."""
+  from lsd_jax.datasets import effects, prompts
 
   t = prompts.load_embedding_table(split)
-  return pipeline.PromptTable(t.texts, t.embeddings, t.frame_ids, t.temporal_ids, t.params)
+  rows = np.arange(len(t.texts))
+  wanted = [e for e in effect_names.split(",") if e]
+  if wanted:
+    names = t.names()
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+      raise ValueError(f"data.effects names {unknown}, which no {split} prompt has; known: "
+                       f"{sorted(set(names) - {effects.spec_name(effects.make_spec())})[:40]}")
+    rows = np.asarray([i for i in rows if names[i] in wanted])
+  return pipeline.PromptTable(tuple(t.texts[i] for i in rows), t.embeddings[rows], t.frame_ids[rows],
+                              t.temporal_ids[rows], t.params[rows])
 
 
-def lsd_config(config: ml_collections.ConfigDict, latent_scale: float = 1.0) -> lsd.LSDConfig:
+def lsd_config(config: ml_collections.ConfigDict, latent_scale: float = 1.0,
+               autoencoder: str | None = None) -> lsd.LSDConfig:
+  """The model's LSDConfig from a training config; `autoencoder` (the kind of the autoencoder
+  actually loaded) overrides `config.model.autoencoder`."""
   m = config.model
   return lsd.LSDConfig(size=m.size, height=config.data.height, width=config.data.width,
                        history_mode=m.history_mode, history_len=m.history_len, tau_inf=m.tau_inf,
                        steps=m.steps, latent_scale=latent_scale, kernel_impl=m.kernel_impl,
-                       residual=bool(m.get("residual", False)))
+                       residual=bool(m.get("residual", False)),
+                       autoencoder=autoencoder or m.get("autoencoder", "conv"))
 
 
 def load_autoencoder(directory: str) -> tuple[Any, dict[str, Any]]:
@@ -60,10 +76,11 @@ def load_autoencoder(directory: str) -> tuple[Any, dict[str, Any]]:
   if os.path.isfile(os.path.join(directory, AE_META)):
     with open(os.path.join(directory, AE_META)) as f:
       meta = json.load(f)
+    meta.setdefault("kind", "conv")  # autoencoder runs before v3 wrote no kind
     return export.load_params(os.path.join(directory, AE_FILE)), meta
   if os.path.isfile(os.path.join(directory, export.CONFIG_FILE)):
     cfg, params, meta = export.load(directory)
-    return params["autoencoder"], {"size": cfg.size, "latent_scale": cfg.latent_scale,
+    return params["autoencoder"], {"size": cfg.size, "latent_scale": cfg.latent_scale, "kind": cfg.autoencoder,
                                    "steps": meta.get("steps"), "from_model": directory}
   raise FileNotFoundError(f"{directory!r} holds neither {AE_META} (an autoencoder run) nor "
                           f"{export.CONFIG_FILE} (an exported model)")
@@ -114,13 +131,23 @@ def _build(config, workdir):
       p = ae.init(jax.random.key(config.seed), jnp.zeros((1, cfg.height, cfg.width, 3)))["params"]
       return state_lib.create(p, tx)
 
-    step = functools.partial(steps.ae_train_step, ae=ae, tx=tx,
-                             cfg=steps.AEStepConfig(ema_decay=config.train.ema_decay,
-                                                    latent_penalty=config.train.latent_penalty))
-    return {"cfg": cfg, "ae": ae}, init_fn, step, ()
+    step_cfg = steps.AEStepConfig(ema_decay=config.train.ema_decay, latent_penalty=config.train.latent_penalty,
+                                  latent_match=config.train.get("latent_match", 1.0))
+    models = {"cfg": cfg, "ae": ae}
+    if not config.get("teacher_autoencoder"):
+      return models, init_fn, functools.partial(steps.ae_train_step, ae=ae, tx=tx, cfg=step_cfg), ()
+    # Learn a trained autoencoder's latent space (its latent scale too) with this architecture.
+    t_params, t_meta = load_autoencoder(config.teacher_autoencoder)
+    t_size = sizes.get_size(t_meta["size"]).with_autoencoder(t_meta["kind"])
+    if t_size.autoencoder.latent_channels != cfg.model_size.autoencoder.latent_channels:
+      raise ValueError(f"teacher autoencoder {config.teacher_autoencoder} has {t_size.autoencoder.latent_channels} "
+                       f"latent channels, this one {cfg.model_size.autoencoder.latent_channels}")
+    models.update(teacher_params=t_params, teacher_meta=t_meta)
+    step = functools.partial(steps.ae_train_step, ae=ae, tx=tx, cfg=step_cfg, teacher_ae=Autoencoder(t_size.autoencoder))
+    return models, init_fn, step, ("teacher_params",)
   if config.task == "lsd":
     ae_params, meta = load_autoencoder(config.autoencoder_dir)
-    cfg = lsd_config(config, latent_scale=float(meta["latent_scale"]))
+    cfg = lsd_config(config, latent_scale=float(meta["latent_scale"]), autoencoder=meta["kind"])
     if meta["size"] != cfg.size:
       raise ValueError(f"autoencoder in {config.autoencoder_dir} is {meta['size']!r}, model is {cfg.size!r}")
     ae, den = lsd.build(cfg)
@@ -186,7 +213,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   rules = [(r[0], tuple(r[1]) if isinstance(r[1], (list, tuple)) else r[1]) for r in config.rules]
   models, init_fn, step_fn, extra_names = _build(config, workdir)
   state, shardings = sharding.sharded_init(init_fn, mesh, rules)
-  data_iter = pipeline.make_iterator(config.data, prompts or prompt_table(config.data.prompt_split))
+  data_iter = pipeline.make_iterator(config.data, prompts or prompt_table(config.data.prompt_split,
+                                                                         config.data.get("effects", "")))
   mgr = checkpoint.manager(workdir, keep=config.keep_checkpoints, every=config.checkpoint_every)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
   restored, start = checkpoint.restore_latest(mgr, abstract, data_iter)
@@ -200,6 +228,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                    in_shardings=(shardings, batch_sh, sharding.replicated(mesh), sharding.replicated(mesh)),
                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   writer = writers.MetricWriter(workdir)
+  probe = heldout.build(config, models["cfg"], models["ae_params"], workdir) if "den" in models else None
+  acc = _EffectAccumulator()
   key = jax.random.key(config.seed + 1)
   stop = min(config.total_steps, config.get("stop_at") or config.total_steps)
   deadline = time.time() + 60 * config.max_minutes if config.get("max_minutes") else math.inf
@@ -211,12 +241,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       state, metrics = jitted(state, batch, key, extras)
       step += 1
       if pending is not None:  # read one step late, so the host never waits on the device
-        _log(writer, *pending, t_last, n_last, config)
+        _log(writer, *pending, t_last, n_last, config, acc)
         t_last, n_last = (time.time(), pending[0]) if pending[0] % config.log_every == 0 else (t_last, n_last)
       pending = (step, metrics)
+      if probe is not None and step % config.heldout.every == 0:
+        _heldout(writer, probe, step, state)
       checkpoint.save(mgr, step, state, data_iter)
     if pending is not None:
-      _log(writer, *pending, t_last, n_last, config, force=True)
+      _log(writer, *pending, t_last, n_last, config, acc, force=True)
+    if probe is not None and step > start and step % config.heldout.every:
+      _heldout(writer, probe, step, state)
     if mgr.latest_step() != step:
       checkpoint.save(mgr, step, state, data_iter, force=True)
     mgr.wait_until_finished()
@@ -230,25 +264,65 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   return summary
 
 
-def _log(writer, step, metrics, t_last, n_last, config, force=False):
-  vals = {k: float(v) for k, v in jax.device_get(metrics).items()}
+class _EffectAccumulator:
+  """Sums the per-effect flow-loss vectors of every step between two log steps, so each logged
+  `loss_flow/<effect>` averages all the samples of that effect in the interval, not one step's."""
+
+  def __init__(self):
+    self.sum = self.count = None
+
+  def add(self, total_G, count_G):
+    self.sum = total_G if self.sum is None else self.sum + total_G
+    self.count = count_G if self.count is None else self.count + count_G
+
+  def pop(self) -> dict[str, float]:
+    from lsd_jax.datasets import effects
+
+    if self.sum is None:
+      return {}
+    out = {f"loss_flow/{n}": float(s / c) for n, s, c in zip(effects.GROUP_NAMES, self.sum, self.count) if c > 0}
+    self.sum = self.count = None
+    return out
+
+
+def _log(writer, step, metrics, t_last, n_last, config, acc: _EffectAccumulator | None = None, force=False):
+  host = jax.device_get(metrics)
+  per_effect = {k: np.asarray(host.pop(k)) for k in ("effect_flow_sum_G", "effect_flow_count_G") if k in host}
+  vals = {k: float(v) for k, v in host.items()}
   if not math.isfinite(vals["loss"]):
     raise FloatingPointError(f"loss is {vals['loss']} at step {step}; stopping (last checkpoint kept)")
+  if acc is not None and per_effect:
+    acc.add(per_effect["effect_flow_sum_G"], per_effect["effect_flow_count_G"])
   if step % config.log_every and not force:
     return
   dt = time.time() - t_last
   vals["steps_per_sec"] = (step - n_last) / dt if dt > 0 and step > n_last else float("nan")
+  if acc is not None:
+    vals.update(acc.pop())
   writer.write(step, vals)
   logging.info("step %d | loss %.5f | %.2f steps/s | %s", step, vals["loss"], vals["steps_per_sec"],
-               " ".join(f"{k} {v:.4g}" for k, v in vals.items() if k not in ("loss", "steps_per_sec")))
+               " ".join(f"{k} {v:.4g}" for k, v in vals.items()
+                        if k not in ("loss", "steps_per_sec") and "/" not in k))
+
+
+def _heldout(writer, probe, step, state):
+  t0 = time.time()
+  vals = probe(state.ema_params, state.params)
+  writer.write(step, vals)
+  logging.info("step %d | %s | %.1f s", step, heldout.summary_line(vals), time.time() - t0)
 
 
 def _finish(config, workdir, models, state, data_iter) -> dict[str, Any]:
   params = jax.device_get(state.ema_params)
   if config.task == "autoencoder":
-    scale = _latent_scale(models["ae"], params, data_iter, batches=4)
+    teacher = models.get("teacher_meta")  # a distilled autoencoder keeps its teacher's latent scale
+    scale = float(teacher["latent_scale"]) if teacher else _latent_scale(models["ae"], params, data_iter, batches=4)
     export.save_params(os.path.join(workdir, AE_FILE), params, dtype="float32")
-    meta = {"size": config.model.size, "latent_scale": scale, "steps": int(state.step)}
+    meta = {"size": config.model.size, "kind": models["cfg"].autoencoder, "latent_scale": scale,
+            "steps": int(state.step)}
+    if teacher:
+      meta["teacher"] = {"dir": config.teacher_autoencoder, **{k: teacher[k] for k in ("size", "kind", "steps")
+                                                               if k in teacher}}
     with open(os.path.join(workdir, AE_META), "w") as f:
       json.dump(meta, f, indent=2)
     return {"latent_scale": scale}

@@ -41,22 +41,40 @@ class AEStepConfig:
   latent_penalty: float = 1e-4  # keeps latents near unit scale
   ema_decay: float = 0.999
   frames_per_clip: int = 2  # frames of each clip (input and target) used per step
+  latent_match: float = 1.0  # with a teacher: weight of || E(x) - E_teacher(x) ||^2
 
 
-def ae_loss(ae: Autoencoder, params, x_Nx_HxWx3_01, latent_penalty: float):
+def ae_loss(ae: Autoencoder, params, x_Nx_HxWx3_01, latent_penalty: float, teacher=None,
+            latent_match: float = 1.0):
+  """L1 + MSE reconstruction (+ a small latent penalty). With `teacher = (ae, params)`, the
+  autoencoder learns the teacher's latent space instead: its encoder matches the teacher's
+  latents and its decoder reconstructs from both the teacher's latents and its own, so a
+  denoiser trained on the teacher's latents runs on it unchanged (the light autoencoder of
+  model v3 takes over the conv one's latents this way)."""
   x = x_Nx_HxWx3_01 * 2.0 - 1.0
   z = ae.apply({"params": params}, x, method=Autoencoder.encode)
   y = ae.apply({"params": params}, z, method=Autoencoder.decode)
   l1 = jnp.mean(jnp.abs(y - x))
   mse = jnp.mean(jnp.square(y - x))
   reg = jnp.mean(jnp.square(z))
-  loss = l1 + mse + latent_penalty * reg
   psnr = 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))  # range [-1, 1] -> peak-to-peak 2
-  return loss, {"loss": loss, "l1": l1, "psnr": psnr, "latent_rms": jnp.sqrt(reg)}
+  info = {"l1": l1, "psnr": psnr, "latent_rms": jnp.sqrt(reg)}
+  if teacher is None:
+    loss = l1 + mse + latent_penalty * reg
+  else:
+    t_ae, t_params = teacher
+    z_t = jax.lax.stop_gradient(t_ae.apply({"params": t_params}, x, method=Autoencoder.encode))
+    y_t = ae.apply({"params": params}, z_t, method=Autoencoder.decode)
+    match = jnp.mean(jnp.square(z - z_t)) / jnp.maximum(jnp.mean(jnp.square(z_t)), 1e-6)
+    mse_t = jnp.mean(jnp.square(y_t - x))
+    loss = l1 + mse + jnp.mean(jnp.abs(y_t - x)) + mse_t + latent_match * match
+    info.update(latent_match=match, psnr_from_teacher=10.0 * jnp.log10(4.0 / jnp.maximum(mse_t, 1e-10)))
+  info["loss"] = loss
+  return loss, info
 
 
 def ae_train_step(state: state_lib.TrainState, batch, key, *, ae: Autoencoder, tx: optax.GradientTransformation,
-                  cfg: AEStepConfig):
+                  cfg: AEStepConfig, teacher_ae: Autoencoder | None = None, teacher_params=None):
   key = jax.random.fold_in(key, state.step)
   k_fx, k_pick = jax.random.split(key)
   targets = render_targets(batch, k_fx)
@@ -65,8 +83,10 @@ def ae_train_step(state: state_lib.TrainState, batch, key, *, ae: Autoencoder, t
   take = lambda x: jnp.take_along_axis(x, pick[:, :, None, None, None], axis=1)  # noqa: E731
   x = jnp.concatenate([take(frames_01(batch["clip"])), take(targets)], axis=1)
   x = x.reshape((-1,) + x.shape[2:])
-  (_, info), grads = jax.value_and_grad(lambda p: ae_loss(ae, p, x, cfg.latent_penalty), has_aux=True)(state.params)
-  info["grad_norm"] = optax.global_norm(grads)
+  teacher = None if teacher_ae is None else (teacher_ae, teacher_params)
+  (_, info), grads = jax.value_and_grad(
+      lambda p: ae_loss(ae, p, x, cfg.latent_penalty, teacher, cfg.latent_match), has_aux=True)(state.params)
+  info["grad_norm"] = optax.tree.norm(grads)
   return state_lib.apply_gradients(state, grads, tx, cfg.ema_decay), info
 
 
@@ -158,12 +178,25 @@ def _self_history(vf, c_BxTxHxWxC, prompt_BxE, fcfg: forcing.ForcingConfig, leve
   return predict
 
 
+def split_by_effect(info, batch):
+  """Replaces the per-sample flow errors in `info` by their sums and counts per effect group
+  (`effects.GROUP_NAMES`): `effect_flow_sum_G`, `effect_flow_count_G`. The loop accumulates them
+  between log steps and logs `loss_flow/<effect>`."""
+  info = dict(info)
+  err, w = info.pop("flow_err_B"), info.pop("flow_w_B")
+  g = effects.group_id(batch["effect_frame_id"], batch["effect_temporal_id"])
+  n = len(effects.GROUP_NAMES)
+  info["effect_flow_sum_G"] = jax.ops.segment_sum(err * w, g, num_segments=n)
+  info["effect_flow_count_G"] = jax.ops.segment_sum(w, g, num_segments=n)
+  return info
+
+
 def lsd_train_step(state: state_lib.TrainState, batch, key, *, den, ae, ae_params, tx, cfg: LSDStepConfig):
   key = jax.random.fold_in(key, state.step)
   (_, info), grads = jax.value_and_grad(
       lambda p: lsd_loss(p, batch, key, den=den, ae=ae, ae_params=ae_params, cfg=cfg), has_aux=True)(state.params)
-  info["grad_norm"] = optax.global_norm(grads)
-  return state_lib.apply_gradients(state, grads, tx, cfg.ema_decay), info
+  info["grad_norm"] = optax.tree.norm(grads)
+  return state_lib.apply_gradients(state, grads, tx, cfg.ema_decay), split_by_effect(info, batch)
 
 
 def distill_train_step(state: state_lib.TrainState, batch, key, *, den, teacher, teacher_params, ae, ae_params, tx,
@@ -172,5 +205,5 @@ def distill_train_step(state: state_lib.TrainState, batch, key, *, den, teacher,
   (_, info), grads = jax.value_and_grad(
       lambda p: distill_loss(p, batch, key, den=den, teacher=teacher, teacher_params=teacher_params, ae=ae,
                              ae_params=ae_params, cfg=cfg, dcfg=dcfg), has_aux=True)(state.params)
-  info["grad_norm"] = optax.global_norm(grads)
-  return state_lib.apply_gradients(state, grads, tx, cfg.ema_decay), info
+  info["grad_norm"] = optax.tree.norm(grads)
+  return state_lib.apply_gradients(state, grads, tx, cfg.ema_decay), split_by_effect(info, batch)

@@ -45,15 +45,26 @@ class MetricWriter:
 
     hist = read_jsonl(os.path.join(self.workdir, f"{self.name}_metrics.jsonl"))
     keys = keys or tuple(k for k in hist if k != "step")
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-      steps, vals = np.asarray(hist["step"]), np.asarray(hist[k], float)
-      ok = np.isfinite(vals)
-      ax.plot(steps[ok], vals[ok], lw=1)
-      ax.set_title(k)
+    panels = _panels(keys)
+    cols = min(len(panels), 4)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    steps = np.asarray(hist["step"])
+    for ax, (title, members) in zip(axes.ravel(), panels):
+      for k in members:
+        vals = np.asarray([np.nan if v is None else v for v in hist[k]], float)
+        ok = np.isfinite(vals)
+        style = _STYLE.get(k, {"lw": 0.8})
+        ax.plot(steps[ok], vals[ok], label=k.split("/")[-1] if len(members) > 1 else None, **style)
+      ax.set_title(title)
       ax.set_xlabel("step")
-      if k.startswith("loss") and np.all(vals[ok] > 0):
+      if len(members) > 1:
+        ax.legend(fontsize=5, ncol=2)
+      finite = [v for k in members for v in hist[k] if v is not None and np.isfinite(v)]
+      if title.startswith("loss") and finite and min(finite) > 0:
         ax.set_yscale("log")
+    for ax in axes.ravel()[len(panels):]:
+      ax.axis("off")
     fig.tight_layout()
     path = os.path.join(self.workdir, f"{self.name}_curves.png")
     fig.savefig(path, dpi=80)
@@ -65,16 +76,33 @@ class MetricWriter:
     self._jsonl.close()
 
 
+# The held-out panel draws its mean bold and both references dashed.
+_STYLE = {"heldout_psnr_mean": {"lw": 2.0, "color": "k"},
+          "heldout_input_psnr_mean": {"lw": 1.2, "ls": "--", "color": "tab:red"},
+          "heldout_ae_psnr_mean": {"lw": 1.2, "ls": "--", "color": "tab:green"},
+          "heldout_psnr_mean_raw": {"lw": 1.2, "ls": ":", "color": "k"}}
+
+
+def _panels(keys) -> list[tuple[str, list[str]]]:
+  """One panel per plain key; keys `group/member` share a panel named after the group, and the
+  held-out means and references join the per-effect held-out panel."""
+  panels: dict[str, list[str]] = {}
+  for k in keys:
+    group = k.split("/")[0] if "/" in k else ("heldout_psnr" if k.startswith("heldout_") else k)
+    panels.setdefault(group, []).append(k)
+  return list(panels.items())
+
+
 def read_jsonl(path: str) -> dict[str, list]:
-  """Columns of a metrics JSONL file; a step logged twice (after a resume) keeps its last row."""
+  """Columns of a metrics JSONL file; rows of one step are merged (a later value wins: a step
+  logged twice, after a resume, keeps its last values)."""
   rows: dict[int, dict] = {}
   with open(path) as f:
     for line in f:
       if line.strip():
         r = json.loads(line)
-        rows[r["step"]] = r
-  cols: dict[str, list] = {}
-  for step in sorted(rows):
-    for k, v in rows[step].items():
-      cols.setdefault(k, []).append(v)
-  return cols
+        rows.setdefault(r["step"], {}).update(r)  # a held-out row joins its step's train row
+  # Rows need not share keys (held-out rows, per-effect losses): every column has one entry per
+  # step, None where that step did not log it.
+  keys = list(dict.fromkeys(k for r in rows.values() for k in r))
+  return {k: [rows[step].get(k) for step in sorted(rows)] for k in keys}

@@ -7,10 +7,11 @@ from lsd_jax.models import layers, lsd, sizes
 
 @pytest.mark.parametrize("name", list(sizes.SIZES))
 @pytest.mark.parametrize("mode", ["concat", "attention"])
-def test_reported_params_match_parameter_trees(name, mode):
-  cfg = lsd.LSDConfig(size=name, height=64, width=64, history_mode=mode)
+@pytest.mark.parametrize("ae", sizes.AE_KINDS)
+def test_reported_params_match_parameter_trees(name, mode, ae):
+  cfg = lsd.LSDConfig(size=name, height=64, width=64, history_mode=mode, autoencoder=ae)
   tree = jax.eval_shape(lambda: lsd.init_params(jax.random.key(0), cfg))
-  counted = sizes.count_params(name, mode, cfg.history_len)
+  counted = sizes.count_params(cfg.model_size, mode, cfg.history_len)
   assert layers.count(tree["denoiser"]) == counted["denoiser"]
   assert layers.count(tree["autoencoder"]) == counted["autoencoder"]
 

@@ -1,0 +1,101 @@
+"""Training diagnostics: held-out PSNR per effect and the flow loss split by effect."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import lsd as lsd_config
+from lsd_jax.datasets import effects
+from lsd_jax.eval import fidelity
+from lsd_jax.models import lsd
+from lsd_jax.train import heldout, loop, steps, writers
+from tests.train.conftest import small_prompt_table
+
+
+def test_split_by_effect_sums_each_group():
+  fid = jnp.array([2, 2, 0, 0, 6], jnp.int32)
+  tid = jnp.array([0, 0, 1, 0, 2], jnp.int32)  # thermal, thermal, echo, identity, sepia+snowfall
+  info = {"flow_err_B": jnp.array([1.0, 3.0, 5.0, 7.0, 9.0]), "flow_w_B": jnp.array([1.0, 1.0, 1.0, 0.0, 1.0])}
+  out = steps.split_by_effect(info, {"effect_frame_id": fid, "effect_temporal_id": tid})
+  assert "flow_err_B" not in out
+  g = {n: i for i, n in enumerate(effects.GROUP_NAMES)}
+  s, c = np.asarray(out["effect_flow_sum_G"]), np.asarray(out["effect_flow_count_G"])
+  assert s[g["thermal"]] == 4.0 and c[g["thermal"]] == 2.0
+  assert s[g["echo"]] == 5.0 and c[g["echo"]] == 1.0
+  assert c[g["identity"]] == 0.0  # its only sample was a bootstrap sample (no flow-matching frame)
+  assert s[g["composition"]] == 9.0 and c.sum() == 4.0
+
+
+def test_prompt_table_keeps_only_the_named_effects():
+  t = loop.prompt_table("train", "thermal")
+  assert len(t) > 10 and set(t.frame_ids.tolist()) == {effects.FRAME_EFFECTS.index("thermal")}
+  assert set(t.temporal_ids.tolist()) == {0}
+  both = loop.prompt_table("train", "thermal,echo")
+  assert len(both) > len(t)
+  with pytest.raises(ValueError, match="no train prompt has"):
+    loop.prompt_table("train", "watercolour")
+
+
+def test_batched_probe_rollout_matches_the_fidelity_eval():
+  """The held-out probe streams exactly what eval_fidelity streams (same sampler, keys, S)."""
+  cfg = lsd.LSDConfig(size="tiny", height=32, width=32, residual=True, tau_inf=0.5)
+  params = lsd.init_params(jax.random.key(0), cfg)
+  params["denoiser"] = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(3), x.shape),
+                                    params["denoiser"])  # adaLN-zero init would hide the prompt
+  clips = np.random.default_rng(0).integers(0, 256, (2, 6, 32, 32, 3), dtype=np.uint8)
+  prompts = np.random.default_rng(1).normal(size=(2, 384)).astype(np.float32)
+  keys = jax.vmap(jax.random.key)(jnp.arange(2))
+  batched = np.asarray(heldout.rollout_fn(cfg)(params, jnp.asarray(clips), jnp.asarray(prompts), keys))
+  single = fidelity.rollout_fn(cfg, cfg.steps)
+  psnr = lambda a, b: 10 * np.log10(1 / max(np.mean(np.square(a - b)), 1e-12))  # noqa: E731
+  for i in range(2):
+    ref = np.asarray(single(params, clips[i], jnp.asarray(prompts[i]), jax.random.key(i)))
+    other_key = np.asarray(single(params, clips[i], jnp.asarray(prompts[i]), jax.random.key(7)))
+    # Equal (vmapped, the same function; allowing bf16 rounding should batching reorder it),
+    # far closer than the same stream under another key.
+    assert psnr(batched[i], ref) > 45.0, psnr(batched[i], ref)
+    assert psnr(batched[i], ref) > psnr(other_key, ref) + 10.0
+  assert np.abs(batched[0] - batched[1]).max() > 1e-3  # different streams stay different
+
+
+def test_probe_references():
+  cfg = lsd.LSDConfig(size="tiny", height=32, width=32)
+  params = lsd.init_params(jax.random.key(0), cfg)
+  clips = heldout.heldout_clips(lsd_config.get_config("smoke").data, 1, 6, 32, 32)
+  chosen = heldout.single_effect_prompts(["identity", "negative"])
+  probe = heldout.make_probe(cfg, params["autoencoder"], clips, chosen)
+  assert sorted(probe.names) == ["identity", "negative"] and probe.warm == cfg.history_len + 1
+  assert probe.input_psnr["identity"] == pytest.approx(120.0)  # the input is the identity's target
+  assert probe.input_psnr["negative"] < 20.0
+  evaluator = heldout.HeldoutEval(cfg, params["autoencoder"], probe)
+  vals = evaluator(params["denoiser"], params["denoiser"])
+  assert set(vals) >= {"heldout_psnr/identity", "heldout_psnr/negative", "heldout_psnr_mean",
+                       "heldout_input_psnr_mean", "heldout_ae_psnr_mean", "heldout_psnr_mean_raw"}
+  assert all(np.isfinite(v) for v in vals.values())
+
+
+def test_training_logs_heldout_psnr_and_per_effect_losses(tmp_path):
+  ae_dir = str(tmp_path / "ae")
+  from experiments.configs import autoencoder as ae_config
+  loop.train(ae_config.get_config("smoke"), ae_dir, small_prompt_table())
+  cfg = lsd_config.get_config("smoke")
+  cfg.autoencoder_dir = ae_dir
+  cfg.heldout.every, cfg.heldout.clips, cfg.heldout.frames = 10, 1, 6
+  work = str(tmp_path / "lsd")
+  loop.train(cfg, work, small_prompt_table())
+  hist = writers.read_jsonl(os.path.join(work, "train_metrics.jsonl"))
+  single = [n for n in effects.GROUP_NAMES if n != "composition"]
+  for n in single:
+    vals = [v for v in hist[f"heldout_psnr/{n}"] if v is not None]
+    assert len(vals) == 2 and all(np.isfinite(vals)), n  # steps 10 and 20
+  trained = {"sepia", "negative", "pencil_sketch", "echo", "composition", "mirror"}  # small_prompt_table
+  logged = {k.split("/")[1] for k in hist if k.startswith("loss_flow/")}
+  assert logged and logged <= trained
+  with open(os.path.join(work, "heldout_refs.json")) as f:
+    refs = json.load(f)
+  assert refs["input_psnr"]["identity"] == pytest.approx(120.0) and set(refs["effects"]) == set(single)
+  assert os.path.isfile(os.path.join(work, "train_curves.png"))

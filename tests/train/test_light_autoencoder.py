@@ -1,0 +1,61 @@
+"""The light autoencoder through the loop: trained alone, distilled into a teacher's latent
+space, and used by an LSD run whose export then records the light kind."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments.configs import autoencoder as ae_config
+from experiments.configs import lsd as lsd_config
+from lsd_jax.models import export
+from lsd_jax.train import loop, writers
+from tests.train.conftest import small_prompt_table
+
+
+@pytest.fixture(scope="module")
+def conv_teacher(tmp_path_factory):
+  work = str(tmp_path_factory.mktemp("ae_conv"))
+  loop.train(ae_config.get_config("smoke"), work, small_prompt_table())
+  return work
+
+
+def test_light_autoencoder_learns_the_teachers_latent_space(conv_teacher, tmp_path):
+  cfg = ae_config.get_config("smoke_light")
+  cfg.teacher_autoencoder = conv_teacher
+  cfg.total_steps = 30
+  work = str(tmp_path / "light")
+  loop.train(cfg, work, small_prompt_table())
+  with open(os.path.join(work, loop.AE_META)) as f:
+    meta = json.load(f)
+  with open(os.path.join(conv_teacher, loop.AE_META)) as f:
+    teacher = json.load(f)
+  assert meta["kind"] == "light" and teacher["kind"] == "conv"
+  assert meta["latent_scale"] == teacher["latent_scale"] and meta["teacher"]["dir"] == conv_teacher
+  hist = writers.read_jsonl(os.path.join(work, "train_metrics.jsonl"))
+  assert hist["latent_match"][-1] < hist["latent_match"][0]
+
+  lsd = lsd_config.get_config("smoke")
+  lsd.autoencoder_dir = work
+  summary = loop.train(lsd, str(tmp_path / "lsd"), small_prompt_table())
+  model_cfg, params, _ = export.load(summary["export"])
+  assert model_cfg.autoencoder == "light" and model_cfg.latent_scale == teacher["latent_scale"]
+  assert "encoder" in params["autoencoder"] and np.isfinite(
+      np.asarray(params["autoencoder"]["encoder"]["Conv_0"]["kernel"], np.float32)).all()
+
+
+def test_light_autoencoder_alone_measures_its_latent_scale(tmp_path):
+  work = str(tmp_path / "light")
+  loop.train(ae_config.get_config("smoke_light"), work, small_prompt_table())
+  with open(os.path.join(work, loop.AE_META)) as f:
+    meta = json.load(f)
+  assert meta["kind"] == "light" and meta["latent_scale"] > 0 and "teacher" not in meta
+
+
+def test_teacher_must_share_latent_channels(tmp_path):
+  cfg = ae_config.get_config("small_light")
+  cfg.teacher_autoencoder = "checkpoints/lsd_small"
+  cfg.model.size = "tiny"  # 4 latent channels; the shipped model has 8
+  with pytest.raises(ValueError, match="latent channels"):
+    loop.train(cfg, str(tmp_path), small_prompt_table())
