@@ -51,16 +51,18 @@ flags.DEFINE_string("label", "", "Name of this run (defaults to the config name)
 def model_flops(config, batch: int) -> dict[str, float]:
   """Analytic FLOPs of one LSD train step (see the module docstring)."""
   m, d = config.model, config.data
-  size = sizes.get_size(m.size)
+  size = sizes.get_size(m.size).with_autoencoder(m.get("autoencoder", "conv"))
   k = m.history_len
   den = sizes.denoiser_flops(size, d.height, d.width, m.history_mode, k)
   enc = sizes.autoencoder_flops(size, d.height, d.width)["encode"]
   t = config.train
+  reps = t.get("prompt_repeats", 1)  # each host clip trains under this many prompts
+  n = batch * reps  # denoiser samples; the input clips are encoded once, the targets per prompt
   out = {
-      "encoder": 2.0 * batch * (k + 1) * enc,
-      "denoiser_fwd_bwd": 3.0 * batch * den,
-      "bootstrap_teacher": 2.0 * round(t.bootstrap_frac * batch) * den,
-      "history_hook": float(batch * k * den) if any(a["name"] == "model" for a in t.augment) else 0.0,
+      "encoder": (batch + n) * (k + 1) * enc,
+      "denoiser_fwd_bwd": 3.0 * n * den,
+      "bootstrap_teacher": 2.0 * round(t.bootstrap_frac * n) * den,
+      "history_hook": float(n * k * den) if any(a["name"] == "model" for a in t.augment) else 0.0,
   }
   out["total"] = sum(out.values())
   return out
@@ -73,7 +75,7 @@ def _random_autoencoder(config, directory: str) -> None:
   params = nn.meta.unbox(ae.init(jax.random.key(0), jnp.zeros((1, cfg.height, cfg.width, 3)))["params"])
   export.save_params(os.path.join(directory, loop.AE_FILE), params, dtype="float32")
   with open(os.path.join(directory, loop.AE_META), "w") as f:
-    json.dump({"size": config.model.size, "latent_scale": 1.0, "steps": 0}, f)
+    json.dump({"size": config.model.size, "kind": cfg.autoencoder, "latent_scale": 1.0, "steps": 0}, f)
 
 
 def time_batch(config, batch_size: int) -> dict[str, float]:
@@ -86,9 +88,10 @@ def time_batch(config, batch_size: int) -> dict[str, float]:
     config.autoencoder_dir = tmp
     mesh = sharding.make_mesh(dict(config.mesh))
     rules = [(r[0], tuple(r[1]) if isinstance(r[1], (list, tuple)) else r[1]) for r in config.rules]
-    models, init_fn, step_fn, extra_names = loop._build(config, tmp)  # pylint: disable=protected-access
+    table = loop.prompt_table(config.data.prompt_split)
+    models, init_fn, step_fn, extra_names = loop._build(config, tmp, table)  # pylint: disable=protected-access
     state, shardings = sharding.sharded_init(init_fn, mesh, rules)
-    it = pipeline.make_iterator(config.data, loop.prompt_table(config.data.prompt_split))
+    it = pipeline.make_iterator(config.data, table)
     batch_sh = sharding.batch_sharding(mesh)
     batch = pipeline.to_global_batch(next(it), mesh, batch_sh.spec)
     repl = sharding.replicated(mesh)

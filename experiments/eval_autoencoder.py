@@ -18,7 +18,25 @@ _H = flags.DEFINE_integer("height", 256, "frame height")
 _W = flags.DEFINE_integer("width", 256, "frame width")
 _CLIPS = flags.DEFINE_integer("clips", 64, "random clips drawn")
 _OUT = flags.DEFINE_string("out", None, "JSON written here")
+_TIME = flags.DEFINE_integer("time_iters", 0, "> 0: also time encode + decode of one frame this many times "
+                             "(device-resident uint8 frame in, float frame out, after a warm-up; p50 / p99)")
 flags.mark_flags_as_required(["autoencoder_dir"])
+
+
+def time_roundtrip(fn, params, frame_HxWx3, iters: int) -> dict[str, float]:
+  """p50 / p99 / mean ms of one jitted encode + decode of one frame (block_until_ready each)."""
+  import time
+
+  x = jax.device_put(frame_HxWx3[None])
+  for _ in range(50):
+    jax.block_until_ready(fn(params, x))
+  ms = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(params, x))
+    ms.append(1e3 * (time.perf_counter() - t0))
+  return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "mean": float(np.mean(ms)),
+          "iters": iters}
 
 
 def main(argv):
@@ -44,6 +62,11 @@ def main(argv):
             "psnr_db_p10": float(np.percentile(vals, 10)), "frames": len(vals), "split": _SPLIT.value,
             "clips": sorted({c["name"] for c in json.load(open(_MANIFEST.value))["clips"] if c["split"] == _SPLIT.value}),
             "resolution": f"{_W.value}x{_H.value}", "autoencoder": meta}
+  fl = sizes.autoencoder_flops(size, _H.value, _W.value)
+  result["gflops_encode_decode"] = (fl["encode"] + fl["decode"]) / 1e9
+  if _TIME.value > 0:
+    result["latency_ms"] = time_roundtrip(fn, params, clip[0], _TIME.value)
+    result["device"] = jax.devices()[0].device_kind
   logging.info("held-out PSNR %.2f dB (median %.2f) over %d frames", result["psnr_db_mean"],
                result["psnr_db_median"], len(vals))
   if _OUT.value:

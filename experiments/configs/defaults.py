@@ -39,7 +39,8 @@ def base(task: str) -> ml_collections.ConfigDict:
       "ema_decay": 0.999, "latent_penalty": 1e-4,
       "tau_kind": "uniform", "tau_max": 0.5, "p_stream_start": 0.1,
       "augment": [dict(a) for a in FULL_AUGMENT],
-      "bootstrap_frac": 0.25, "max_log2": 7, "level_kind": "logit_normal", "p_no_prompt": 0.05,
+      "bootstrap_frac": 0.25, "max_log2": 7, "level_kind": "logit_normal", "level_mean": 0.0,
+      "p_no_prompt": 0.05, "prompt_repeats": 1,
   })
   # Held-out fidelity per effect while training (lsd_jax/train/heldout.py); every = 0: off.
   c.heldout = ml_collections.ConfigDict({"every": 0, "clips": 2, "frames": 8})

@@ -5,7 +5,9 @@
   python experiments/main.py --config=experiments/configs/lsd.py:smoke \
       --config.autoencoder_dir=/tmp/ae_smoke --workdir=/tmp/lsd_smoke
 
-`small` (the shipped default) and `base` at 256x256 with K = 3 history frames in `concat` mode,
+`v3` is model v3's recipe (`V3_TRAIN`, on a light autoencoder: pass one trained with
+`autoencoder.py:small_light`); `v3_smoke` is the same at the tiny size on a CPU.
+`small` (model v2) and `base` at 256x256 with K = 3 history frames in `concat` mode,
 residual (the denoiser diffuses target minus input latent; the first shipped model did not);
 each clip has 2 warm-up frames (for temporal effects) before its K + 1 trained frames. Ablation
 arms are overrides of these fields (see experiments/sweep.py). `smoke` trains a tiny model at
@@ -17,12 +19,36 @@ from experiments.configs import defaults
 WARMUP_FRAMES = 2
 
 
+# Model v3's recipe (reports/model_v3/): the history is noisier and more often missing, so the
+# model must read the input frame and the prompt instead of copying its history; levels sit
+# nearer the noise end, where a 1-2 step sampler starts; the shortcut's step sizes stop at 1/16
+# (a 1-2 step model never takes smaller ones); every clip trains under 4 prompts at once.
+V3_TRAIN = {"tau_max": 0.9, "p_stream_start": 0.25, "level_mean": 0.5, "max_log2": 4, "prompt_repeats": 4}
+
+
 def get_config(arg: str = "small"):
   c = defaults.base("lsd")
   c.name = f"lsd:{arg}"
   c.data.num_frames = WARMUP_FRAMES + c.model.history_len + 1
   c.model.residual = True  # diffuse target - input latent (lsd_jax/diffusion/forcing.py)
-  if arg in ("small", "base"):
+  if arg in ("v3", "v3_smoke"):
+    c.train.update(V3_TRAIN)
+    # Without the model-made history hook: it runs the denoiser on every history frame of every
+    # sample to use 10% of them (as much compute as the step's own forward and backward).
+    c.train.augment = [dict(a) for a in defaults.FULL_AUGMENT if a["name"] != "model"]
+    c.model.autoencoder = "light"
+    c.model.tau_inf = 0.5
+    c.heldout.every = 250
+    if arg == "v3_smoke":
+      defaults.smoke(c)
+      c.heldout.every, c.heldout.clips, c.heldout.frames = 10, 1, 6
+      return c
+    c.model.size = "small"
+    c.data.global_batch_size = 32  # host clips; x prompt_repeats = 128 samples a step
+    c.total_steps = 9000
+    c.optim.lr = 3e-4
+    c.data.worker_count = 12
+  elif arg in ("small", "base"):
     c.model.size = arg
     c.data.global_batch_size = 32
     c.total_steps = 20_000

@@ -66,12 +66,13 @@ def teacher_average_velocity(teacher_fn: VelocityFn, x_t, t, d, move, cond, *, t
 
 def make_targets(teacher_fn: VelocityFn, key, x0, cond, dc: DistillConfig, *, x0_in=None,
                  bootstrap_frac: float = 0.25, max_log2: int = 7, level_kind: str = "logit_normal",
-                 bootstrap_last_only: bool = False):
+                 bootstrap_last_only: bool = False, level_mean: float = 0.0):
   """Noisy inputs and the teacher's targets: a dict with x_t, t, d, boot, eps, target, data_target."""
   b, t_len = x0.shape[:2]
   k_times, k_eps = jax.random.split(key)
   t, d, boot, n_boot = shortcut.sample_times(k_times, b, t_len, bootstrap_frac=bootstrap_frac, max_log2=max_log2,
-                                             level_kind=level_kind, bootstrap_last_only=bootstrap_last_only)
+                                             level_kind=level_kind, bootstrap_last_only=bootstrap_last_only,
+                                             level_mean=level_mean)
   eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
   x_t = flow.interpolate(x0 if x0_in is None else x0_in, eps, t)
   data_target = flow.velocity(x0, eps)
@@ -89,12 +90,12 @@ def make_targets(teacher_fn: VelocityFn, key, x0, cond, dc: DistillConfig, *, x0
 
 def distill_loss(student_fn: VelocityFn, teacher_fn: VelocityFn, key, x0, cond, dc: DistillConfig, *, x0_in=None,
                  bootstrap_frac: float = 0.25, max_log2: int = 7, level_kind: str = "logit_normal",
-                 bootstrap_last_only: bool = False, loss_mask=None):
+                 bootstrap_last_only: bool = False, loss_mask=None, level_mean: float = 0.0):
   """Returns (loss, info): the student's squared error to the teacher's targets (as
   `shortcut.shortcut_loss`, same inputs), plus how far the teacher's d = 0 field is from the
   data velocity (`teacher_flow_err`, a property of the teacher, not trained)."""
   tg = make_targets(teacher_fn, key, x0, cond, dc, x0_in=x0_in, bootstrap_frac=bootstrap_frac, max_log2=max_log2,
-                    level_kind=level_kind, bootstrap_last_only=bootstrap_last_only)
+                    level_kind=level_kind, bootstrap_last_only=bootstrap_last_only, level_mean=level_mean)
   boot = tg["boot"]
   pred = student_fn(tg["x_t"], tg["t"], tg["d"], cond).astype(jnp.float32)
   axes = tuple(range(2, x0.ndim))

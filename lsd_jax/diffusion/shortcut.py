@@ -24,7 +24,7 @@ VelocityFn = Callable[[jax.Array, jax.Array, jax.Array, Any], jax.Array]
 
 
 def sample_times(key, batch: int, frames: int, *, bootstrap_frac: float = 0.25, max_log2: int = 7,
-                 level_kind: str = "logit_normal", bootstrap_last_only: bool = False):
+                 level_kind: str = "logit_normal", bootstrap_last_only: bool = False, level_mean: float = 0.0):
   """Levels t_BxT, steps d_BxT and the bootstrap mask boot_BxT.
 
   The first round(bootstrap_frac * B) samples are bootstrap samples: their frames (only the
@@ -33,7 +33,7 @@ def sample_times(key, batch: int, frames: int, *, bootstrap_frac: float = 0.25, 
   """
   n_boot = int(round(bootstrap_frac * batch))
   k_t, k_d, k_grid = jax.random.split(key, 3)
-  t = flow.sample_levels(k_t, (batch, frames), level_kind)
+  t = flow.sample_levels(k_t, (batch, frames), level_kind, mean=level_mean)
   log2 = jax.random.randint(k_d, (batch, frames), 0, max_log2 + 1)
   d_boot = 2.0 ** (-log2.astype(jnp.float32))
   n_steps = jnp.round(1.0 / d_boot).astype(jnp.int32)
@@ -60,12 +60,13 @@ def bootstrap_targets(teacher_fn: VelocityFn, x_t, t, d, boot, cond, *, d_min: f
 
 def make_targets(velocity_fn: VelocityFn, key, x0, cond, *, x0_in=None, bootstrap_frac: float = 0.25,
                  max_log2: int = 7, level_kind: str = "logit_normal", bootstrap_last_only: bool = False,
-                 teacher_fn: VelocityFn | None = None):
+                 teacher_fn: VelocityFn | None = None, level_mean: float = 0.0):
   """Noisy inputs and regression targets: a dict with x_t, t, d, boot, eps and target."""
   b, t_len = x0.shape[:2]
   k_times, k_eps = jax.random.split(key)
   t, d, boot, n_boot = sample_times(k_times, b, t_len, bootstrap_frac=bootstrap_frac, max_log2=max_log2,
-                                    level_kind=level_kind, bootstrap_last_only=bootstrap_last_only)
+                                    level_kind=level_kind, bootstrap_last_only=bootstrap_last_only,
+                                    level_mean=level_mean)
   eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
   x_t = flow.interpolate(x0 if x0_in is None else x0_in, eps, t)
   target = flow.velocity(x0, eps)
@@ -81,7 +82,7 @@ def make_targets(velocity_fn: VelocityFn, key, x0, cond, *, x0_in=None, bootstra
 
 def shortcut_loss(velocity_fn: VelocityFn, key, x0, cond, *, x0_in=None, bootstrap_frac: float = 0.25,
                   max_log2: int = 7, level_kind: str = "logit_normal", bootstrap_last_only: bool = False,
-                  teacher_fn: VelocityFn | None = None, loss_mask=None):
+                  teacher_fn: VelocityFn | None = None, loss_mask=None, level_mean: float = 0.0):
   """Returns (loss, info) for clean targets x0_BxTx... (what the model should produce).
 
   `x0_in` (default x0) is what gets noised: history augmentation can corrupt context frames
@@ -89,7 +90,7 @@ def shortcut_loss(velocity_fn: VelocityFn, key, x0, cond, *, x0_in=None, bootstr
   """
   tg = make_targets(velocity_fn, key, x0, cond, x0_in=x0_in, bootstrap_frac=bootstrap_frac,
                     max_log2=max_log2, level_kind=level_kind, bootstrap_last_only=bootstrap_last_only,
-                    teacher_fn=teacher_fn)
+                    teacher_fn=teacher_fn, level_mean=level_mean)
   boot = tg["boot"]
   pred = velocity_fn(tg["x_t"], tg["t"], tg["d"], cond)
   err = jnp.mean(jnp.square(pred.astype(jnp.float32) - tg["target"]), axis=tuple(range(2, x0.ndim)))  # B x T

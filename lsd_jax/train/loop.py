@@ -116,10 +116,17 @@ def step_config(config, model: lsd.LSDConfig | None = None) -> steps.LSDStepConf
       forcing=forcing.ForcingConfig(mode=mode, history_len=k, tau_kind=t.tau_kind, tau_max=t.tau_max,
                                     p_stream_start=t.p_stream_start, residual=residual),
       augment=tuple(dict(a) for a in t.augment), bootstrap_frac=t.bootstrap_frac, max_log2=t.max_log2,
-      level_kind=t.level_kind, ema_decay=t.ema_decay, p_no_prompt=t.p_no_prompt)
+      level_kind=t.level_kind, level_mean=t.get("level_mean", 0.0), ema_decay=t.ema_decay,
+      p_no_prompt=t.p_no_prompt, prompt_repeats=t.get("prompt_repeats", 1))
 
 
-def _build(config, workdir):
+def prompt_bank(table: pipeline.PromptTable) -> dict[str, np.ndarray]:
+  """The prompt table as the arrays `steps.repeat_prompts` draws extra prompts from."""
+  return {"effect_frame_id": table.frame_ids, "effect_temporal_id": table.temporal_ids,
+          "effect_params": table.params, "prompt_emb": table.embeddings}
+
+
+def _build(config, workdir, table: pipeline.PromptTable):
   """Models, the boxed-state init function and the step function for the configured task."""
   opt = config.optim
   tx = state_lib.make_optimizer(opt.lr, config.total_steps, opt.warmup_steps, opt.weight_decay, opt.clip_norm)
@@ -158,9 +165,10 @@ def _build(config, workdir):
       return state_lib.create(p, tx)
 
     step = functools.partial(steps.lsd_train_step, den=den, ae=ae, tx=tx, cfg=step_config(config))
-    return {"cfg": cfg, "ae": ae, "den": den, "ae_params": ae_params}, init_fn, step, ("ae_params",)
+    models = {"cfg": cfg, "ae": ae, "den": den, "ae_params": ae_params, "prompt_bank": prompt_bank(table)}
+    return models, init_fn, step, ("ae_params", "prompt_bank")
   if config.task == "distill":
-    return _build_distill(config, tx)
+    return _build_distill(config, tx, table)
   raise ValueError(f"unknown task {config.task!r}")
 
 
@@ -179,7 +187,7 @@ def student_config(config, teacher_cfg: lsd.LSDConfig) -> lsd.LSDConfig:
   return dataclasses.replace(cfg, latent_scale=teacher_cfg.latent_scale)
 
 
-def _build_distill(config, tx):
+def _build_distill(config, tx, table: pipeline.PromptTable):
   t_cfg, t_params, _ = export.load(config.distill.teacher)
   cfg = student_config(config, t_cfg)
   ae_params = t_params["autoencoder"]
@@ -198,8 +206,9 @@ def _build_distill(config, tx):
   dcfg = distill.DistillConfig(teacher_steps=config.distill.teacher_steps, data_weight=config.distill.data_weight)
   step = functools.partial(steps.distill_train_step, den=den, teacher=teacher, ae=ae, tx=tx,
                            cfg=step_config(config, cfg), dcfg=dcfg)
-  models = {"cfg": cfg, "ae": ae, "den": den, "ae_params": ae_params, "teacher_params": t_params["denoiser"]}
-  return models, init_fn, step, ("ae_params", "teacher_params")
+  models = {"cfg": cfg, "ae": ae, "den": den, "ae_params": ae_params, "teacher_params": t_params["denoiser"],
+            "prompt_bank": prompt_bank(table)}
+  return models, init_fn, step, ("ae_params", "teacher_params", "prompt_bank")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -211,10 +220,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     f.write(config.to_json_best_effort(indent=2))
   mesh = sharding.make_mesh(dict(config.mesh))
   rules = [(r[0], tuple(r[1]) if isinstance(r[1], (list, tuple)) else r[1]) for r in config.rules]
-  models, init_fn, step_fn, extra_names = _build(config, workdir)
+  table = prompts or prompt_table(config.data.prompt_split, config.data.get("effects", ""))
+  models, init_fn, step_fn, extra_names = _build(config, workdir, table)
   state, shardings = sharding.sharded_init(init_fn, mesh, rules)
-  data_iter = pipeline.make_iterator(config.data, prompts or prompt_table(config.data.prompt_split,
-                                                                         config.data.get("effects", "")))
+  data_iter = pipeline.make_iterator(config.data, table)
   mgr = checkpoint.manager(workdir, keep=config.keep_checkpoints, every=config.checkpoint_every)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
   restored, start = checkpoint.restore_latest(mgr, abstract, data_iter)

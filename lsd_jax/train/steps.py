@@ -100,27 +100,54 @@ class LSDStepConfig:
   bootstrap_frac: float = 0.25
   max_log2: int = 7
   level_kind: str = "logit_normal"
+  level_mean: float = 0.0  # logit-normal mean of the flow-matching levels (> 0: nearer noise)
   ema_decay: float = 0.999
   p_no_prompt: float = 0.0  # chance of replacing the prompt by zeros (and the target by the input)
+  prompt_repeats: int = 1  # R: each host clip trains under R prompts (R - 1 drawn on device)
+
+
+PROMPT_FIELDS = ("effect_frame_id", "effect_temporal_id", "effect_params", "prompt_emb")
+
+
+def repeat_prompts(batch, key, bank, repeats: int):
+  """The batch with R = `repeats` prompts per clip: its own, then R - 1 rows of `bank` (the
+  prompt table as device arrays, fields `PROMPT_FIELDS`) drawn uniformly on device. The clips
+  stay B (`clip`); every prompt field becomes R * B, copy r of clip b at row r * B + b. The same
+  input under several prompts in one batch makes the prompt the only way to tell the targets
+  apart, and it multiplies what each decoded host clip trains by R at no input-pipeline cost."""
+  if repeats <= 1:
+    return batch
+  b = batch["clip"].shape[0]
+  n = bank["prompt_emb"].shape[0]
+  rows = jax.random.randint(key, ((repeats - 1) * b,), 0, n)
+  out = dict(batch)
+  for f in PROMPT_FIELDS:
+    out[f] = jnp.concatenate([batch[f], jnp.take(bank[f], rows, axis=0).astype(batch[f].dtype)], axis=0)
+  return out
 
 
 def lsd_inputs(batch, key, *, ae: Autoencoder, ae_params, cfg: LSDStepConfig):
-  """Encoded input and target clips (the last K+1 frames) and the prompt embeddings."""
+  """Encoded input and target clips (the last K+1 frames) and the prompt embeddings. With
+  prompt repeats (`repeat_prompts`) the B clips are encoded once and tiled to the R * B prompts."""
   k_fx, k_drop = jax.random.split(key)
-  targets = render_targets(batch, k_fx)
   clips = frames_01(batch["clip"])
+  b = clips.shape[0]
+  reps = batch["prompt_emb"].shape[0] // b
+  tiled = jnp.tile(clips, (reps,) + (1,) * (clips.ndim - 1))
+  targets = render_targets({**batch, "clip": jnp.tile(batch["clip"], (reps,) + (1,) * (clips.ndim - 1))}, k_fx)
   prompt = batch["prompt_emb"].astype(jnp.float32)
   if cfg.p_no_prompt > 0:  # an empty prompt is the identity effect
-    drop = jax.random.uniform(k_drop, (clips.shape[0],)) < cfg.p_no_prompt
-    targets = jnp.where(drop[:, None, None, None, None], clips, targets)
+    drop = jax.random.uniform(k_drop, (reps * b,)) < cfg.p_no_prompt
+    targets = jnp.where(drop[:, None, None, None, None], tiled, targets)
     prompt = jnp.where(drop[:, None], 0.0, prompt)
   n = cfg.forcing.history_len + 1
   clips, targets = clips[:, -n:], targets[:, -n:]  # earlier frames only warm up temporal effects
-  b, t = clips.shape[:2]
-  both = jnp.concatenate([clips, targets], axis=0).reshape((2 * b * t,) + clips.shape[2:])
+  t = clips.shape[1]
+  both = jnp.concatenate([clips, targets], axis=0).reshape(((1 + reps) * b * t,) + clips.shape[2:])
   z = jax.lax.stop_gradient(lsd.encode(ae, ae_params, both))
-  z = z.reshape((2, b, t) + z.shape[1:])
-  return z[0], z[1], prompt
+  z = z.reshape(((1 + reps) * b, t) + z.shape[1:])
+  c = jnp.tile(z[:b], (reps,) + (1,) * (z.ndim - 1))
+  return c, z[b:], prompt
 
 
 def lsd_forcing_inputs(den_params, batch, key, *, den, ae, ae_params, cfg: LSDStepConfig):
@@ -141,7 +168,7 @@ def lsd_loss(den_params, batch, key, *, den, ae, ae_params, cfg: LSDStepConfig, 
                                                          ae_params=ae_params, cfg=cfg)
   return shortcut.shortcut_loss(vf, k_loss, x0, cond, x0_in=x0_in, bootstrap_frac=cfg.bootstrap_frac,
                                 max_log2=cfg.max_log2, level_kind=cfg.level_kind, bootstrap_last_only=last,
-                                teacher_fn=teacher_fn)
+                                teacher_fn=teacher_fn, level_mean=cfg.level_mean)
 
 
 def distill_loss(den_params, batch, key, *, den, teacher, teacher_params, ae, ae_params, cfg: LSDStepConfig,
@@ -152,7 +179,8 @@ def distill_loss(den_params, batch, key, *, den, teacher, teacher_params, ae, ae
                                                          ae_params=ae_params, cfg=cfg)
   teacher_fn = lsd.velocity_fn(teacher, jax.lax.stop_gradient(teacher_params))
   return distill.distill_loss(vf, teacher_fn, k_loss, x0, cond, dcfg, x0_in=x0_in, bootstrap_frac=cfg.bootstrap_frac,
-                              max_log2=cfg.max_log2, level_kind=cfg.level_kind, bootstrap_last_only=last)
+                              max_log2=cfg.max_log2, level_kind=cfg.level_kind, bootstrap_last_only=last,
+                              level_mean=cfg.level_mean)
 
 
 def _self_history(vf, c_BxTxHxWxC, prompt_BxE, fcfg: forcing.ForcingConfig, level: float = 0.5):
@@ -191,8 +219,10 @@ def split_by_effect(info, batch):
   return info
 
 
-def lsd_train_step(state: state_lib.TrainState, batch, key, *, den, ae, ae_params, tx, cfg: LSDStepConfig):
+def lsd_train_step(state: state_lib.TrainState, batch, key, *, den, ae, ae_params, tx, cfg: LSDStepConfig,
+                   prompt_bank=None):
   key = jax.random.fold_in(key, state.step)
+  batch = repeat_prompts(batch, jax.random.fold_in(key, 0x9E7), prompt_bank, cfg.prompt_repeats)
   (_, info), grads = jax.value_and_grad(
       lambda p: lsd_loss(p, batch, key, den=den, ae=ae, ae_params=ae_params, cfg=cfg), has_aux=True)(state.params)
   info["grad_norm"] = optax.tree.norm(grads)
@@ -200,8 +230,9 @@ def lsd_train_step(state: state_lib.TrainState, batch, key, *, den, ae, ae_param
 
 
 def distill_train_step(state: state_lib.TrainState, batch, key, *, den, teacher, teacher_params, ae, ae_params, tx,
-                       cfg: LSDStepConfig, dcfg: distill.DistillConfig):
+                       cfg: LSDStepConfig, dcfg: distill.DistillConfig, prompt_bank=None):
   key = jax.random.fold_in(key, state.step)
+  batch = repeat_prompts(batch, jax.random.fold_in(key, 0x9E7), prompt_bank, cfg.prompt_repeats)
   (_, info), grads = jax.value_and_grad(
       lambda p: distill_loss(p, batch, key, den=den, teacher=teacher, teacher_params=teacher_params, ae=ae,
                              ae_params=ae_params, cfg=cfg, dcfg=dcfg), has_aux=True)(state.params)

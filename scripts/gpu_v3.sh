@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Model v3 on the lent H200 (reports/model_v3/README.md says what each stage found).
+#   bash scripts/gpu_v3.sh STAGE...
+# Stages, in the order one stretch of device calls runs them (calls chained on one warm machine;
+# everything lives in /tmp/w between calls):
+#   setup    install the carried wheels (.carry/av, .carry/wheels) into /tmp/site; stage a carried
+#            clip library (.carry/library) and teacher autoencoder (.carry/teacher_ae) in /tmp
+#   cache    decode the library once into /tmp/lsd_decoded, detached (it outlives the call)
+#   sweep    the light autoencoder (distilled from the teacher's latent space) beside three
+#            thermal-only capacity runs from scratch (baseline recipe, its history changed, the
+#            v3 recipe); once the autoencoder is done, its evaluation and the v3 run (all effects)
+#   v3       continue (or start) the v3 run alone, until END seconds after the stage starts
+#   eval     export, held-out fidelity at S = 1, 2, 4, autoencoder PSNR at 256x256 and 832x480
+#   latency  the light autoencoder's and the v3 frame's latency, train-step MFU
+#   collect  metrics, curves, logs and the v3 export into $OUT (at most 8 files)
+# Knobs: END (seconds a training stage may use), V3_EXTRA (more --config.x=y for the v3 run),
+# ALL_EXTRA (for every run: a CPU dry run passes a small resolution).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; W=/tmp/w; mkdir -p "$OUT" "$W"
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache TF_CPP_MIN_LOG_LEVEL=1
+LIB=/tmp/library/manifest.json; TEACHER=/tmp/teacher_ae; AE=$W/ae_light
+DEC=--config.data.sources.library.decoded_cache=/tmp/lsd_decoded
+END=${END:-520}
+T0=$(date +%s)
+left() { echo $(( END - ($(date +%s) - T0) )); }  # seconds left in this stage's budget
+minutes() { python3 -c "print(max(0.5, ($1) / 60))"; }
+quiet() { grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion|^W1201|jax_cuda|TfrtCpu"; }
+train() {  # train NAME CONFIG ARGS...: one run in the background, its log in $W/NAME.log
+  local name=$1 config=$2; shift 2
+  (python3 -m experiments.main --config="$config" --workdir="$W/$name" --config.data.sources.library.manifest=$LIB \
+     $DEC "$@" ${ALL_EXTRA:-} 2>&1 \
+     | quiet > "$W/$name.log") &
+  echo $! > "$W/$name.pid"
+}
+wait_run() { while kill -0 "$(cat "$W/$1.pid")" 2>/dev/null; do sleep 2; done; }
+thermal() {  # a thermal-only capacity run from scratch
+  local name=$1 config=$2; shift 2
+  train "$name" experiments/configs/lsd.py:$config --config.data.effects=thermal \
+    --config.model.tau_inf=0.5 --config.heldout.every=250 --config.total_steps=20000 \
+    --config.autoencoder_dir=$TEACHER --config.export_on_stop=False --config.data.worker_count=3 \
+    --config.max_minutes="$(minutes "$(left) - 40")" "$@"
+}
+v3() {
+  local init=""
+  if [ ! -d "$W/v3/checkpoints" ] && [ -f .carry/v3_export/config.json ]; then init=--config.init_from=.carry/v3_export; fi
+  train v3 experiments/configs/lsd.py:v3 --config.autoencoder_dir=$AE --config.data.worker_count=${V3_WORKERS:-8} \
+    --config.max_minutes="$(minutes "$(left) - ${V3_TAIL:-45}")" $init ${V3_EXTRA:-}
+}
+for stage in "$@"; do
+  echo "== $stage ($(( $(date +%s) - T0 )) s)"
+  case "$stage" in
+    setup)
+      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader; nproc
+      whl=$(ls .carry/av/*.whl .carry/wheels/*.whl 2>/dev/null)
+      if [ -n "$whl" ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $whl || exit 1; fi
+      for d in library teacher_ae; do if [ -d ".carry/$d" ]; then rm -rf "/tmp/$d" && cp -r ".carry/$d" "/tmp/$d"; fi; done
+      python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"
+      python3 -c "import grain, ml_collections, av, skimage; print('grain', grain.__version__ if hasattr(grain, '__version__') else 'ok', 'av', av.__version__)" 2>&1 | tail -1 ;;
+    cache)
+      setsid nohup python3 -c "
+from lsd_jax.datasets import sources
+for split in ('train', 'heldout'):
+  sources.VideoClipSource.from_manifest('$LIB', split, height=256, width=256, num_frames=6, decoded_cache='/tmp/lsd_decoded')
+print('cache ready')" > "$W/cache.log" 2>&1 < /dev/null & ;;
+    sweep)
+      for _ in $(seq 90); do grep -q "cache ready" "$W/cache.log" 2>/dev/null && break; sleep 2; done
+      grep -q "cache ready" "$W/cache.log" || { echo "no decoded cache after 180 s:"; tail -5 "$W/cache.log"; }
+      train ae_light experiments/configs/autoencoder.py:small_light --config.teacher_autoencoder=$TEACHER \
+        --config.data.worker_count=4 --config.max_minutes=${AE_MIN:-2.6}
+      thermal t0_baseline small
+      thermal t1_history small --config.train.tau_max=0.9 --config.train.p_stream_start=0.25
+      thermal t2_v3 v3 --config.train.prompt_repeats=1
+      wait_run ae_light
+      tail -3 "$W/ae_light.log"
+      (for hw in 256x256 480x832; do h=${hw%x*}; w=${hw#*x}
+         python3 experiments/eval_autoencoder.py --autoencoder_dir=$AE --manifest=$LIB --height=$h --width=$w --clips=32 \
+           --out="$W/ae_eval_${hw}.json" 2>&1 | tail -1; done
+       python3 experiments/eval_autoencoder.py --autoencoder_dir=$TEACHER --manifest=$LIB --clips=32 \
+         --out="$W/ae_eval_teacher_256x256.json" 2>&1 | tail -1) > "$W/ae_eval.log" 2>&1 &
+      V3_TAIL=30 v3
+      for r in t0_baseline t1_history t2_v3 v3; do wait_run $r; done
+      cat "$W/ae_eval.log" | cut -c1-300
+      for r in t0_baseline t1_history t2_v3 v3; do echo "-- $r"; grep -E "held-out PSNR|steps/s" "$W/$r.log" | tail -2 | cut -c1-220; done ;;
+    v3) v3; wait_run v3; grep -E "held-out PSNR|steps/s" "$W/v3.log" | tail -3 | cut -c1-220 ;;
+    eval)
+      python3 experiments/eval_fidelity.py --model=$W/v3/export --manifest=$LIB --clips=4 --frames=24 \
+        --out="$W/fidelity" 2>&1 | grep "^|" | tail -25 ;;
+    latency)  # the GPU otherwise idle: the light and the teacher autoencoder alone, the v3 frame, the train step
+      mkdir -p "$W/latency"
+      for hw in 256x256 480x832; do h=${hw%x*}; w=${hw#*x}
+        python3 experiments/eval_autoencoder.py --autoencoder_dir=$AE --manifest=$LIB --height=$h --width=$w --clips=4 \
+          --time_iters=2000 --out="$W/latency/ae_light_${hw}.json" 2>&1 | tail -1 | cut -c1-160; done
+      python3 experiments/eval_autoencoder.py --autoencoder_dir=$TEACHER --manifest=$LIB --clips=4 --time_iters=2000 \
+        --out="$W/latency/ae_teacher_256x256.json" 2>&1 | tail -1 | cut -c1-160
+      python3 experiments/benchmark_stream.py --checkpoint=$W/v3/export --sizes=small --soak_size= --iters=2000 \
+        --out_dir="$W/latency" 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -8
+      timeout 200 python3 experiments/benchmark_train.py --config=experiments/configs/lsd.py:v3 \
+        --config.autoencoder_dir=$AE --batch_sizes=${MFU_BATCHES:-32,64} --out_dir="$W/mfu" 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -6 ;;
+    collect)
+      (cd "$W" && tar czf "$OUT/runs.tgz" --exclude='checkpoints' --exclude='export' --exclude='*.pid' \
+         $(ls -d */ *.log *.json 2>/dev/null) 2>/dev/null)
+      if [ -f "$W/v3/export/params.safetensors" ]; then
+        mkdir -p "$OUT/v3"; cp "$W/v3/export/config.json" "$OUT/v3/"; split -b 15m "$W/v3/export/params.safetensors" "$OUT/v3/params.part_"; fi
+      if [ -d "$AE/autoencoder" ]; then tar czf "$OUT/ae_light.tgz" -C "$W" ae_light/autoencoder; fi
+      find "$OUT" -type f | wc -l; du -sh "$OUT" ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
+echo "== done ($(( $(date +%s) - T0 )) s)"
