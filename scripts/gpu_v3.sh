@@ -9,6 +9,8 @@
 #   sweep    the light autoencoder (distilled from the teacher's latent space) beside three
 #            thermal-only capacity runs from scratch (baseline recipe, its history changed, the
 #            v3 recipe); once the autoencoder is done, its evaluation and the v3 run (all effects)
+#   sweep2   the second stretch's: the light autoencoder continued beside a thermal pair that isolates
+#            the x0 loss weighting, then the v3 run
 #   v3       continue (or start) the v3 run alone, until END seconds after the stage starts
 #   eval     export, held-out fidelity at S = 1, 2, 4, autoencoder PSNR at 256x256 and 832x480
 #   latency  the light autoencoder's and the v3 frame's latency, train-step MFU
@@ -54,7 +56,7 @@ for stage in "$@"; do
       nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader; nproc
       whl=$(ls .carry/av/*.whl .carry/wheels/*.whl 2>/dev/null)
       if [ -n "$whl" ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $whl || exit 1; fi
-      for d in library teacher_ae; do if [ -d ".carry/$d" ]; then rm -rf "/tmp/$d" && cp -r ".carry/$d" "/tmp/$d"; fi; done
+      for d in library teacher_ae ae_light_init; do if [ -d ".carry/$d" ]; then rm -rf "/tmp/$d" && cp -r ".carry/$d" "/tmp/$d"; fi; done
       python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"
       python3 -c "import grain, ml_collections, av, skimage; print('grain', grain.__version__ if hasattr(grain, '__version__') else 'ok', 'av', av.__version__)" 2>&1 | tail -1 ;;
     cache)
@@ -82,6 +84,23 @@ print('cache ready')" > "$W/cache.log" 2>&1 < /dev/null & ;;
       for r in t0_baseline t1_history t2_v3 v3; do wait_run $r; done
       cat "$W/ae_eval.log" | cut -c1-300
       for r in t0_baseline t1_history t2_v3 v3; do echo "-- $r"; grep -E "held-out PSNR|steps/s" "$W/$r.log" | tail -2 | cut -c1-220; done ;;
+    sweep2)  # the second stretch: the light autoencoder continued (from /tmp/ae_light_init) beside the
+             # thermal capacity pair (v3 recipe with the x0 weighting, and without: velocity loss), then v3
+      for _ in $(seq 90); do grep -q "cache ready" "$W/cache.log" 2>/dev/null && break; sleep 2; done
+      init=""; [ -f /tmp/ae_light_init/autoencoder/meta.json ] && init=--config.init_from=/tmp/ae_light_init
+      train ae_light experiments/configs/autoencoder.py:small_light --config.teacher_autoencoder=$TEACHER \
+        --config.data.worker_count=5 --config.max_minutes=${AE_MIN:-2.0} $init
+      thermal t3_x0 v3 --config.train.prompt_repeats=1 --config.data.worker_count=2
+      thermal t4_velocity v3 --config.train.prompt_repeats=1 --config.train.loss_weight=velocity --config.data.worker_count=2
+      wait_run ae_light
+      tail -2 "$W/ae_light.log" | cut -c1-250
+      (for hw in 256x256 480x832; do h=${hw%x*}; w=${hw#*x}
+         python3 experiments/eval_autoencoder.py --autoencoder_dir=$AE --manifest=$LIB --height=$h --width=$w --clips=32 \
+           --out="$W/ae_eval_${hw}.json" 2>&1 | tail -1; done) > "$W/ae_eval.log" 2>&1 &
+      V3_TAIL=50 v3
+      for r in t3_x0 t4_velocity v3; do wait_run $r; done
+      cut -c1-120 "$W/ae_eval.log"
+      for r in t3_x0 t4_velocity v3; do echo "-- $r"; grep -E "held-out PSNR|steps/s" "$W/$r.log" | tail -2 | cut -c1-200; done ;;
     v3) v3; wait_run v3; grep -E "held-out PSNR|steps/s" "$W/v3.log" | tail -3 | cut -c1-220 ;;
     eval)
       python3 experiments/eval_fidelity.py --model=$W/v3/export --manifest=$LIB --clips=4 --frames=24 \
@@ -96,7 +115,7 @@ print('cache ready')" > "$W/cache.log" 2>&1 < /dev/null & ;;
       python3 experiments/benchmark_stream.py --checkpoint=$W/v3/export --sizes=small --soak_size= --iters=2000 \
         --out_dir="$W/latency" 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -8
       timeout 200 python3 experiments/benchmark_train.py --config=experiments/configs/lsd.py:v3 \
-        --config.autoencoder_dir=$AE --batch_sizes=${MFU_BATCHES:-32,64} --out_dir="$W/mfu" 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -6 ;;
+        --config.autoencoder_dir=$AE --batch_sizes=${MFU_BATCHES:-32} --out_dir="$W/mfu" 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -6 ;;
     collect)
       (cd "$W" && tar czf "$OUT/runs.tgz" --exclude='checkpoints' --exclude='export' --exclude='*.pid' \
          $(ls -d */ *.log *.json 2>/dev/null) 2>/dev/null)

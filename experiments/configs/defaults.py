@@ -40,7 +40,7 @@ def base(task: str) -> ml_collections.ConfigDict:
       "tau_kind": "uniform", "tau_max": 0.5, "p_stream_start": 0.1,
       "augment": [dict(a) for a in FULL_AUGMENT],
       "bootstrap_frac": 0.25, "max_log2": 7, "level_kind": "logit_normal", "level_mean": 0.0,
-      "p_no_prompt": 0.05, "prompt_repeats": 1,
+      "p_no_prompt": 0.05, "prompt_repeats": 1, "loss_weight": "velocity",
   })
   # Held-out fidelity per effect while training (lsd_jax/train/heldout.py); every = 0: off.
   c.heldout = ml_collections.ConfigDict({"every": 0, "clips": 2, "frames": 8})

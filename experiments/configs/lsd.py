@@ -22,8 +22,10 @@ WARMUP_FRAMES = 2
 # Model v3's recipe (reports/model_v3/): the history is noisier and more often missing, so the
 # model must read the input frame and the prompt instead of copying its history; levels sit
 # nearer the noise end, where a 1-2 step sampler starts; the shortcut's step sizes stop at 1/16
-# (a 1-2 step model never takes smaller ones); every clip trains under 4 prompts at once.
-V3_TRAIN = {"tau_max": 0.9, "p_stream_start": 0.25, "level_mean": 0.5, "max_log2": 4, "prompt_repeats": 4}
+# (a 1-2 step model never takes smaller ones); every clip trains under 4 prompts at once; flow
+# frames are weighted by t^2 (the clean frame's error, not the velocity's: shortcut.level_weight).
+V3_TRAIN = {"tau_max": 0.9, "p_stream_start": 0.25, "level_mean": 0.5, "max_log2": 4, "prompt_repeats": 4,
+            "loss_weight": "x0"}
 
 
 def get_config(arg: str = "small"):
@@ -45,8 +47,9 @@ def get_config(arg: str = "small"):
       return c
     c.model.size = "small"
     c.data.global_batch_size = 32  # host clips; x prompt_repeats = 128 samples a step
-    c.total_steps = 9000
+    c.total_steps = 4500
     c.optim.lr = 3e-4
+    c.optim.warmup_steps = 300
     c.data.worker_count = 12
   elif arg in ("small", "base"):
     c.model.size = arg

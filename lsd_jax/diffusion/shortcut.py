@@ -82,11 +82,13 @@ def make_targets(velocity_fn: VelocityFn, key, x0, cond, *, x0_in=None, bootstra
 
 def shortcut_loss(velocity_fn: VelocityFn, key, x0, cond, *, x0_in=None, bootstrap_frac: float = 0.25,
                   max_log2: int = 7, level_kind: str = "logit_normal", bootstrap_last_only: bool = False,
-                  teacher_fn: VelocityFn | None = None, loss_mask=None, level_mean: float = 0.0):
+                  teacher_fn: VelocityFn | None = None, loss_mask=None, level_mean: float = 0.0,
+                  loss_weight: str = "velocity"):
   """Returns (loss, info) for clean targets x0_BxTx... (what the model should produce).
 
   `x0_in` (default x0) is what gets noised: history augmentation can corrupt context frames
-  while the target stays clean. `loss_mask_BxT` weights frames (1 = trained).
+  while the target stays clean. `loss_mask_BxT` weights frames (1 = trained). `loss_weight`:
+  see `level_weight`. The logged `loss_flow` / `loss_bootstrap` stay unweighted velocity errors.
   """
   tg = make_targets(velocity_fn, key, x0, cond, x0_in=x0_in, bootstrap_frac=bootstrap_frac,
                     max_log2=max_log2, level_kind=level_kind, bootstrap_last_only=bootstrap_last_only,
@@ -95,7 +97,7 @@ def shortcut_loss(velocity_fn: VelocityFn, key, x0, cond, *, x0_in=None, bootstr
   pred = velocity_fn(tg["x_t"], tg["t"], tg["d"], cond)
   err = jnp.mean(jnp.square(pred.astype(jnp.float32) - tg["target"]), axis=tuple(range(2, x0.ndim)))  # B x T
   w = jnp.ones_like(err) if loss_mask is None else loss_mask.astype(jnp.float32)
-  loss = jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
+  loss = jnp.sum(err * w * level_weight(tg["t"], boot, loss_weight)) / jnp.maximum(jnp.sum(w), 1.0)
   fm_w, boot_w = w * (~boot), w * boot
   info = {
       "loss": loss,
@@ -105,6 +107,23 @@ def shortcut_loss(velocity_fn: VelocityFn, key, x0, cond, *, x0_in=None, bootstr
       **per_sample_flow(err, fm_w),
   }
   return loss, info
+
+
+LOSS_WEIGHTS = ("velocity", "x0")
+
+
+def level_weight(t_BxT, boot_BxT, kind: str = "velocity"):
+  """Per-frame loss weight. "velocity": 1 (plain flow matching). "x0": t^2 on flow-matching
+  frames, so their term is the squared error of the clean frame they imply,
+  x0_hat = x_t - t u (|x0_hat - x0| = t |u - v|): the velocity loss weighs a frame by 1 / t^2
+  in those units, so nearly clean levels, where x_t already shows the answer, dominate its
+  gradient, while a 1-2 step sampler only ever asks for t = 1 and 1/2. Bootstrap frames keep
+  weight 1 (their targets are the few-step trajectory itself)."""
+  if kind == "velocity":
+    return jnp.ones_like(t_BxT)
+  if kind == "x0":
+    return jnp.where(boot_BxT, 1.0, jnp.square(t_BxT))
+  raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {kind!r}")
 
 
 def per_sample_flow(err_BxT, fm_w_BxT):

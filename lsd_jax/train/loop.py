@@ -86,11 +86,15 @@ def load_autoencoder(directory: str) -> tuple[Any, dict[str, Any]]:
                           f"{export.CONFIG_FILE} (an exported model)")
 
 
-def warm_start(state: state_lib.TrainState, directory: str) -> state_lib.TrainState:
-  """The denoiser weights of an exported model as the starting point (params and EMA) of a new
-  run; the optimizer and step start fresh. Every leaf must match in shape."""
-  _, params, meta = export.load(directory)
-  src = params["denoiser"]
+def warm_start(state: state_lib.TrainState, directory: str, task: str = "lsd") -> state_lib.TrainState:
+  """The weights of an exported model's denoiser (or, for the autoencoder task, of an
+  autoencoder run or exported model's autoencoder) as the starting point (params and EMA) of a
+  new run; the optimizer and step start fresh. Every leaf must match in shape."""
+  if task == "autoencoder":
+    src, meta = load_autoencoder(directory)
+  else:
+    _, params, meta = export.load(directory)
+    src = params["denoiser"]
   flat_src = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(src)}
   flat_dst = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
   if flat_src.keys() != flat_dst.keys():
@@ -100,7 +104,7 @@ def warm_start(state: state_lib.TrainState, directory: str) -> state_lib.TrainSt
   if bad:
     raise ValueError(f"init_from {directory!r}: shape mismatch at {bad[:5]}")
   put = lambda dst, v: jax.device_put(np.asarray(v, dst.dtype), dst.sharding)  # noqa: E731
-  logging.info("warm start: denoiser weights from %s (trained %s steps)", directory, meta.get("steps"))
+  logging.info("warm start: %s weights from %s (trained %s steps)", task, directory, meta.get("steps"))
   return state.replace(params=jax.tree.map(put, state.params, src), ema_params=jax.tree.map(put, state.ema_params, src))
 
 
@@ -117,7 +121,8 @@ def step_config(config, model: lsd.LSDConfig | None = None) -> steps.LSDStepConf
                                     p_stream_start=t.p_stream_start, residual=residual),
       augment=tuple(dict(a) for a in t.augment), bootstrap_frac=t.bootstrap_frac, max_log2=t.max_log2,
       level_kind=t.level_kind, level_mean=t.get("level_mean", 0.0), ema_decay=t.ema_decay,
-      p_no_prompt=t.p_no_prompt, prompt_repeats=t.get("prompt_repeats", 1))
+      p_no_prompt=t.p_no_prompt, prompt_repeats=t.get("prompt_repeats", 1),
+      loss_weight=t.get("loss_weight", "velocity"))
 
 
 def prompt_bank(table: pipeline.PromptTable) -> dict[str, np.ndarray]:
@@ -230,7 +235,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if restored is not None:
     state = restored
   elif config.get("init_from"):
-    state = warm_start(state, config.init_from)
+    state = warm_start(state, config.init_from, config.task)
   batch_sh = sharding.batch_sharding(mesh)
   extras = {n: jax.device_put(models[n], sharding.replicated(mesh)) for n in extra_names}
   jitted = jax.jit(lambda s, b, k, ex: step_fn(s, b, k, **ex),

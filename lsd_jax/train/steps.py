@@ -104,6 +104,7 @@ class LSDStepConfig:
   ema_decay: float = 0.999
   p_no_prompt: float = 0.0  # chance of replacing the prompt by zeros (and the target by the input)
   prompt_repeats: int = 1  # R: each host clip trains under R prompts (R - 1 drawn on device)
+  loss_weight: str = "velocity"  # shortcut.LOSS_WEIGHTS: "x0" weighs flow frames by t^2
 
 
 PROMPT_FIELDS = ("effect_frame_id", "effect_temporal_id", "effect_params", "prompt_emb")
@@ -168,7 +169,7 @@ def lsd_loss(den_params, batch, key, *, den, ae, ae_params, cfg: LSDStepConfig, 
                                                          ae_params=ae_params, cfg=cfg)
   return shortcut.shortcut_loss(vf, k_loss, x0, cond, x0_in=x0_in, bootstrap_frac=cfg.bootstrap_frac,
                                 max_log2=cfg.max_log2, level_kind=cfg.level_kind, bootstrap_last_only=last,
-                                teacher_fn=teacher_fn, level_mean=cfg.level_mean)
+                                teacher_fn=teacher_fn, level_mean=cfg.level_mean, loss_weight=cfg.loss_weight)
 
 
 def distill_loss(den_params, batch, key, *, den, teacher, teacher_params, ae, ae_params, cfg: LSDStepConfig,
