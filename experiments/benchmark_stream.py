@@ -72,7 +72,10 @@ def _model(size: str) -> engine.StreamModel:
   width, height = (int(v) for v in FLAGS.resolution.split("x"))
   dtype = jnp.dtype(FLAGS.param_dtype)
   if FLAGS.checkpoint:
-    return engine.StreamModel.load(FLAGS.checkpoint, steps=FLAGS.steps, param_dtype=dtype)
+    model = engine.StreamModel.load(FLAGS.checkpoint, steps=FLAGS.steps, param_dtype=dtype)
+    if FLAGS.prompt_npy and os.path.exists(FLAGS.prompt_npy):  # no text encoder needed
+      model.add_embedding("pencil sketch", np.load(FLAGS.prompt_npy))
+    return model
   cfg = lsd.LSDConfig(size=size, height=height, width=width, steps=FLAGS.steps)
   info = engine.ModelInfo(name=f"random-{size}", label=f"{size} (random weights)", trained=False,
                           checkpoint=None, size=size, resolution=FLAGS.resolution,

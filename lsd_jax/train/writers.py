@@ -38,42 +38,47 @@ class MetricWriter:
 
   def plot(self, keys: tuple[str, ...] = ()) -> str:
     """PNG training curves of `keys` (all when empty), read back from the JSONL log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hist = read_jsonl(os.path.join(self.workdir, f"{self.name}_metrics.jsonl"))
-    keys = keys or tuple(k for k in hist if k != "step")
-    panels = _panels(keys)
-    cols = min(len(panels), 4)
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
-    steps = np.asarray(hist["step"])
-    for ax, (title, members) in zip(axes.ravel(), panels):
-      for k in members:
-        vals = np.asarray([np.nan if v is None else v for v in hist[k]], float)
-        ok = np.isfinite(vals)
-        style = _STYLE.get(k, {"lw": 0.8})
-        ax.plot(steps[ok], vals[ok], label=k.split("/")[-1] if len(members) > 1 else None, **style)
-      ax.set_title(title)
-      ax.set_xlabel("step")
-      if len(members) > 1:
-        ax.legend(fontsize=5, ncol=2)
-      finite = [v for k in members for v in hist[k] if v is not None and np.isfinite(v)]
-      if title.startswith("loss") and finite and min(finite) > 0:
-        ax.set_yscale("log")
-    for ax in axes.ravel()[len(panels):]:
-      ax.axis("off")
-    fig.tight_layout()
-    path = os.path.join(self.workdir, f"{self.name}_curves.png")
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return plot_jsonl(os.path.join(self.workdir, f"{self.name}_metrics.jsonl"),
+                      os.path.join(self.workdir, f"{self.name}_curves.png"), keys)
 
   def close(self) -> None:
     self._events.close()
     self._jsonl.close()
+
+
+def plot_jsonl(jsonl_path: str, png_path: str, keys: tuple[str, ...] = ()) -> str:
+  """PNG curves of a metrics JSONL log (e.g. one brought back from a killed run)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  hist = read_jsonl(jsonl_path)
+  keys = keys or tuple(k for k in hist if k != "step")
+  panels = _panels(keys)
+  cols = min(len(panels), 4)
+  rows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+  steps = np.asarray(hist["step"])
+  for ax, (title, members) in zip(axes.ravel(), panels):
+    for k in members:
+      vals = np.asarray([np.nan if v is None else v for v in hist[k]], float)
+      ok = np.isfinite(vals)
+      style = _STYLE.get(k, {"lw": 0.8})
+      ax.plot(steps[ok], vals[ok], label=k.split("/")[-1] if len(members) > 1 else None, **style)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    if len(members) > 1:
+      ax.legend(fontsize=5, ncol=2)
+    finite = [v for k in members for v in hist[k] if v is not None and np.isfinite(v)]
+    if title.startswith("loss") and finite and min(finite) > 0:
+      ax.set_yscale("log")
+  for ax in axes.ravel()[len(panels):]:
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=80)
+  plt.close(fig)
+  return png_path
 
 
 # The held-out panel draws its mean bold and both references dashed.
