@@ -391,3 +391,35 @@ def test_serving_logs_no_warning_per_connection(tmp_path, tiny_checkpoint):
   assert "Failed to create request handler" not in text and "Traceback" not in text, text[-3000:]
   assert "Unable to initialize backend" not in text
   assert f"lsd-serve: http://127.0.0.1:{port}/" in text
+
+
+def _rss_mb() -> float:
+  with open("/proc/self/status") as f:
+    return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.slow
+def test_100_reconnect_cycles_keep_memory_flat(model):
+  """The soak of the issue's table: 100 connect / stream / disconnect cycles; the server's
+  sessions are all freed and its memory (this process's RSS) stops growing after warm-up."""
+  async def main(url, st):
+    rss = []
+    async with aiohttp.ClientSession() as s:
+      for i in range(100):
+        async with s.ws_connect(url.replace("http", "ws") + "/ws", headers={"Origin": url}) as ws:
+          await _receive_json(ws, "hello")
+          for k in range(3):
+            await ws.send_bytes(_jpeg(seed=i * 3 + k))
+            await _receive_json(ws, "frame")
+        if i in (19, 99):
+          rss.append(_rss_mb())
+    for _ in range(100):
+      if st.active == 0:
+        break
+      await asyncio.sleep(0.05)
+    assert st.active == 0 and st.served == 100
+    assert not [t for t in threading.enumerate() if t.name == "lsd-ws"]  # every worker ended
+    assert rss[1] - rss[0] < 40, rss  # MB over 80 cycles
+
+  with live_server(model, max_sessions=1) as (url, st):
+    _run(main(url, st), timeout=600)
