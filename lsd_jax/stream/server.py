@@ -163,6 +163,7 @@ class ServerState:
   seed: int = 0
   idle_timeout_s: float = IDLE_TIMEOUT_S
   vcam: Any = None  # a sink with write(frame): the output of one session at a time
+  webrtc: bool = False  # /offer is served (aiortc is installed and --webrtc)
   active: int = 0
   served: int = 0
   vcam_owner: Any = None
@@ -265,7 +266,7 @@ async def _info(request: web.Request) -> web.Response:
   return web.json_response({"model": public_model(st.model.info), "width": st.model.width,
                             "height": st.model.height, "max_sessions": st.max_sessions,
                             "active_sessions": st.active, "max_message_bytes": st.max_message_bytes,
-                            "webrtc": _webrtc_available(), "token_required": not st.loopback,
+                            "webrtc": st.webrtc, "token_required": not st.loopback,
                             "idle_timeout_s": st.idle_timeout_s})
 
 
@@ -386,6 +387,7 @@ def make_app(model: engine.StreamModel, *, max_sessions: int = MAX_SESSIONS,
     from lsd_jax.stream import webrtc as webrtc_lib  # pylint: disable=import-outside-toplevel
 
     webrtc_lib.add_routes(application)
+    st.webrtc = True
 
   async def _shutdown(a: web.Application) -> None:
     a[STATE_KEY].matcher.shutdown(wait=False, cancel_futures=True)

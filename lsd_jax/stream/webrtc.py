@@ -197,6 +197,8 @@ async def _offer(request: web.Request) -> web.Response:
     sdp, kind = params["sdp"], params["type"]
     if not isinstance(sdp, str) or kind != "offer" or len(sdp) > MAX_SDP_CHARS:
       raise ValueError("want {\"sdp\": str, \"type\": \"offer\"}")
+    if "\nm=video " not in f"\n{sdp}":
+      raise ValueError("the offer sends no video track")
   except (ValueError, KeyError, TypeError, RecursionError) as e:
     return web.json_response({"error": f"bad offer: {e}"}, status=400)
   if not st.open_session():

@@ -108,7 +108,8 @@ def chrome(camera: str, profile_dir: str):
   for flag in ("--headless=new", "--no-sandbox", "--use-fake-ui-for-media-stream",
                "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={camera}",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-gpu", "--disable-quic", "--no-first-run", "--allow-loopback-in-peer-connection",
+               "--disable-gpu", "--disable-quic", "--no-first-run",
+               *([] if os.environ.get("LSD_PROBE_NO_LOOPBACK_FLAG") else ["--allow-loopback-in-peer-connection"]),
                "--disable-features=WebRtcHideLocalIpsWithMdns", f"--user-data-dir={profile_dir}",
                "--window-size=1100,900"):
     opts.add_argument(flag)

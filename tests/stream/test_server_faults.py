@@ -423,3 +423,41 @@ def test_100_reconnect_cycles_keep_memory_flat(model):
 
   with live_server(model, max_sessions=1) as (url, st):
     _run(main(url, st), timeout=600)
+
+
+def test_webrtc_off_is_what_info_says(model):
+  async def main():
+    from aiohttp import test_utils
+
+    for on in (False, True):
+      app = server.make_app(model, webrtc=on)
+      async with test_utils.TestClient(test_utils.TestServer(app)) as c:
+        assert (await (await c.get("/info")).json())["webrtc"] is on
+        offer = await c.post("/offer", json={"sdp": "v=0", "type": "offer"},
+                             headers={"Origin": f"http://{c.host}:{c.port}"})
+        assert offer.status == (400 if on else 404), await offer.text()  # a bad SDP / no route
+
+  _run(main())
+
+
+def test_ctrl_c_stops_the_server_cleanly(tmp_path, tiny_checkpoint):
+  import signal
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  for wait_for, code in (("compiling", 130), (f"127.0.0.1:{port}/", 0)):
+    log = tmp_path / "serve.log"
+    with open(log, "w") as f:
+      proc = subprocess.Popen([sys.executable, "-m", "lsd_jax.stream.serve_cli", f"--port={port}",
+                               f"--model_dir={tiny_checkpoint}"], cwd=REPO, env=ENV, stdout=f,
+                              stderr=subprocess.STDOUT)
+    for _ in range(1200):
+      if wait_for in log.read_text():
+        break
+      assert proc.poll() is None, log.read_text()[-2000:]
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == code, log.read_text()[-2000:]
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-2000:]
