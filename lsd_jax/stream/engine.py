@@ -182,7 +182,7 @@ class StreamModel:
   def __init__(self, cfg: lsd.LSDConfig, params, info: ModelInfo, *, steps: int | None = None,
                tau_inf: float | None = None, param_dtype=None, text_encoder=None,
                kernel_impl: str | None = None):
-    if steps is not None and not (isinstance(steps, int) and 1 <= steps <= MAX_STEPS):
+    if steps is not None and not (isinstance(steps, (int, np.integer)) and 1 <= steps <= MAX_STEPS):
       raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
     if steps is not None and steps != cfg.steps:
       cfg = dataclasses.replace(cfg, steps=steps)
@@ -196,7 +196,6 @@ class StreamModel:
       params = jax.tree.map(lambda p: jnp.asarray(p, param_dtype), params)
     self.params = jax.device_put(lsd.with_kernel_params(cfg, params))
     self.fns = make_step_fns(cfg)
-    self.all_finite = _all_finite
     self._text_encoder = text_encoder
     self._embeddings: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
     self._lock = threading.Lock()
@@ -333,7 +332,7 @@ class StreamSession:
     return preprocess.prepare_frame(frame, self.model.height, self.model.width)
 
   def __call__(self, frame) -> np.ndarray:
-    """One input frame (any size / layout, see frames.prepare_frame) -> one output frame."""
+    """One input frame (any size / layout, see preprocess.prepare_frame) -> one output frame."""
     frame_HxWx3 = self.prepare(frame)
     self._state, out = self.model.fns.step(self.model.params, self._state, frame_HxWx3,
                                            self._next_prompt())
@@ -345,7 +344,7 @@ class StreamSession:
     """Raises NonFiniteOutput once the history ring (the generated latents) holds NaN or Inf:
     the uint8 output of such a frame is silent garbage (NaN casts to 0), and every later frame
     inherits it through the ring. One small reduction on the device per frame."""
-    if not bool(self.model.all_finite(self._state.ring)):
+    if not bool(_all_finite(self._state.ring)):
       raise NonFiniteOutput(f"the model produced NaN or Inf at frame {self.frame_index} (its "
                             "weights or this kernel implementation overflow); stopping the stream")
 
@@ -401,7 +400,7 @@ class StreamSession:
     frame = np.zeros((self.model.height, self.model.width, 3), np.uint8)
     state, out = fns.step(p, jax.device_put(self._initial), frame, self._emb_dev)
     jax.block_until_ready(out)
-    self.model.all_finite(state.ring)  # compiles the per-frame NaN check too
+    _all_finite(state.ring)  # compiles the per-frame NaN check too
     if profile:
       _, z = fns.denoise(p, jax.device_put(self._initial), fns.encode(p, frame), self._emb_dev)
       jax.block_until_ready(fns.decode(p, z))

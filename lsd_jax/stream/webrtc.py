@@ -131,15 +131,18 @@ class _Peer:
   def deliver(self, result: session_worker.Result) -> None:  # in the worker thread
     if self.closed:
       return
-    if result.error is not None:
-      msg = {"type": "error", "error": result.error, **result.stats}
-      self.loop.call_soon_threadsafe(self.send, msg)
-      if result.fatal:
-        asyncio.run_coroutine_threadsafe(self.close(), self.loop)
-      return
-    self.st.to_vcam(self, result.frame)
-    self.loop.call_soon_threadsafe(self.out.push, result.frame)
-    self.loop.call_soon_threadsafe(self.send, result.stats)
+    try:
+      if result.error is not None:
+        msg = {"type": "error", "error": result.error, **result.stats}
+        self.loop.call_soon_threadsafe(self.send, msg)
+        if result.fatal:
+          asyncio.run_coroutine_threadsafe(self.close(), self.loop)
+        return
+      self.st.to_vcam(self, result.frame)
+      self.loop.call_soon_threadsafe(self.out.push, result.frame)
+      self.loop.call_soon_threadsafe(self.send, result.stats)
+    except RuntimeError:  # the event loop has closed (the server is shutting down)
+      self.closed = True
 
   async def read(self, track: Any) -> None:
     """Hands every incoming frame to the worker (which keeps only the newest)."""
