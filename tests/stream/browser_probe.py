@@ -185,6 +185,7 @@ def main() -> int:
   p.add_argument("--camera", required=True)
   p.add_argument("--phases", default="webrtc,prompt,websocket")
   p.add_argument("--seconds", type=float, default=10.0)
+  p.add_argument("--websocket_seconds", type=float, default=None, help="(default: --seconds)")
   p.add_argument("--prompt", default="thermal camera")
   p.add_argument("--workdir", required=True)
   p.add_argument("--screenshot", default=None)
@@ -199,7 +200,8 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}/"
     for i, phase in enumerate(a.phases.split(",")):
       if phase in ("webrtc", "websocket"):
-        out[phase if phase not in out else f"{phase}_{i}"] = stream(driver, url, phase, a.seconds)
+        secs = a.websocket_seconds if phase == "websocket" and a.websocket_seconds else a.seconds
+        out[phase if phase not in out else f"{phase}_{i}"] = stream(driver, url, phase, secs)
         if a.screenshot and phase == "webrtc":
           driver.save_screenshot(a.screenshot)
       elif phase == "prompt":
