@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsd_jax.models import lsd
-from lsd_jax.stream import engine, metrics, realtime
+from lsd_jax.stream import engine, latency_stats, realtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes for the latency table.")
@@ -102,14 +102,14 @@ def latency(size: str) -> dict:
   frames = _synthetic_frames(model)
   for i in range(FLAGS.warmup):
     session(frames[i % len(frames)])
-  hist = metrics.Histogram()
+  hist = latency_stats.Histogram()
   t_start = time.perf_counter()
   for i in range(FLAGS.iters):
     t0 = time.perf_counter()
     session(frames[i % len(frames)])
     hist.add(time.perf_counter() - t0)
   wall = time.perf_counter() - t_start
-  stages = {k: metrics.Histogram() for k in ("preprocess", "encode", "denoise", "decode", "device")}
+  stages = {k: latency_stats.Histogram() for k in ("preprocess", "encode", "denoise", "decode", "device")}
   for i in range(FLAGS.profile_iters):
     _, times = session.process_timed(frames[i % len(frames)], profile=True)
     for k, v in times.items():
@@ -143,7 +143,7 @@ def soak(size: str) -> dict:
   session.warmup()
   frames = _synthetic_frames(model)
   samples = []
-  prev = {"counts": np.zeros_like(metrics.Histogram().counts), "t": time.perf_counter(), "n": 0}
+  prev = {"counts": np.zeros_like(latency_stats.Histogram().counts), "t": time.perf_counter(), "n": 0}
   stop = threading.Event()
   t_start = time.perf_counter()
   prompts = [_prompt(), ""]
@@ -151,7 +151,7 @@ def soak(size: str) -> dict:
   def on_frame(n, stats):
     if n % FLAGS.mem_every and n != FLAGS.soak_frames:
       return
-    interval = metrics.Histogram()
+    interval = latency_stats.Histogram()
     interval.counts = stats.process.counts - prev["counts"]
     interval.count = int(interval.counts.sum())
     interval.min, interval.max = 0.0, stats.process.max  # clamps for the bin centres only

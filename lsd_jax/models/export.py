@@ -49,7 +49,12 @@ def load_params(path: str, *, dtype=np.float32) -> dict[str, Any]:
     flat = load_file(path)
   except (SafetensorError, OSError, ValueError) as e:
     raise CheckpointError(f"{path}: corrupt weights ({e})") from e
-  return traverse_util.unflatten_dict({k: v.astype(dtype) for k, v in flat.items()}, sep="/")
+  flat = {k: v.astype(dtype) for k, v in flat.items()}
+  bad = sorted(k for k, v in flat.items() if not np.isfinite(v).all())
+  if bad:  # an intact header over NaN weights would stream silent black frames
+    raise CheckpointError(f"{path}: {len(bad)} of {len(flat)} weight arrays hold NaN or Inf "
+                          f"(first: {bad[0]}); the file is damaged or training diverged")
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def save(directory: str, cfg: LSDConfig, params: dict[str, Any], *, dtype: str = "bfloat16",

@@ -29,12 +29,20 @@ import numpy as np
 
 from lsd_jax.diffusion import sampler
 from lsd_jax.models import export, lsd, sizes
-from lsd_jax.stream import frames as frames_lib
+from lsd_jax.stream import preprocess
 
 DEFAULT_CHECKPOINT = "checkpoints/lsd_small"  # relative to the repository root
 RANDOM_TINY_LABEL = "random-init tiny (untrained)"
 FALLBACK_CONFIG = lsd.LSDConfig(size="tiny", height=256, width=256)
 EMBEDDING_CACHE_SIZE = 128  # prompts kept; bounded so a long-running server stays flat
+# The largest S a stream accepts: 8x the shipped model's S = 2 and 4x the largest S evaluated.
+# Every step is unrolled into the compiled program, so compile time and memory grow with S
+# (S = 1000 compiled for 8.5 min at 6 GB on a CPU before this bound).
+MAX_STEPS = 16
+
+
+class NonFiniteOutput(RuntimeError):
+  """The model produced NaN or Inf: the stream's history is poisoned, so it stops."""
 
 
 def repo_root() -> pathlib.Path:
@@ -163,12 +171,19 @@ def make_step_fns(cfg: lsd.LSDConfig) -> StepFns:
                  denoise=jax.jit(denoise, donate_argnums=(1,)), decode=jax.jit(decode))
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
 class StreamModel:
   """What streams share: config, parameters on device, compiled functions, prompt embeddings."""
 
   def __init__(self, cfg: lsd.LSDConfig, params, info: ModelInfo, *, steps: int | None = None,
                tau_inf: float | None = None, param_dtype=None, text_encoder=None,
                kernel_impl: str | None = None):
+    if steps is not None and not (isinstance(steps, (int, np.integer)) and 1 <= steps <= MAX_STEPS):
+      raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
     if steps is not None and steps != cfg.steps:
       cfg = dataclasses.replace(cfg, steps=steps)
       info = dataclasses.replace(info, steps=steps)
@@ -199,6 +214,15 @@ class StreamModel:
   def width(self) -> int:
     return self.cfg.width
 
+  @property
+  def text_encoder(self):
+    """The prompt encoder: the one given, else the shared MiniLM, loaded on first use."""
+    if self._text_encoder is None:
+      from lsd_jax.models import text_encoder
+
+      self._text_encoder = text_encoder.default_encoder()
+    return self._text_encoder
+
   def embed(self, text: str) -> np.ndarray:
     """The prompt's float32 [384] embedding, computed once per distinct text (LRU cache)."""
     with self._lock:
@@ -208,11 +232,7 @@ class StreamModel:
     if not text.strip():
       emb = np.zeros((sizes.PROMPT_DIM,), np.float32)  # the text encoder's own "no effect"
     else:
-      if self._text_encoder is None:
-        from lsd_jax.models import text_encoder
-
-        self._text_encoder = text_encoder.default_encoder()
-      emb = np.asarray(self._text_encoder.encode([text])[0], np.float32)
+      emb = np.asarray(self.text_encoder.encode([text])[0], np.float32)
       self.encoder_calls += 1
     with self._lock:
       self._embeddings[text] = emb
@@ -236,6 +256,11 @@ class StreamModel:
     return self.fns.step._cache_size()  # pylint: disable=protected-access
 
 
+def _check_prompt(text) -> None:
+  if not isinstance(text, str):
+    raise TypeError(f"the prompt must be a str, got {type(text).__name__} {repr(text)[:80]}")
+
+
 class StreamSession:
   """One stream: `session(frame) -> frame`, `set_prompt(text, transition_frames)`, `reset()`.
 
@@ -250,6 +275,7 @@ class StreamSession:
       model = StreamModel.load(model, steps=steps)
     elif steps is not None and steps != model.cfg.steps:
       raise ValueError("steps is fixed by the StreamModel; build the model with steps=")
+    _check_prompt(prompt)
     self.model = model
     self.seed = seed
     self._initial = initial_state(model.cfg, seed)
@@ -267,6 +293,9 @@ class StreamSession:
   def set_prompt(self, text: str, transition_frames: int = 0) -> None:
     """Takes effect on the next frame; with transition_frames = T > 0 the embedding moves
     linearly from the one in effect now to the new one over the next T frames."""
+    _check_prompt(text)
+    if isinstance(transition_frames, bool) or not isinstance(transition_frames, (int, np.integer)):
+      raise TypeError(f"transition_frames must be an int, got {transition_frames!r:.80}")
     if transition_frames < 0:
       raise ValueError(f"transition_frames must be >= 0, got {transition_frames}")
     target = self.model.embed(text)
@@ -300,14 +329,24 @@ class StreamSession:
   # -- frames ---------------------------------------------------------------------------------
 
   def prepare(self, frame) -> np.ndarray:
-    return frames_lib.prepare_frame(frame, self.model.height, self.model.width)
+    return preprocess.prepare_frame(frame, self.model.height, self.model.width)
 
   def __call__(self, frame) -> np.ndarray:
-    """One input frame (any size / layout, see frames.prepare_frame) -> one output frame."""
+    """One input frame (any size / layout, see preprocess.prepare_frame) -> one output frame."""
     frame_HxWx3 = self.prepare(frame)
     self._state, out = self.model.fns.step(self.model.params, self._state, frame_HxWx3,
                                            self._next_prompt())
-    return np.asarray(out)
+    out = np.asarray(out)
+    self._check_finite()
+    return out
+
+  def _check_finite(self) -> None:
+    """Raises NonFiniteOutput once the history ring (the generated latents) holds NaN or Inf:
+    the uint8 output of such a frame is silent garbage (NaN casts to 0), and every later frame
+    inherits it through the ring. One small reduction on the device per frame."""
+    if not bool(_all_finite(self._state.ring)):
+      raise NonFiniteOutput(f"the model produced NaN or Inf at frame {self.frame_index} (its "
+                            "weights or this kernel implementation overflow); stopping the stream")
 
   def process_timed(self, frame, *, profile: bool = False) -> tuple[np.ndarray, dict[str, float]]:
     """Like __call__, also returning seconds per stage.
@@ -326,7 +365,9 @@ class StreamSession:
     if not profile:
       self._state, out = fns.step(p, self._state, frame_HxWx3, prompt)
       out = np.asarray(out)
-      return out, {"preprocess": t1 - t0, "device": time.perf_counter() - t1}
+      t2 = time.perf_counter()
+      self._check_finite()
+      return out, {"preprocess": t1 - t0, "device": t2 - t1}
     c = jax.block_until_ready(fns.encode(p, frame_HxWx3))
     t2 = time.perf_counter()
     self._state, z = fns.denoise(p, self._state, c, prompt)
@@ -334,12 +375,18 @@ class StreamSession:
     t3 = time.perf_counter()
     out = np.asarray(fns.decode(p, z))
     t4 = time.perf_counter()
+    self._check_finite()
     return out, {"preprocess": t1 - t0, "encode": t2 - t1, "denoise": t3 - t2, "decode": t4 - t3,
                  "device": t4 - t1}
 
-  def reset(self) -> None:
-    """Back to the stream's initial state (empty history, frame 0, the seed's key); the prompt
-    stays, and a transition in progress jumps to its target."""
+  def reset(self, seed: int | None = None) -> None:
+    """Back to the stream's initial state (empty history, frame 0, the seed's key; a new seed
+    if given); the prompt stays, and a transition in progress jumps to its target."""
+    if seed is not None:
+      if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+      self.seed = int(seed)
+      self._initial = initial_state(self.model.cfg, self.seed)
     self._state = jax.device_put(self._initial)
     self._emb_from = self._emb_to
     self._transition = 0
@@ -351,8 +398,9 @@ class StreamSession:
     t0 = time.perf_counter()
     p, fns = self.model.params, self.model.fns
     frame = np.zeros((self.model.height, self.model.width, 3), np.uint8)
-    _, out = fns.step(p, jax.device_put(self._initial), frame, self._emb_dev)
+    state, out = fns.step(p, jax.device_put(self._initial), frame, self._emb_dev)
     jax.block_until_ready(out)
+    _all_finite(state.ring)  # compiles the per-frame NaN check too
     if profile:
       _, z = fns.denoise(p, jax.device_put(self._initial), fns.encode(p, frame), self._emb_dev)
       jax.block_until_ready(fns.decode(p, z))

@@ -19,6 +19,7 @@ import fractions
 import os
 import pathlib
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -233,15 +234,51 @@ def open_source(spec: str, *, height: int = 256, width: int = 256, seed: int = 0
 # Sinks.
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+  """a and b name one file (through links, relative paths and hard links)."""
+  if os.path.realpath(a) == os.path.realpath(b):
+    return True
+  try:
+    return os.path.samefile(a, b)
+  except OSError:  # one of them does not exist (yet)
+    return False
+
+
+def check_output_file(what: str, path: str | os.PathLike) -> None:
+  """Makes sure a file can be written at `path` before any work starts: its folder is created
+  and probed with a temporary file. OSError with a message that names `what` and the path."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    raise OSError(f"{what}={path} is a folder; give a file name in it (e.g. "
+                  f"{os.path.join(path, 'out.mp4')})")
+  folder = os.path.dirname(os.path.abspath(path))
+  ancestor = folder
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise OSError(f"{what}={path}: {ancestor} is a file, not a folder")
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise OSError(f"{what}={path}: cannot create the folder {folder} ({e.strerror or e})") from e
+  try:
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".lsd-write-probe-"):
+      pass
+    if os.path.exists(path):
+      with open(path, "ab"):
+        pass
+  except OSError as e:
+    raise OSError(f"{what}={path}: cannot write there ({e.strerror or e})") from e
+
+
 class Mp4Sink:
-  """H.264 (yuv420p, crf 20) mp4, written frame by frame; the folder is created."""
+  """H.264 (yuv420p, crf 20) mp4, written frame by frame; the folder is created. The file is
+  created at the first frame: a stream that ends before it leaves no empty, unplayable file."""
 
   def __init__(self, path: str | os.PathLike, fps: float, *, crf: int = 20):
-    import av  # pylint: disable=import-outside-toplevel
-
     self.path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-    self._container = av.open(self.path, mode="w", format="mp4", options={"movflags": "+faststart"})
+    self._container = None
     self._rate = fractions.Fraction(fps).limit_denominator(1001)
     self._crf = crf
     self._stream = None
@@ -254,6 +291,8 @@ class Mp4Sink:
       h, w = frame_HxWx3.shape[:2]
       if h % 2 or w % 2:
         raise ValueError(f"H.264 yuv420p needs even sizes, got {w}x{h}")
+      self._container = av.open(self.path, mode="w", format="mp4",
+                                options={"movflags": "+faststart"})
       self._stream = self._container.add_stream("libx264", rate=self._rate)
       self._stream.width, self._stream.height, self._stream.pix_fmt = w, h, "yuv420p"
       self._stream.options = {"crf": str(self._crf), "preset": "veryfast"}
@@ -262,9 +301,13 @@ class Mp4Sink:
     self.frames += 1
 
   def close(self) -> None:
-    if self._stream is not None:
-      self._container.mux(self._stream.encode(None))
-    self._container.close()
+    if self._container is None:
+      return
+    container, self._container = self._container, None
+    try:
+      container.mux(self._stream.encode(None))
+    finally:
+      container.close()
 
 
 class WindowSink:
@@ -321,7 +364,7 @@ class Composite:
 
   def __call__(self, input_HxWx3: np.ndarray, output_HxWx3: np.ndarray) -> None:
     if self.side_by_side:
-      from lsd_jax.stream.frames import side_by_side  # pylint: disable=import-outside-toplevel
+      from lsd_jax.stream.preprocess import side_by_side  # pylint: disable=import-outside-toplevel
 
       frame = side_by_side(input_HxWx3, output_HxWx3)
     else:

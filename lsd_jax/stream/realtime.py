@@ -29,8 +29,8 @@ from typing import Any, Protocol
 from absl import logging
 import numpy as np
 
-from lsd_jax.stream import frames as frames_lib
-from lsd_jax.stream import metrics
+from lsd_jax.stream import preprocess
+from lsd_jax.stream import latency_stats
 
 LOSSLESS_PREFETCH = 1
 STAGES = ("read", "preprocess", "encode", "denoise", "decode", "device", "write")
@@ -141,12 +141,14 @@ class StreamStats:
   captured: int = 0
   corrupt: int = 0
   wall_s: float = 0.0
-  latency: metrics.Histogram = dataclasses.field(default_factory=metrics.Histogram)
-  process: metrics.Histogram = dataclasses.field(default_factory=metrics.Histogram)
-  stages: dict[str, metrics.Histogram] = dataclasses.field(
-      default_factory=lambda: {s: metrics.Histogram() for s in STAGES})
-  error: str | None = None
+  latency: latency_stats.Histogram = dataclasses.field(default_factory=latency_stats.Histogram)
+  process: latency_stats.Histogram = dataclasses.field(default_factory=latency_stats.Histogram)
+  stages: dict[str, latency_stats.Histogram] = dataclasses.field(
+      default_factory=lambda: {s: latency_stats.Histogram() for s in STAGES})
+  error: str | None = None  # the source, engine or sink failure that ended the stream
   exception: BaseException | None = None
+  failed: str | None = None  # "source" | "engine" | "sink"
+  interrupted: bool = False  # `stop` was set, or Ctrl-C (KeyboardInterrupt) arrived
 
   def summary(self) -> dict[str, Any]:
     """Counts, fps and {p50, p95, p99, max, mean, count} in ms (None for a stage not timed)."""
@@ -156,8 +158,11 @@ class StreamStats:
         "fps": self.frames / self.wall_s if self.wall_s > 0 else 0.0,
         "latency_ms": self.latency.summary_ms(), "process_ms": self.process.summary_ms(),
         "stages_ms": {s: h.summary_ms() for s, h in self.stages.items()},
-        "error": self.error,
+        "error": self.error, "failed": self.failed, "interrupted": self.interrupted,
     }
+
+  def fail(self, where: str, e: BaseException) -> None:
+    self.error, self.exception, self.failed = f"{type(e).__name__}: {e}", e, where
 
 
 def _capture_loop(source: Iterable[Any], slot, stop: threading.Event, pace_fps: float | None,
@@ -199,7 +204,9 @@ def run(source: Iterable[Any], engine: Engine, sink: Callable[[np.ndarray, np.nd
   `before_frame(n)` runs before the n-th processed frame (prompt schedules), `on_frame(n, stats)`
   after it (progress bars, memory probes). `pace_fps` makes the capture thread deliver frames at
   that rate (a file played as if live). An error in the source ends the stream after the frames
-  read before it were processed; it is returned in `stats.error` / `stats.exception`.
+  read before it were processed; an error in the engine or the sink ends it at once; either is
+  returned in `stats.error` / `stats.exception` / `stats.failed`, never raised, so the frames
+  streamed until then are always counted. So is `stop` or Ctrl-C (`stats.interrupted`).
   """
   stats = StreamStats()
   stop = stop or threading.Event()
@@ -211,6 +218,9 @@ def run(source: Iterable[Any], engine: Engine, sink: Callable[[np.ndarray, np.nd
   thread.start()
   try:
     while max_frames is None or stats.frames < max_frames:
+      if stop.is_set():
+        stats.interrupted = True
+        break
       item = slot.get(timeout=0.5)
       if item is None:
         if not thread.is_alive():
@@ -222,13 +232,21 @@ def run(source: Iterable[Any], engine: Engine, sink: Callable[[np.ndarray, np.nd
       if before_frame is not None:
         before_frame(stats.frames)
       t0 = time.perf_counter()
-      out, times = engine.process_timed(item.frame, profile=profile)
+      try:
+        out, times = engine.process_timed(item.frame, profile=profile)
+      except Exception as e:  # pylint: disable=broad-except  (returned to the caller, who reports it)
+        stats.fail("engine", e)
+        break
       t1 = time.perf_counter()
       if sink is not None:
         inp = getattr(engine, "last_input", None)
         if inp is None:
-          inp = frames_lib.prepare_frame(item.frame, out.shape[0], out.shape[1])
-        sink(inp, out)
+          inp = preprocess.prepare_frame(item.frame, out.shape[0], out.shape[1])
+        try:
+          sink(inp, out)
+        except Exception as e:  # pylint: disable=broad-except
+          stats.fail("sink", e)
+          break
       t2 = time.perf_counter()
       stats.frames += 1
       stats.latency.add(t1 - item.t_capture)
@@ -239,6 +257,9 @@ def run(source: Iterable[Any], engine: Engine, sink: Callable[[np.ndarray, np.nd
         stats.stages[k].add(v)
       if on_frame is not None:
         on_frame(stats.frames, stats)
+  except KeyboardInterrupt:
+    stats.interrupted = True
+    logging.warning("interrupted after %d frames", stats.frames)
   finally:
     stop.set()
     if isinstance(slot, BoundedQueue):
@@ -250,7 +271,6 @@ def run(source: Iterable[Any], engine: Engine, sink: Callable[[np.ndarray, np.nd
     stats.dropped = slot.dropped
     stats.captured = slot.captured
     stats.corrupt = int(getattr(source, "corrupt", 0))
-  if errors:
-    stats.error = f"{type(errors[0]).__name__}: {errors[0]}"
-    stats.exception = errors[0]
+  if errors and stats.error is None:
+    stats.fail("source", errors[0])
   return stats

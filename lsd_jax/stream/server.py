@@ -1,38 +1,51 @@
-r"""lsd-serve: a browser demo. The page captures the webcam (getUserMedia), sends JPEG frames over
-a WebSocket and shows input and output side by side, with a prompt box and live fps / latency.
+r"""lsd-serve: the browser demo and an API for non-browser clients (serve_cli.py parses flags).
 
-  lsd-serve                       # http://127.0.0.1:8765, the default model
-  lsd-serve --port=9000 --checkpoint=checkpoints/lsd_small --max_sessions=1
+The page captures the camera (getUserMedia) and streams it over WebRTC (a video track each way,
+webrtc.py; aiortc), or over a WebSocket of JPEG frames where WebRTC cannot connect. It shows
+input and output side by side, a prompt box with the nearest known effect, and fps and latency
+from the server's own per-frame timestamps.
 
-Security: binds 127.0.0.1 unless --host says otherwise (and then warns loudly: anyone who can
-reach the port can use the GPU and see what they send). The WebSocket accepts same-origin pages
-only (the Origin header must match the Host), and on a loopback bind only loopback Host names
-(against DNS rebinding). Messages are capped (--max_message_mb, default 2), JPEGs larger than
-MAX_PIXELS are refused before decoding, sessions are capped (--max_sessions; the next one gets
-"server busy"), and clients never name a file: they send JPEG bytes and prompt text only.
+Security:
+- Binds 127.0.0.1 unless told otherwise. On a loopback bind, requests must name a loopback Host
+  (against DNS rebinding) and streams are open to same-origin pages only (Origin == Host).
+- With a token (`lsd-serve --token`, always on a non-loopback bind, where one is generated if
+  none is given) a client presenting it may stream from anywhere: `Authorization: Bearer TOKEN`
+  or `?token=TOKEN` (what the page does, reading it from its URL's #token=...). A wrong token is
+  refused (401) after a constant-time comparison of digests. On a non-loopback bind nothing
+  streams without the token, the page included.
+- Messages are capped (--max_message_mb, default 2), JPEGs larger than MAX_PIXELS are refused
+  before decoding, sessions are capped (--max_sessions; the next one gets "server busy"), idle
+  connections are closed (--idle_timeout), and clients never name a file: they send frames and
+  prompt text only. `/info` and `hello` name the model, never its folder.
 
-Protocol (one StreamSession per connection, all sharing one StreamModel):
-  client -> server  binary: a JPEG frame; text: {"type": "prompt", "text": ..., "transition": N}
-  server -> client  text {"type": "hello", "model": ..., ...} once; then per frame a binary JPEG
-                    followed by text {"type": "frame", ...stats}; {"type": "prompt", "effect": ...}
-                    after a prompt; {"type": "error", "error": ...} for a bad message.
-Latest-frame semantics twice over: the page sends a frame only after the previous result came
-back, and the server keeps only the newest unprocessed frame of a connection (older ones are
-dropped and counted).
+WebSocket protocol (`/ws`; one StreamSession per connection, all sharing one StreamModel):
+  client -> server  binary: a JPEG frame
+                    text: {"type": "prompt", "text": str, "transition": int frames in 0..1000}
+  server -> client  text {"type": "hello", "model": {...}, "width", "height", ...} once;
+                    per frame a binary JPEG (at the model's resolution), then text
+                    {"type": "frame", "index", "server_ms", "p50_ms", "p99_ms", "fps", "dropped",
+                    "bad_frames"}; {"type": "prompt", "text", "effect": {"name", "score", "weak"}}
+                    after a prompt; {"type": "error", "error": str} for a bad message or frame
+                    (the session goes on) or, before the socket closes, for a fatal one.
+  close codes: 1013 server busy, 4000 idle for --idle_timeout s, 1011 the model failed.
+The server keeps only the newest unprocessed frame of a connection (older ones are dropped and
+counted: `dropped`), so a client may send faster than the model runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
-import functools
+import dataclasses
+import hashlib
+import hmac
 import importlib.resources
 import io as _io
 import ipaddress
 import json
+import math
+import socket
 import threading
-import time
 import urllib.parse
 from typing import Any
 
@@ -41,15 +54,17 @@ from aiohttp import WSMsgType, web
 import cv2
 import numpy as np
 
-from lsd_jax.stream import engine, metrics
+from lsd_jax.stream import control, engine, session_worker
 
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+MAX_TEXT_BYTES = 64 * 1024  # a prompt message; larger text is refused before parsing
 MAX_SESSIONS = 2
+IDLE_TIMEOUT_S = 60.0
 MAX_PIXELS = 4096 * 4096  # a decoded frame's cap: a small JPEG can claim a huge size
-MAX_PROMPT_CHARS = 2000  # the text encoder keeps 254 word pieces anyway
 JPEG_QUALITY = 85
+MIN_TOKEN_CHARS = 16
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-WEB_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
+WEB_FILES = {"/": ("index.html", "text/html"), "/page.js": ("page.js", "text/javascript"),
              "/style.css": ("style.css", "text/css")}
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; img-src 'self' blob: data:; "
@@ -59,6 +74,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+CLOSE_BUSY, CLOSE_IDLE, CLOSE_FAILED = 1013, 4000, 1011
 
 
 def is_loopback(host: str) -> bool:
@@ -110,46 +126,122 @@ def encode_jpeg(rgb: np.ndarray) -> bytes:
   return buf.tobytes()
 
 
-@functools.cache
-def _matcher():
-  """prompts.match(text) -> (effect, score) where lsd_jax.datasets.prompts provides it."""
+def public_model(info: engine.ModelInfo) -> dict[str, Any]:
+  """What clients learn about the model: its name and shape, never where its files are."""
+  d = info.to_dict()
+  d.pop("checkpoint", None)
+  return d
+
+
+def parse_prompt_message(raw: str) -> tuple[str, int]:
+  """(text, transition) of a {"type": "prompt"} message; ValueError with the reason otherwise
+  (oversized, not JSON, nested too deep for the parser, wrong types, out of range)."""
+  if len(raw) > MAX_TEXT_BYTES:
+    raise ValueError(f"text message over {MAX_TEXT_BYTES} bytes")
   try:
-    from lsd_jax.datasets import prompts  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return None
-  return getattr(prompts, "match", None)
+    msg = json.loads(raw)
+  except RecursionError as e:
+    raise ValueError("JSON nested too deeply") from e
+  if not isinstance(msg, dict) or msg.get("type") != "prompt":
+    raise ValueError('want {"type": "prompt", "text": ..., "transition": N}')
+  text, transition = msg.get("text", ""), msg.get("transition", 0)
+  if isinstance(transition, float) and math.isfinite(transition) and transition.is_integer():
+    transition = int(transition)
+  if isinstance(transition, bool) or not isinstance(transition, int):
+    raise ValueError(f"transition must be a whole number of frames, got {transition!r:.40}")
+  cmd = control.validate("transition", transition, "ws")  # range
+  return control.validate("prompt", text, "ws").value, cmd.value
 
 
-def match_effect(text: str) -> dict[str, Any] | None:
-  fn = _matcher()
-  if fn is None or not text.strip():
-    return None
-  try:
-    name, score = fn(text)
-  except Exception as e:  # pylint: disable=broad-except  (a UI hint must not end the session)
-    logging.warning("prompts.match failed: %s", e)
-    return None
-  return {"name": str(name), "score": float(score)}
-
-
+@dataclasses.dataclass
 class ServerState:
-  def __init__(self, model: engine.StreamModel, *, max_sessions: int, max_message_bytes: int,
-               check_host: bool, seed: int = 0):
-    self.model, self.max_sessions, self.max_message_bytes = model, max_sessions, max_message_bytes
-    self.check_host, self.seed = check_host, seed
-    self.active = 0
-    self.served = 0
-    self.executor = concurrent.futures.ThreadPoolExecutor(max(1, max_sessions),
-                                                          thread_name_prefix="lsd-serve")
+  model: engine.StreamModel
+  max_sessions: int = MAX_SESSIONS
+  max_message_bytes: int = MAX_MESSAGE_BYTES
+  loopback: bool = True  # bound to loopback: Host names checked, same-origin pages may stream
+  token: str | None = None  # a client presenting it may stream from anywhere
+  seed: int = 0
+  idle_timeout_s: float = IDLE_TIMEOUT_S
+  vcam: Any = None  # a sink with write(frame): the output of one session at a time
+  webrtc: bool = False  # /offer is served (aiortc is installed and --webrtc)
+  active: int = 0
+  served: int = 0
+  vcam_owner: Any = None
+  vcam_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+  matcher: concurrent.futures.ThreadPoolExecutor = dataclasses.field(
+      default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lsd-match"))
+
+  def __post_init__(self):
+    if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
+      raise ValueError(f"a token needs at least {MIN_TOKEN_CHARS} characters")
+    self._digest = hashlib.sha256(self.token.encode()).digest() if self.token else None
+
+  def token_matches(self, presented: str) -> bool:
+    """Constant time: the digests (of fixed length) are compared with hmac.compare_digest."""
+    if self._digest is None:
+      return False
+    return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), self._digest)
+
+  def open_session(self) -> bool:
+    if self.active >= self.max_sessions:
+      return False
+    self.active += 1
+    self.served += 1
+    return True
+
+  def close_session(self, owner: Any) -> None:
+    self.active -= 1
+    with self.vcam_lock:
+      if self.vcam_owner is owner:
+        self.vcam_owner = None
+
+  def to_vcam(self, owner: Any, frame: np.ndarray) -> None:
+    """The first session to stream owns the virtual camera until it ends."""
+    if self.vcam is None:
+      return
+    with self.vcam_lock:
+      if self.vcam_owner is None:
+        self.vcam_owner = owner
+      if self.vcam_owner is owner:
+        self.vcam.write(frame)
 
 
 STATE_KEY = web.AppKey("lsd_state", ServerState)
 
 
+def presented_token(request: web.Request) -> str | None:
+  auth = request.headers.get("Authorization", "")
+  if auth.lower().startswith("bearer "):
+    return auth[7:].strip()
+  return request.query.get("token")
+
+
+def access_denied(request: web.Request) -> web.Response | None:
+  """None if this request may open a stream; else the refusal (401 token, 403 origin)."""
+  st = request.app[STATE_KEY]
+  token = presented_token(request)
+  peer = request.remote
+  if token is not None:
+    if st.token_matches(token):
+      return None
+    logging.warning("refused a stream from %s: wrong token", peer)
+    return web.Response(status=401, text="wrong token", headers={"WWW-Authenticate": "Bearer"})
+  if st.loopback and same_origin(request):
+    return None
+  if st.token is not None:
+    logging.warning("refused a stream from %s: no token", peer)
+    return web.Response(status=401, text="this server needs a token (Authorization: Bearer ...)",
+                        headers={"WWW-Authenticate": "Bearer"})
+  logging.warning("refused a stream from Origin %r (Host %r)", request.headers.get("Origin"),
+                  request.host)
+  return web.Response(status=403, text="cross-origin stream refused (start lsd-serve with "
+                      "--token to let other clients in)")
+
+
 @web.middleware
 async def _guard(request: web.Request, handler):
   st = request.app[STATE_KEY]
-  if st.check_host and not is_loopback(_hostname(request.host or "")):
+  if st.loopback and not is_loopback(_hostname(request.host or "")):
     return web.Response(status=403, text="Host not allowed (the server is bound to loopback)")
   resp = await handler(request)
   if isinstance(resp, web.Response):
@@ -163,146 +255,181 @@ async def _static(request: web.Request) -> web.Response:
   return web.Response(body=body, content_type=ctype)
 
 
+def _webrtc_available() -> bool:
+  from lsd_jax.stream import webrtc  # pylint: disable=import-outside-toplevel
+
+  return webrtc.available()
+
+
 async def _info(request: web.Request) -> web.Response:
   st = request.app[STATE_KEY]
-  return web.json_response({"model": st.model.info.to_dict(), "width": st.model.width,
+  return web.json_response({"model": public_model(st.model.info), "width": st.model.width,
                             "height": st.model.height, "max_sessions": st.max_sessions,
-                            "active_sessions": st.active,
-                            "max_message_bytes": st.max_message_bytes})
+                            "active_sessions": st.active, "max_message_bytes": st.max_message_bytes,
+                            "webrtc": st.webrtc, "token_required": not st.loopback,
+                            "idle_timeout_s": st.idle_timeout_s})
 
 
-class _Connection:
-  """One socket's stream: the newest unprocessed frame, a worker, its StreamSession."""
+def hello(st: ServerState, transport: str) -> dict[str, Any]:
+  return {"type": "hello", "transport": transport, "model": public_model(st.model.info),
+          "width": st.model.width, "height": st.model.height,
+          "max_message_bytes": st.max_message_bytes, "idle_timeout_s": st.idle_timeout_s}
 
-  def __init__(self, st: ServerState, ws: web.WebSocketResponse, session: engine.StreamSession):
-    self.st, self.ws, self.session = st, ws, session
-    self.pending: bytes | None = None
-    self.wake = asyncio.Event()
-    self.lock = threading.Lock()  # the session: frames and prompt changes in turn
-    self.frames = self.dropped = self.bad = 0
-    self.step_ms = metrics.Window(300)
-    self.done_at: collections.deque[float] = collections.deque(maxlen=60)  # for fps
 
-  def offer(self, data: bytes) -> None:
-    if self.pending is not None:
-      self.dropped += 1
-    self.pending = data
-    self.wake.set()
+async def prompt_reply(st: ServerState, worker: session_worker.SessionWorker,
+                       raw: str) -> dict[str, Any]:
+  """Handles one prompt message of either transport; the reply to send (an error included)."""
+  try:
+    text, transition = parse_prompt_message(raw)
+  except ValueError as e:
+    return {"type": "error", "error": f"bad message: {e}"}
+  worker.set_prompt(text, transition)
+  loop = asyncio.get_running_loop()
+  encoder = st.model.text_encoder if text.strip() else None
+  effect = await loop.run_in_executor(st.matcher, control.nearest_effect, text, encoder)
+  return {"type": "prompt", "text": text, "transition": transition, "effect": effect}
 
-  def _process(self, data: bytes) -> tuple[bytes, float]:
-    frame = decode_jpeg(data)
-    with self.lock:
-      t0 = time.perf_counter()
-      out = self.session(frame)
-      dt = time.perf_counter() - t0
-    return encode_jpeg(out), dt
 
-  async def worker(self) -> None:
-    loop = asyncio.get_running_loop()
-    while not self.ws.closed:
-      await self.wake.wait()
-      self.wake.clear()
-      data, self.pending = self.pending, None
-      if data is None:
-        continue
-      try:
-        jpeg, dt = await loop.run_in_executor(self.st.executor, self._process, data)
-      except ValueError as e:
-        self.bad += 1
-        await self.ws.send_json({"type": "error", "error": f"bad frame: {e}", "bad_frames": self.bad})
-        continue
-      self.frames += 1
-      self.step_ms.add(dt)
-      now = time.perf_counter()
-      self.done_at.append(now)
-      span = now - self.done_at[0]
-      fps = (len(self.done_at) - 1) / span if span > 0 else 0.0
-      if self.ws.closed:
-        return
-      await self.ws.send_bytes(jpeg)
-      await self.ws.send_json({"type": "frame", "index": self.frames, "server_ms": dt * 1e3,
-                               "p50_ms": self.step_ms.percentile_ms(50),
-                               "p99_ms": self.step_ms.percentile_ms(99), "fps": fps,
-                               "dropped": self.dropped, "bad_frames": self.bad})
-
-  def set_prompt(self, text: str, transition: int) -> None:
-    with self.lock:
-      self.session.set_prompt(text, transition)
-
-  async def on_text(self, raw: str) -> None:
-    try:
-      msg = json.loads(raw)
-      if not isinstance(msg, dict) or msg.get("type") != "prompt":
-        raise ValueError("want {\"type\": \"prompt\", \"text\": ...}")
-      text = msg.get("text", "")
-      transition = int(msg.get("transition", 0))
-      if not isinstance(text, str) or not 0 <= transition <= 1000:
-        raise ValueError("text must be a string and transition in [0, 1000]")
-    except (ValueError, TypeError) as e:
-      await self.ws.send_json({"type": "error", "error": f"bad message: {e}"})
-      return
-    text = text[:MAX_PROMPT_CHARS]
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(self.st.executor, self.set_prompt, text, transition)
-    await self.ws.send_json({"type": "prompt", "text": text, "effect": match_effect(text)})
+def new_worker(st: ServerState, decode, deliver, owner_name: str) -> session_worker.SessionWorker:
+  session = engine.StreamSession(st.model, seed=st.seed + st.served)
+  return session_worker.SessionWorker(session, decode, deliver, name=owner_name)
 
 
 async def _websocket(request: web.Request) -> web.StreamResponse:
   st = request.app[STATE_KEY]
-  if not same_origin(request):
-    logging.warning("refused a WebSocket from Origin %r (Host %r)", request.headers.get("Origin"),
-                    request.host)
-    return web.Response(status=403, text="cross-origin WebSocket refused")
+  denied = access_denied(request)
+  if denied is not None:
+    return denied
   ws = web.WebSocketResponse(max_msg_size=st.max_message_bytes, heartbeat=30.0)
   await ws.prepare(request)
-  if st.active >= st.max_sessions:
+  if not st.open_session():
     await ws.send_json({"type": "error", "error": f"server busy: {st.max_sessions} session(s) "
                         "already streaming; try again later"})
-    await ws.close(code=1013, message=b"server busy")
+    await ws.close(code=CLOSE_BUSY, message=b"server busy")
     return ws
-  st.active += 1
-  st.served += 1
+  loop = asyncio.get_running_loop()
   worker = None
+  fatal: list[str] = []
+
+  def deliver(result: session_worker.Result) -> None:  # in the worker thread
+    if result.error is not None:
+      msg = {"type": "error", "error": result.error, **result.stats}
+      if result.fatal:
+        fatal.append(result.error)
+      fut = asyncio.run_coroutine_threadsafe(_send_error(ws, msg, result.fatal), loop)
+    else:
+      st.to_vcam(worker, result.frame)
+      fut = asyncio.run_coroutine_threadsafe(_send_frame(ws, encode_jpeg(result.frame),
+                                                         result.stats), loop)
+    try:
+      fut.result(timeout=30)  # back-pressure: one frame in the socket at a time
+    except Exception:  # pylint: disable=broad-except  (the socket went away; the loop ends it)
+      pass
+
   try:
-    loop = asyncio.get_running_loop()
-    session = await loop.run_in_executor(
-        st.executor, lambda: engine.StreamSession(st.model, seed=st.seed + st.served))
-    conn = _Connection(st, ws, session)
-    await ws.send_json({"type": "hello", "model": st.model.info.to_dict(),
-                        "width": st.model.width, "height": st.model.height,
-                        "max_message_bytes": st.max_message_bytes})
-    worker = asyncio.create_task(conn.worker())
-    async for msg in ws:
+    worker = await loop.run_in_executor(None, new_worker, st, decode_jpeg, deliver, "lsd-ws")
+    await ws.send_json(hello(st, "websocket"))
+    while not ws.closed:
+      try:
+        msg = await ws.receive(timeout=st.idle_timeout_s)
+      except asyncio.TimeoutError:
+        await ws.send_json({"type": "error", "error": f"idle for {st.idle_timeout_s:.0f} s: "
+                            "closing (reconnect to go on)"})
+        await ws.close(code=CLOSE_IDLE, message=b"idle")
+        break
       if msg.type == WSMsgType.BINARY:
-        conn.offer(msg.data)
+        worker.offer(msg.data)
       elif msg.type == WSMsgType.TEXT:
-        await conn.on_text(msg.data)
+        await ws.send_json(await prompt_reply(st, worker, msg.data))
       elif msg.type == WSMsgType.ERROR:
         logging.warning("WebSocket closed with an error: %s", ws.exception())
         break
+      elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+        break
   finally:
-    st.active -= 1
+    st.close_session(worker)
     if worker is not None:
-      worker.cancel()
-      await asyncio.gather(worker, return_exceptions=True)
+      await loop.run_in_executor(None, worker.close)
   return ws
+
+
+async def _send_frame(ws: web.WebSocketResponse, jpeg: bytes, stats: dict[str, Any]) -> None:
+  if ws.closed:
+    return
+  await ws.send_bytes(jpeg)
+  await ws.send_json(stats)
+
+
+async def _send_error(ws: web.WebSocketResponse, msg: dict[str, Any], fatal: bool) -> None:
+  if ws.closed:
+    return
+  await ws.send_json(msg)
+  if fatal:
+    await ws.close(code=CLOSE_FAILED, message=b"the model failed")
 
 
 def make_app(model: engine.StreamModel, *, max_sessions: int = MAX_SESSIONS,
              max_message_bytes: int = MAX_MESSAGE_BYTES, check_host: bool = True,
-             seed: int = 0) -> web.Application:
-  """The aiohttp application (tests drive it with aiohttp.test_utils)."""
+             token: str | None = None, seed: int = 0, idle_timeout_s: float = IDLE_TIMEOUT_S,
+             vcam: Any = None, webrtc: bool = True) -> web.Application:
+  """The aiohttp application (tests drive it with aiohttp.test_utils). `check_host` means a
+  loopback bind (Host names checked, same-origin pages may stream without a token)."""
   application = web.Application(middlewares=[_guard], client_max_size=max_message_bytes)
-  application[STATE_KEY] = ServerState(model, max_sessions=max_sessions,
-                                       max_message_bytes=max_message_bytes,
-                                       check_host=check_host, seed=seed)
+  st = ServerState(model, max_sessions=max_sessions, max_message_bytes=max_message_bytes,
+                   loopback=check_host, token=token, seed=seed, idle_timeout_s=idle_timeout_s,
+                   vcam=vcam)
+  application[STATE_KEY] = st
   for path in WEB_FILES:
     application.router.add_get(path, _static)
   application.router.add_get("/info", _info)
   application.router.add_get("/ws", _websocket)
+  if webrtc and _webrtc_available():
+    from lsd_jax.stream import webrtc as webrtc_lib  # pylint: disable=import-outside-toplevel
+
+    webrtc_lib.add_routes(application)
+    st.webrtc = True
 
   async def _shutdown(a: web.Application) -> None:
-    a[STATE_KEY].executor.shutdown(wait=False, cancel_futures=True)
+    a[STATE_KEY].matcher.shutdown(wait=False, cancel_futures=True)
 
-  application.on_cleanup.append(_shutdown)
+  application.on_shutdown.append(_shutdown)
   return application
+
+
+def listen(host: str, port: int) -> socket.socket:
+  """A bound, listening socket, or OSError naming the address (before any model loads)."""
+  family = socket.AF_INET6 if ":" in host else socket.AF_INET
+  sock = socket.socket(family, socket.SOCK_STREAM)
+  try:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+  except OSError as e:
+    sock.close()
+    why = {98: "the address is already in use (another lsd-serve? pick --port)",
+           99: "this machine has no such address",
+           13: "permission denied (ports below 1024 need privileges)"}.get(e.errno, e.strerror)
+    raise OSError(e.errno, f"cannot listen on {host}:{port}: {why}") from e
+  sock.setblocking(False)
+  return sock
+
+
+async def start(application: web.Application, sock: socket.socket,
+                idle_timeout_s: float = IDLE_TIMEOUT_S) -> web.AppRunner:
+  """Serves `application` on an already listening socket. Connections that send no complete
+  request within idle_timeout_s (idle keep-alive, half-sent headers) are closed."""
+  runner = web.AppRunner(application, access_log=None, handle_signals=False,
+                         keepalive_timeout=idle_timeout_s)
+  await runner.setup()
+  await web.SockSite(runner, sock).start()
+  return runner
+
+
+async def serve_forever(application: web.Application, sock: socket.socket,
+                        idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+  runner = await start(application, sock, idle_timeout_s)
+  try:
+    while True:
+      await asyncio.sleep(3600)
+  finally:
+    await runner.cleanup()

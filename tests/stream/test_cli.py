@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lsd_jax.datasets import video
-from lsd_jax.stream import app, io
+from lsd_jax.stream import io, runner
 from tests.stream.conftest import TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +26,7 @@ def test_cli_writes_mp4_and_stats(tmp_path, tiny_checkpoint):
   out, stats = tmp_path / "new" / "demo.mp4", tmp_path / "new" / "stats.json"
   r = subprocess.run(
       [sys.executable, "-m", "lsd_jax.stream.cli", f"--source={BUNNY}", "--prompt=pencil sketch",
-       "--side-by-side", f"--output={out}", f"--stats={stats}", "--frames=12",
+       "--side_by_side", f"--output={out}", f"--stats={stats}", "--frames=12",
        f"--checkpoint={tiny_checkpoint}", "--noprogress"],
       capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert r.returncode == 0, r.stderr[-3000:]
@@ -52,7 +52,7 @@ def test_run_profile_schedule_and_folder(tmp_path, tiny_checkpoint):
   (folder / "004_bad.jpg").write_bytes(b"not a jpeg at all")
   sched = tmp_path / "sched.txt"
   sched.write_text("# frame\tprompt\n0\tsepia\n3\tthermal camera\n")
-  res = app.run(app.StreamOptions(source=str(folder), checkpoint=tiny_checkpoint,
+  res = runner.run(runner.StreamOptions(source=str(folder), model_dir=tiny_checkpoint,
                                   prompt_schedule=str(sched), profile=True, progress=False,
                                   output=str(tmp_path / "o.mp4"), stats=str(tmp_path / "s.json")))
   assert res["frames"] == 6 and res["corrupt"] == 1
@@ -69,7 +69,7 @@ def test_truncated_mp4_is_read_up_to_the_damage(tmp_path, tiny_checkpoint):
   src = io.VideoFileSource(cut)
   n = sum(1 for _ in src)
   assert 0 < n < _count(BUNNY)
-  res = app.run(app.StreamOptions(source=str(cut), checkpoint=tiny_checkpoint, progress=False,
+  res = runner.run(runner.StreamOptions(source=str(cut), model_dir=tiny_checkpoint, progress=False,
                                   frames=5))
   assert res["frames"] == 5
 
@@ -88,13 +88,13 @@ def test_garbage_video_is_a_clear_cli_error(tmp_path, tiny_checkpoint):
 def test_schedule_formats_and_errors(tmp_path):
   j = tmp_path / "s.json"
   j.write_text(json.dumps({"10": "cartoon", "0": "sepia"}))
-  assert app.load_schedule(j) == [(0, "sepia"), (10, "cartoon")]
+  assert runner.load_schedule(j) == [(0, "sepia"), (10, "cartoon")]
   j.write_text(json.dumps([{"frame": 5, "prompt": "snow"}, [2, "rain"]]))
-  assert app.load_schedule(j) == [(2, "rain"), (5, "snow")]
+  assert runner.load_schedule(j) == [(2, "rain"), (5, "snow")]
   t = tmp_path / "s.txt"
   t.write_text("0\tsepia\nfive\tsnow\n")
   with pytest.raises(ValueError, match=r"s.txt:2"):
-    app.load_schedule(t)
+    runner.load_schedule(t)
 
 
 def test_sinks_and_sources_fail_clearly(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lsd_jax.models import export
-from lsd_jax.stream import engine, frames
+from lsd_jax.stream import engine, preprocess
 from tests.stream.conftest import TINY, FakeTextEncoder, tiny_model
 
 
@@ -199,25 +199,25 @@ def test_non_finite_frames_raise(model, bad):
 
 def test_bad_layouts_raise():
   with pytest.raises(ValueError, match="channels"):
-    frames.prepare_frame(np.zeros((8, 8, 2), np.uint8), 64, 64)
+    preprocess.prepare_frame(np.zeros((8, 8, 2), np.uint8), 64, 64)
   with pytest.raises(ValueError, match="empty"):
-    frames.prepare_frame(np.zeros((0, 8, 3), np.uint8), 64, 64)
+    preprocess.prepare_frame(np.zeros((0, 8, 3), np.uint8), 64, 64)
   with pytest.raises(ValueError, match="HxW"):
-    frames.prepare_frame(np.zeros((2, 8, 8, 3), np.uint8), 64, 64)
+    preprocess.prepare_frame(np.zeros((2, 8, 8, 3), np.uint8), 64, 64)
 
 
 def test_prepare_frame_centre_crops_to_aspect():
   # 100 wide x 50 high -> square model: the centre 50x50 survives, the side bands go.
   x = np.zeros((50, 100, 3), np.uint8)
   x[:, 25:75] = 200
-  y = frames.prepare_frame(x, 64, 64)
+  y = preprocess.prepare_frame(x, 64, 64)
   assert y.min() == 200
-  gray = frames.prepare_frame(np.full((10, 10), 7, np.uint8), 32, 48)
+  gray = preprocess.prepare_frame(np.full((10, 10), 7, np.uint8), 32, 48)
   assert gray.shape == (32, 48, 3) and (gray == 7).all()
   rgba = np.zeros((16, 16, 4), np.uint8)
   rgba[..., 3] = 255
-  assert frames.prepare_frame(rgba, 16, 16).max() == 0  # alpha dropped, not blended in
-  one = frames.prepare_frame(np.array([[[10, 20, 30]]], np.uint8), 64, 64)
+  assert preprocess.prepare_frame(rgba, 16, 16).max() == 0  # alpha dropped, not blended in
+  one = preprocess.prepare_frame(np.array([[[10, 20, 30]]], np.uint8), 64, 64)
   assert (one == np.array([10, 20, 30])).all()
 
 
@@ -270,7 +270,7 @@ def test_engine_imports_without_video_or_data_packages():
       import sys
       for name in ("av", "grain", "ml_collections", "tokenizers"):
         sys.modules[name] = None  # import fails
-      from lsd_jax.stream import engine, realtime, metrics, frames
+      from lsd_jax.stream import engine, realtime, latency_stats, preprocess
       print("ok")
   """)
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from lsd_jax.stream import io, metrics, realtime
+from lsd_jax.stream import io, latency_stats, realtime
 
 
 class SlowEngine:
@@ -73,7 +73,7 @@ def test_source_error_ends_stream_with_message():
 def test_histogram_percentiles_within_half_a_percent():
   rng = np.random.default_rng(0)
   xs = rng.lognormal(-6, 0.6, 20000)  # ~2.5 ms
-  h = metrics.Histogram()
+  h = latency_stats.Histogram()
   for x in xs:
     h.add(x)
   for q in (50, 95, 99):

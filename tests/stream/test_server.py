@@ -37,9 +37,9 @@ async def _receive_json(ws, want_type):
 def test_page_and_frames_flow(model):
   async def test(client, origin):
     page = await client.get("/")
-    assert page.status == 200 and "getUserMedia" not in await page.text()  # it is in app.js
+    assert page.status == 200 and "getUserMedia" not in await page.text()  # it is in page.js
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
-    js = await (await client.get("/app.js")).text()
+    js = await (await client.get("/page.js")).text()
     assert "getUserMedia" in js and "new WebSocket" in js
     async with client.ws_connect("/ws", headers={"Origin": origin}) as ws:
       hello = await _receive_json(ws, "hello")

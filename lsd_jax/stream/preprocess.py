@@ -1,16 +1,27 @@
 """Host-side frame preparation: any image-like array -> uint8 `frame_HxWx3` at the model's size.
 
 Accepts any size (1x1 to 4000x3000 and beyond), grayscale (HxW or HxWx1), RGB, RGBA (alpha
-dropped), uint8, other integer types (uint16 scaled, others clipped to [0, 255]), bool and float
-frames in [0, 1]. The frame is centre-cropped to the model's aspect ratio, then resized with
+dropped), uint8, other integer types (uint16 scaled, others clipped to [0, 255]), bool, and float
+frames in [0, 1] or, where a value exceeds FLOAT_255_ABOVE, in [0, 255] (with a warning, once per
+process: a float frame is ambiguous, and clipping a [0, 255] one to [0, 1] makes it near white).
+The frame is centre-cropped to the model's aspect ratio, then resized with
 cv2.INTER_AREA. NaN or inf values raise ValueError: a silently black frame would hide a broken
 camera or decoder upstream.
 """
 
 from __future__ import annotations
 
+import threading
+
+from absl import logging
 import cv2
 import numpy as np
+
+# A float frame whose largest value exceeds this is read as [0, 255]. Not 1.0: a [0, 1] frame
+# resampled with a cubic filter overshoots 1.0 by a few percent, while a [0, 255] frame whose
+# brightest pixel is below 1.5 is black either way.
+FLOAT_255_ABOVE = 1.5
+_warned = threading.Event()
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -21,7 +32,15 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
   if np.issubdtype(x.dtype, np.floating):
     if not np.all(np.isfinite(x)):
       raise ValueError("frame holds NaN or inf values")
-    return (np.clip(x.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    x = x.astype(np.float32)
+    top = float(x.max(initial=0.0))
+    if top > FLOAT_255_ABOVE:
+      if not _warned.is_set():
+        _warned.set()
+        logging.warning("a float frame holds values up to %.1f: reading float frames like it as "
+                        "[0, 255] (pass uint8, or floats in [0, 1], to silence this)", top)
+      return (np.clip(x, 0.0, 255.0) + 0.5).astype(np.uint8)
+    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
   if x.dtype == np.uint16:
     return (x // 257).astype(np.uint8)
   if np.issubdtype(x.dtype, np.integer):

@@ -1,0 +1,53 @@
+"""The model flags of both streaming front ends (lsd-stream and lsd-serve), spelt one way.
+
+  --model_dir=DIR  --steps=S  --tau_inf=T  --kernel_impl=NAME  --seed=N
+
+The spellings of earlier releases stay as aliases: --checkpoint (both tools), --tau-inf and
+--kernel-impl (lsd-stream). Bad values end with a usage message at flag parsing, before anything
+loads or compiles. Importing this module loads neither jax nor the model (so `--help` is quick).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from absl import flags
+
+# engine.MAX_STEPS and pallas_kernels.api.IMPLEMENTATIONS, spelt out because importing either
+# module loads jax; tests/stream/test_flags.py checks that they agree.
+MAX_STEPS = 16
+KERNEL_IMPLS = ("auto", "xla", "mosaic", "triton", "megastep")
+
+MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "Model folder (config.json + params.safetensors). Default: "
+    "checkpoints/lsd_small, else a labelled random-init tiny model.")
+STEPS = flags.DEFINE_integer(
+    "steps", None, f"Shortcut steps per frame, 1..{MAX_STEPS} (default: the model's). Each step "
+    "is unrolled into the compiled program.")
+TAU_INF = flags.DEFINE_float(
+    "tau_inf", None, "History noise level at inference, in [0, 1) (default: the model's). Higher "
+    "follows the input and prompt switches faster but flickers more.")
+KERNEL_IMPL = flags.DEFINE_enum(
+    "kernel_impl", None, list(KERNEL_IMPLS),
+    "Denoiser ops implementation (default: the model's, xla): auto picks Pallas kernels on GPUs; "
+    "megastep runs each denoiser step as one Mosaic GPU kernel on a Hopper GPU "
+    "(pallas_kernels/megastep_mgpu.py; elsewhere it acts as auto).")
+SEED = flags.DEFINE_integer(
+    "seed", 0, "Stream seed: the noise of every frame derives from it (lsd-serve: the first "
+    "session's; each next one adds 1).")
+
+flags.DEFINE_alias("checkpoint", "model_dir")
+flags.DEFINE_alias("tau-inf", "tau_inf")
+flags.DEFINE_alias("kernel-impl", "kernel_impl")
+
+flags.register_validator("steps", lambda v: v is None or 1 <= v <= MAX_STEPS,
+                         f"--steps must be in 1..{MAX_STEPS}")
+flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0,
+                         "--tau_inf must be in [0, 1)")
+
+NAMES = ("model_dir", "steps", "tau_inf", "kernel_impl", "seed")
+
+
+def model_kwargs() -> dict[str, Any]:
+  """engine.StreamModel.load's arguments from the parsed flags."""
+  return {"steps": STEPS.value, "tau_inf": TAU_INF.value, "kernel_impl": KERNEL_IMPL.value}
