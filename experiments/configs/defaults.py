@@ -37,7 +37,8 @@ def base(task: str) -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict({"lr": 3e-4, "warmup_steps": 500, "weight_decay": 0.01, "clip_norm": 1.0})
   c.train = ml_collections.ConfigDict({
       "ema_decay": 0.999, "latent_penalty": 1e-4,
-      "tau_kind": "uniform", "tau_max": 0.5, "p_stream_start": 0.1,
+      "tau_kind": "uniform", "tau_max": 0.5, "p_stream_start": 0.1, "p_no_history": 0.0,
+      "p_history_swap": 0.0,
       "augment": [dict(a) for a in FULL_AUGMENT],
       "bootstrap_frac": 0.25, "max_log2": 7, "level_kind": "logit_normal", "level_mean": 0.0,
       "p_no_prompt": 0.05, "prompt_repeats": 1, "loss_weight": "velocity",

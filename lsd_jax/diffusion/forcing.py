@@ -33,6 +33,7 @@ class ForcingConfig:
   tau_kind: str = "uniform"  # sampler of history levels
   tau_max: float = 0.5  # history levels in [0, tau_max]
   p_stream_start: float = 0.1  # chance that the oldest m >= 1 history frames are missing
+  p_no_history: float = 0.0  # chance that all K are missing: the frame from input and prompt alone
   residual: bool = False  # diffuse y - c instead of y
 
 
@@ -57,7 +58,10 @@ def make_inputs(key, c_BxTxHxWxC, y_BxTxHxWxC, prompt_BxE, cfg: ForcingConfig,
     ctx = augment(k_aug, ctx, strength)
   if cfg.mode == "concat":
     tau = flow.sample_levels(k_tau, (b, k), cfg.tau_kind, t_max=cfg.tau_max)
-    tau = jnp.where(_missing_oldest(k_miss, b, k, cfg.p_stream_start), 1.0, tau)
+    k_miss, k_none = jax.random.split(k_miss)
+    missing = _missing_oldest(k_miss, b, k, cfg.p_stream_start)
+    missing |= (jax.random.uniform(k_none, (b,)) < cfg.p_no_history)[:, None]
+    tau = jnp.where(missing, 1.0, tau)
     hist = history.noise(k_noise, ctx, tau)
     cond = {"c": c_BxTxHxWxC[:, k:], "prompt": prompt_BxE, "hist": hist[:, None], "tau": tau[:, None]}
     x0 = y_BxTxHxWxC[:, k:] - c_BxTxHxWxC[:, k:] if cfg.residual else y_BxTxHxWxC[:, k:]

@@ -118,11 +118,12 @@ def step_config(config, model: lsd.LSDConfig | None = None) -> steps.LSDStepConf
     mode, k, residual = model.history_mode, model.history_len, model.residual
   return steps.LSDStepConfig(
       forcing=forcing.ForcingConfig(mode=mode, history_len=k, tau_kind=t.tau_kind, tau_max=t.tau_max,
-                                    p_stream_start=t.p_stream_start, residual=residual),
+                                    p_stream_start=t.p_stream_start, residual=residual,
+                                    p_no_history=t.get("p_no_history", 0.0)),
       augment=tuple(dict(a) for a in t.augment), bootstrap_frac=t.bootstrap_frac, max_log2=t.max_log2,
       level_kind=t.level_kind, level_mean=t.get("level_mean", 0.0), ema_decay=t.ema_decay,
       p_no_prompt=t.p_no_prompt, prompt_repeats=t.get("prompt_repeats", 1),
-      loss_weight=t.get("loss_weight", "velocity"))
+      loss_weight=t.get("loss_weight", "velocity"), p_history_swap=t.get("p_history_swap", 0.0))
 
 
 def prompt_bank(table: pipeline.PromptTable) -> dict[str, np.ndarray]:

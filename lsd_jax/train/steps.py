@@ -105,6 +105,7 @@ class LSDStepConfig:
   p_no_prompt: float = 0.0  # chance of replacing the prompt by zeros (and the target by the input)
   prompt_repeats: int = 1  # R: each host clip trains under R prompts (R - 1 drawn on device)
   loss_weight: str = "velocity"  # shortcut.LOSS_WEIGHTS: "x0" weighs flow frames by t^2
+  p_history_swap: float = 0.0  # with prompt repeats: history from the same clip under another prompt
 
 
 PROMPT_FIELDS = ("effect_frame_id", "effect_temporal_id", "effect_params", "prompt_emb")
@@ -151,11 +152,33 @@ def lsd_inputs(batch, key, *, ae: Autoencoder, ae_params, cfg: LSDStepConfig):
   return c, z[b:], prompt
 
 
+def swap_history(key, y_NxTx, reps: int, p: float, k: int):
+  """With prompt repeats (row r * B + b is clip b under prompt r), gives each sample, with
+  probability p, the K history frames of the same clip under another of its prompts; the
+  target frame stays. Its history then shows another effect than its prompt asks for, as right
+  after a prompt switch, so the prompt, not the history, must say which effect to make: without
+  this a model learns to read the effect off its history and cannot start one from an empty
+  ring (reports/model_v3/README.md)."""
+  n = y_NxTx.shape[0]
+  if reps <= 1 or p <= 0:
+    return y_NxTx
+  b = n // reps
+  k_hit, k_shift = jax.random.split(key)
+  hit = jax.random.uniform(k_hit, (n,)) < p
+  shift = jax.random.randint(k_shift, (n,), 1, reps)  # another copy, never the sample itself
+  row = jnp.arange(n)
+  src = jnp.where(hit, ((row // b + shift) % reps) * b + row % b, row)
+  hist = jnp.take(y_NxTx[:, :k], src, axis=0)
+  return jnp.concatenate([hist, y_NxTx[:, k:]], axis=1)
+
+
 def lsd_forcing_inputs(den_params, batch, key, *, den, ae, ae_params, cfg: LSDStepConfig):
   """The model's velocity function and its diffusion-forcing inputs for one batch:
   (vf, loss key, x0, x0_in, cond, bootstrap_last_only)."""
   k_in, k_force, k_loss = jax.random.split(key, 3)
   c, y, prompt = lsd_inputs(batch, k_in, ae=ae, ae_params=ae_params, cfg=cfg)
+  reps = batch["prompt_emb"].shape[0] // batch["clip"].shape[0]
+  y = swap_history(jax.random.fold_in(k_in, 7), y, reps, cfg.p_history_swap, cfg.forcing.history_len)
   vf = lsd.velocity_fn(den, den_params)
   # The model-made history hook: a one-step re-denoise of noised history by the current model.
   extra = {"model": history.model_history(_self_history(vf, c, prompt, cfg.forcing))}

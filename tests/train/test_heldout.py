@@ -148,3 +148,29 @@ def test_v3_recipe_trains_end_to_end(tmp_path):
   hist = writers.read_jsonl(os.path.join(str(tmp_path / "lsd"), "train_metrics.jsonl"))
   assert all(np.isfinite([v for v in hist["loss"] if v is not None]))
   assert [v for v in hist["heldout_psnr_mean"] if v is not None]
+
+
+def test_history_swap_shows_another_prompts_history():
+  reps, b, k = 3, 2, 3
+  y = jnp.arange(reps * b * (k + 1), dtype=jnp.float32).reshape(reps * b, k + 1, 1, 1, 1)
+  assert steps.swap_history(jax.random.key(0), y, reps, 0.0, k) is y
+  out = np.asarray(steps.swap_history(jax.random.key(0), y, reps, 1.0, k))
+  y = np.asarray(y)
+  np.testing.assert_array_equal(out[:, k], y[:, k])  # every target frame stays its own
+  for i in range(reps * b):
+    src = [j for j in range(reps * b) if np.array_equal(out[i, :k], y[j, :k])]
+    assert len(src) == 1 and src[0] != i and src[0] % b == i % b  # the same clip, another prompt
+  half = np.asarray(steps.swap_history(jax.random.key(1), jnp.asarray(y), reps, 0.5, k))
+  kept = [np.array_equal(half[i], y[i]) for i in range(reps * b)]
+  assert 0 < sum(kept) < reps * b
+
+
+def test_no_history_blanks_every_slot():
+  from lsd_jax.diffusion import forcing
+
+  c = jax.random.normal(jax.random.key(0), (64, 4, 4, 4, 2))
+  cfg = forcing.ForcingConfig(p_stream_start=0.0, p_no_history=0.5)
+  _, _, cond, _ = forcing.make_inputs(jax.random.key(1), c, c, jnp.zeros((64, 384)), cfg)
+  tau = np.asarray(cond["tau"][:, 0])
+  blank = (tau == 1.0).all(axis=1)
+  assert 16 < blank.sum() < 48 and ((tau == 1.0).any(axis=1) == blank).all()
