@@ -19,3 +19,23 @@ def randomize(params, key, scale: float = 0.2):
 @pytest.fixture
 def rng():
   return jax.random.key(0)
+
+
+@pytest.fixture
+def interpret():
+  """Runs Mosaic GPU kernels in interpret mode. Unwritten output elements read as NaN
+  (the interpreter's default `uninitialized_memory="nan"`) and out-of-bounds reads raise, so
+  every check also checks that the kernel wrote its whole output."""
+  import jax.experimental.pallas.mosaic_gpu as plgpu
+
+  with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
+    yield
+
+
+@pytest.fixture
+def hopper():
+  from pallas_kernels import api
+
+  if not api.is_hopper():
+    dev = jax.devices()[0]
+    pytest.skip(f"needs a Hopper GPU, have {dev.device_kind} ({dev.platform})")

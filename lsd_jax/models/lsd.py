@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lsd_jax.diffusion.shortcut import VelocityFn
-from lsd_jax.models import sizes
+from lsd_jax.models import megastep, sizes
 from lsd_jax.models.autoencoder import Autoencoder
 from lsd_jax.models.denoiser import Denoiser, DenoiserConfig
 from pallas_kernels import api
@@ -108,8 +108,8 @@ def velocity_fn(den: Denoiser, den_params, packed=None) -> VelocityFn:
   """u(x, t, d, cond) with cond = {"c", "prompt"[, "hist", "tau"]}, as the objective and sampler expect.
 
   `packed` (from `with_kernel_params`): the denoiser's weights packed for the whole-step mega
-  kernel; the step then runs as one Mosaic GPU call where `megastep_mgpu.step_supported` says
-  it can (else as `Denoiser.apply`)."""
+  kernel; the step then runs as one Mosaic GPU call where `megastep.step_supported` says it can
+  (else as `Denoiser.apply`)."""
 
   def apply(x, t, d, cond):
     return den.apply({"params": den_params}, x, cond["c"], t, d, cond["prompt"],
@@ -117,20 +117,16 @@ def velocity_fn(den: Denoiser, den_params, packed=None) -> VelocityFn:
 
   if packed is None:
     return apply
-  from pallas_kernels import megastep_mgpu
-
-  return megastep_mgpu.velocity_fn(den.config, den_params, packed, fallback=apply)
+  return megastep.velocity_fn(den.config, den_params, packed, fallback=apply)
 
 
 def megastep_unsupported(cfg: LSDConfig) -> str | None:
   """Why the whole-step mega kernel cannot run this config here (None: it can): the model's
   shape (history mode, pruned blocks, tokens per frame, widths) first, then the device."""
-  from pallas_kernels import megastep_mgpu
-
   s = cfg.model_size.denoiser
   h, w, _ = cfg.latent_shape
   _, den = build(cfg)
-  why = megastep_mgpu.step_supported(den.config, (h // s.patch) * (w // s.patch))
+  why = megastep.step_supported(den.config, (h // s.patch) * (w // s.patch))
   if why is None and not api.is_hopper():
     why = f"needs a Hopper GPU, have {jax.devices()[0].device_kind}"
   return why
@@ -147,9 +143,7 @@ def with_kernel_params(cfg: LSDConfig, params):
   if why is not None:
     api.warn_fallback_once("megastep", why)
     return params
-  from pallas_kernels import megastep_mgpu
-
-  return {**params, "megastep": megastep_mgpu.pack(params["denoiser"])}
+  return {**params, "megastep": megastep.pack(params["denoiser"])}
 
 
 def encode(ae: Autoencoder, ae_params, frames_NxHxWx3):
