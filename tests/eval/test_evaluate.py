@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from lsd_jax.eval import fidelity, stream_eval
+from lsd_jax.eval import chunks, fidelity, protocol
 from lsd_jax.models import export, lsd
 from tests.conftest import randomize
 
@@ -30,11 +30,11 @@ def tiny_model(tmp_path_factory):
 def test_chunked_stream_equals_one_scan(tiny_model):
   _, params = tiny_model
   clip = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-  prompts = stream_eval.choose_prompts(["sepia"])
+  prompts = protocol.choose_prompts(["sepia"])
   emb = prompts["sepia"][1]
   whole = np.asarray(fidelity.rollout_fn(CFG, 1)(params, clip, emb, jax.random.key(3)))
-  fn = stream_eval.model_chunk_fn(CFG, 1)
-  ring, outs = stream_eval.empty_ring(CFG), []
+  fn = chunks.model_chunk_fn(CFG, 1)
+  ring, outs = chunks.empty_ring(CFG), []
   for lo in (0, 3):  # two chunks of 3 frames: the ring is carried across
     hi = lo + 3
     idx = np.arange(lo, hi, dtype=np.int32)
@@ -56,7 +56,7 @@ def _sample_manifest(tmp_path) -> str:
 def test_evaluate_cli_end_to_end(tiny_model, tmp_path):
   model_dir, _ = tiny_model
   out = tmp_path / "eval"
-  cmd = [sys.executable, os.path.join(ROOT, "experiments/evaluate.py"), f"--model={model_dir}", "--steps=1",
+  cmd = [sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}", "--steps=1",
          f"--manifest={_sample_manifest(tmp_path)}",
          "--clips=1", "--clip_frames=8", "--stream_frames=20", "--switch_every=5", "--chunk=8",
          "--effects=sepia,snowfall", f"--out={out}"]
@@ -113,7 +113,7 @@ def test_evaluate_cli_tau_inf(tiny_model, tmp_path):
   psnr = {}
   for tau in ("0.0", "0.5"):
     out = tmp_path / f"eval{tau}"
-    cmd = [sys.executable, os.path.join(ROOT, "experiments/evaluate.py"), f"--model={model_dir}", "--steps=1",
+    cmd = [sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}", "--steps=1",
            "--clips=0", "--stream_frames=12", "--switch_every=6", "--chunk=6", "--effects=sepia", f"--tau_inf={tau}",
            f"--out={out}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -122,16 +122,16 @@ def test_evaluate_cli_tau_inf(tiny_model, tmp_path):
     assert r["tau_inf"] == float(tau)
     psnr[tau] = np.load(out / "per_frame.npz")["psnr"]
   assert not np.allclose(psnr["0.0"], psnr["0.5"])
-  bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments/evaluate.py"), f"--model={model_dir}",
+  bad = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}",
                         "--tau_inf=1.5", "--clips=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "--tau_inf must be in [0, 1)" in bad.stderr
 
 
 def test_drift_segment_must_be_whole_schedule_cycles():
   """A segment that is not a whole number of cycles would compare different effects, not time."""
-  ec = stream_eval.EvalConfig(switch_every=125, segment=500)
+  ec = protocol.EvalConfig(switch_every=125, segment=500)
   with pytest.raises(ValueError, match="not a whole number of schedule cycles"):
     ec.segment_frames(8)  # cycle 1,000 frames
   assert ec.segment_frames(4) == 500  # cycle 500: one cycle per segment
-  assert stream_eval.EvalConfig(switch_every=125, segment=2000).segment_frames(8) == 2000
-  assert stream_eval.EvalConfig(switch_every=125).segment_frames(8) == 1000
+  assert protocol.EvalConfig(switch_every=125, segment=2000).segment_frames(8) == 2000
+  assert protocol.EvalConfig(switch_every=125).segment_frames(8) == 1000

@@ -65,11 +65,10 @@ def prompt_sensitive_checkpoint(tmp_path):
   """The random tiny model with its prompt projection scaled up 30x. Random weights barely
   listen to the prompt (a ~1 grey-level change against ~60 from the per-frame noise); this
   makes the prompt's path through page -> socket -> session -> output visible in pixels."""
-  from lsd_jax.models import export
-  from lsd_jax.stream import engine
+  from lsd_jax.models import export, lsd
   from tests.stream.conftest import TINY
 
-  params = engine.random_params(0, TINY)
+  params = lsd.random_params(0, TINY)
   params["denoiser"]["prompt_in"]["Dense_0"]["kernel"] *= 30.0
   export.save(str(tmp_path / "ckpt"), TINY, params, dtype="float32",
               metadata={"name": "tiny-prompt-x30", "random_weights": True})
