@@ -15,7 +15,7 @@ Weights are random (every leaf, see lsd.random_params) unless --checkpoint is gi
 results say which. Needs jax, flax, numpy, OpenCV and absl only (no PyAV, grain, ml_collections,
 tokenizers). Writes stream_bench.json and stream_bench.md under --out_dir.
 
-  PYTHONPATH=. python experiments/benchmark_stream.py --sizes=tiny,small --soak_frames=100000 \
+  python -m experiments.benchmark_stream --sizes=tiny,small --soak_frames=100000 \
       --out_dir=$OUT
   # CPU smoke: --sizes=tiny --iters=50 --soak_frames=300 --mem_every=100
 """

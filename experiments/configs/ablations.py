@@ -5,7 +5,7 @@ Each ablation is a list of arms; an arm has a label, `train` overrides (dotted c
 Arms with the same `train` overrides share one trained model (experiments/sweep.py trains each
 distinct model once, with the same budget, and evaluates every arm with the same protocol).
 
-  python experiments/sweep.py --config=experiments/configs/lsd.py:small --ablations=all \
+  python -m experiments.sweep --config=experiments/configs/lsd.py:small --ablations=all \
       --config.max_minutes=60 --autoencoder_dir=workdirs/ae_small --workdir=workdirs/sweep
 
 What to expect: full history augmentation should hold the drift ratio closest to 1 on long
