@@ -29,7 +29,7 @@ def get_ablations() -> dict[str, list[dict]]:
           {"label": "noise only", "train": {"train.augment": NO_AUGMENT}, "eval": {}},
           {"label": "full", "train": {}, "eval": {}},
       ],
-      "tau_inf": [{"label": f"tau_inf={t}", "train": {}, "eval": {"tau_inf": t}} for t in (0.0, 0.05, 0.1, 0.2, 0.3)],
+      "tau_inf": [{"label": f"tau_inf={t}", "train": {}, "eval": {"tau_inf": t}} for t in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)],
       "history_len": k_arms,
       "steps": [{"label": f"S={s}", "train": {}, "eval": {"steps": s}} for s in (1, 2, 4)],
       "history_mode": [{"label": m, "train": {"model.history_mode": m}, "eval": {}} for m in ("concat", "attention")],
