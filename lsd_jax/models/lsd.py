@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 from typing import Any, Mapping
 
@@ -97,7 +98,15 @@ def dummy_inputs(cfg: LSDConfig, batch: int = 1):
 
 
 def init_params(key, cfg: LSDConfig, *, boxed: bool = False) -> dict[str, Any]:
-  """Fresh parameters (float32). With `boxed`, keeps flax's logical-partitioning boxes."""
+  """Fresh parameters (float32). With `boxed`, keeps flax's logical-partitioning boxes.
+
+  Jitted (cfg static), with the same values as flax's eager init: op by op, the init forward
+  pass takes twice as long on a CPU, and a second call for one config costs nothing."""
+  return _init_params(key, cfg, boxed)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_params(key, cfg: LSDConfig, boxed: bool) -> dict[str, Any]:
   ae, den = build(cfg)
   k_ae, k_den = jax.random.split(key)
   ae_vars = ae.init(k_ae, jnp.zeros((1, cfg.height, cfg.width, 3)))

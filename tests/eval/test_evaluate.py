@@ -12,23 +12,15 @@ import numpy as np
 import pytest
 
 from lsd_jax.eval import chunks, fidelity, protocol
-from lsd_jax.models import export, lsd
+from lsd_jax.models import export
 from tests.conftest import randomize
+from tests.eval.conftest import CFG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CFG = lsd.LSDConfig(size="tiny", height=32, width=32, steps=1, tau_inf=0.1)  # a default other than the --tau_inf=0.5 the CLI tests pass
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("model"))
-  params = jax.jit(lambda k: lsd.init_params(k, CFG))(jax.random.key(0))  # jitted: eager init is slow
-  export.save(d, CFG, params, dtype="float32", metadata={"note": "random tiny for tests"})
-  return d, params
-
-
-def test_chunked_stream_equals_one_scan(tiny_model):
-  _, params = tiny_model
+def test_chunked_stream_equals_one_scan(tiny32):
+  _, params = tiny32
   clip = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
   prompts = protocol.choose_prompts(["sepia"])
   emb = prompts["sepia"][1]
@@ -53,8 +45,8 @@ def _sample_manifest(tmp_path) -> str:
   return str(root / "manifest.json")
 
 
-def test_evaluate_cli_end_to_end(tiny_model, tmp_path):
-  model_dir, _ = tiny_model
+def test_evaluate_cli_end_to_end(tiny32, tmp_path):
+  model_dir, _ = tiny32
   out = tmp_path / "eval"
   cmd = [sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}", "--steps=1",
          f"--manifest={_sample_manifest(tmp_path)}",
@@ -79,10 +71,10 @@ def test_evaluate_cli_end_to_end(tiny_model, tmp_path):
   assert "Drift" in (out / "eval.md").read_text()
 
 
-def test_eval_fidelity_cli_tau_inf(tiny_model, tmp_path):
+def test_eval_fidelity_cli_tau_inf(tiny32, tmp_path):
   """eval_fidelity.py records the history noise level it used; --tau_inf changes the outputs; a
   level outside [0, 1) is refused."""
-  _, params = tiny_model
+  _, params = tiny32
   model_dir = str(tmp_path / "model")  # random weights everywhere: zero-initialised layers hide the history
   export.save(model_dir, CFG, randomize(params, jax.random.key(5)), dtype="float32")
   manifest = _sample_manifest(tmp_path)
@@ -104,9 +96,9 @@ def test_eval_fidelity_cli_tau_inf(tiny_model, tmp_path):
   assert bad.returncode != 0 and "--tau_inf must be in [0, 1)" in bad.stderr
 
 
-def test_evaluate_cli_tau_inf(tiny_model, tmp_path):
+def test_evaluate_cli_tau_inf(tiny32, tmp_path):
   """evaluate.py --tau_inf streams at that history noise level, records it, and refuses [1, inf)."""
-  _, params = tiny_model
+  _, params = tiny32
   model_dir = str(tmp_path / "model")
   export.save(model_dir, CFG, randomize(params, jax.random.key(5)), dtype="float32")
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)

@@ -16,17 +16,15 @@ import pytest
 
 from lsd_jax.datasets import sources
 from lsd_jax.eval import chunks, frames, protocol, resume, runner
-from lsd_jax.models import export, lsd
+from tests.eval.conftest import CFG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CFG = lsd.LSDConfig(size="tiny", height=32, width=32, steps=1)
 EFFECTS = ("sepia", "snowfall")  # a per-frame and a temporal (particle) effect
 
 
 @pytest.fixture(scope="module")
-def tiny():
-  params = jax.jit(lambda k: lsd.init_params(k, CFG))(jax.random.key(0))
-  return params, chunks.model_chunk_fn(CFG, 1), protocol.choose_prompts(EFFECTS)
+def tiny(tiny32):
+  return tiny32[1], chunks.model_chunk_fn(CFG, 1), protocol.choose_prompts(EFFECTS)
 
 
 def _stream(tiny, **kw):
@@ -135,10 +133,8 @@ def test_metrics_chunk_at_256_does_not_hang_on_two_cores():
   assert "finished" in proc.stdout, proc.stderr[-2000:]
 
 
-def test_evaluate_cli_stops_and_resumes_exactly(tmp_path):
-  model_dir = str(tmp_path / "model")
-  params = jax.jit(lambda k: lsd.init_params(k, CFG))(jax.random.key(0))
-  export.save(model_dir, CFG, params, dtype="float32", metadata={"note": "random tiny for tests"})
+def test_evaluate_cli_stops_and_resumes_exactly(tiny32, tmp_path):
+  model_dir = tiny32[0]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
 
   def run(out, *extra):
