@@ -54,6 +54,23 @@ def hopper():
     pytest.skip(f"needs a Hopper GPU, have {dev.device_kind} ({dev.platform})")
 
 
+def pytest_addoption(parser, pluginmanager):
+  """setup.cfg runs the suite on two workers (`-n 2`, pytest-xdist, the dev extra). Where xdist is
+  not installed (a bare interpreter, e.g. a GPU machine running `-m gpu` tests) or is disabled
+  (`-p no:xdist`), `-n` is accepted and ignored: the tests run in one process."""
+  if not pluginmanager.hasplugin("xdist"):  # _addoption: pytest reserves lowercase short options for plugins
+    parser.getgroup("xdist")._addoption("-n", "--numprocesses", dest="numprocesses", default=None,  # noqa: SLF001
+                                        help="ignored without pytest-xdist: the tests run in one process")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own (registered earlier, so called later)
+def pytest_cmdline_main(config):
+  """On a GPU (JAX_PLATFORMS=cuda, as the device stages run `-m gpu`) the tests run in one
+  process: two workers would each claim the device's memory."""
+  if os.environ["JAX_PLATFORMS"] not in ("", "cpu") and getattr(config.option, "numprocesses", None):
+    config.option.numprocesses = 0
+
+
 def pytest_unconfigure(config):
   if _CACHE_DIR is not None and not hasattr(config, "workerinput"):  # the run's own cache, at its end
     shutil.rmtree(_CACHE_DIR, ignore_errors=True)
