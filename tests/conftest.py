@@ -79,8 +79,12 @@ def pytest_unconfigure(config):
 # End-to-end runs kept out of the fast suite (README "Tests" lists them): each trains, benchmarks
 # or drives a command line in fresh processes, a minute or more of the 2-core CI machine. Listed
 # here rather than decorated in their files, so that a renamed test falls back into the fast
-# suite instead of out of every run. Run them with `.venv/bin/python -m pytest -q -m slow`.
+# suite instead of out of every run. Run them in one process, as the timed one needs:
+# `.venv/bin/python -m pytest -q -m slow -n 0`.
 SLOW_END_TO_END = {
+    # its bound (both smoke configs train in under two minutes) is wall time, which two workers
+    # on two cores share: it holds for a run of its own, not beside another worker
+    "tests/train/test_loop.py::test_lsd_smoke_trains_end_to_end_under_two_minutes",
     "tests/train/test_loop.py::test_killed_run_resumes_with_the_same_losses",  # three smoke trainings
     "tests/train/test_loop.py::test_sharded_step_matches_one_device",  # two trainings on 1 and 8 fake devices
     "tests/train/test_benchmark_train.py::test_smoke_step_is_timed_and_flops_agree_with_xla",  # the script

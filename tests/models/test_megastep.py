@@ -30,7 +30,7 @@ def denoiser_case(width=128, heads=2, depth=2, hw=16, batch=1, seed=0):
   args = (jax.random.normal(ks[0], (batch, 1, hw, hw, 4)), jax.random.normal(ks[1], (batch, 1, hw, hw, 4)),
           jnp.full((batch, 1), 0.6), jnp.full((batch, 1), 0.25), jax.random.normal(ks[4], (batch, 384)),
           jax.random.normal(ks[2], (batch, 1, k, hw, hw, 4)), jax.random.uniform(ks[3], (batch, 1, k)))
-  params = nn.meta.unbox(den.init(ks[5], *args)["params"])
+  params = nn.meta.unbox(jax.jit(den.init)(ks[5], *args)["params"])  # jitted: flax's eager init is slow
   leaves, tree = jax.tree.flatten(params)
   params = jax.tree.unflatten(tree, [
       0.3 * jax.random.normal(jax.random.fold_in(ks[6], i), p.shape)
@@ -57,7 +57,7 @@ def test_denoise_is_the_flax_denoiser(interpret):
   the same weights: the mega-kernel path computes the same model."""
   cfg, den, params, args = denoiser_case()
   z, c, t, d, prompt, hist, tau = args
-  ref = den.apply({"params": params}, *args)
+  ref = jax.jit(lambda p: den.apply({"params": p}, *args))(params)
   cond = {"c": c, "prompt": prompt, "hist": hist, "tau": tau}
   out = lsd.velocity_fn(den, params, megastep.pack(params))(z, t, d, cond)
   assert out.shape == ref.shape and out.dtype == jnp.float32
@@ -73,8 +73,8 @@ def test_velocity_fn_falls_back(interpret):
   cond = {"c": c, "prompt": prompt, "hist": hist, "tau": tau}
   packed = megastep.pack(params)
   assert megastep.step_supported(cfg, 16) is not None
-  ref = den.apply({"params": params}, *args)
-  out = lsd.velocity_fn(den, params, packed)(z, t, d, cond)
+  ref = jax.jit(lambda p: den.apply({"params": p}, *args))(params)
+  out = jax.jit(lambda p, q: lsd.velocity_fn(den, p, q)(z, t, d, cond))(params, packed)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))  # the fallback is the Flax path
 
 
