@@ -11,11 +11,11 @@ r"""Streaming latency and soak benchmark: host frame in -> host frame out, throu
    frames. A prompt switch (between --prompt_npy's embedding and the empty prompt) every
    --mem_every frames exercises the prompt path too.
 
-Weights are random (every leaf, see engine.random_params) unless --checkpoint is given; the
+Weights are random (every leaf, see lsd.random_params) unless --checkpoint is given; the
 results say which. Needs jax, flax, numpy, OpenCV and absl only (no PyAV, grain, ml_collections,
 tokenizers). Writes stream_bench.json and stream_bench.md under --out_dir.
 
-  PYTHONPATH=. python experiments/benchmark_stream.py --sizes=tiny,small --soak_frames=100000 \
+  python -m experiments.benchmark_stream --sizes=tiny,small --soak_frames=100000 \
       --out_dir=$OUT
   # CPU smoke: --sizes=tiny --iters=50 --soak_frames=300 --mem_every=100
 """
@@ -80,7 +80,7 @@ def _model(size: str) -> engine.StreamModel:
   info = engine.ModelInfo(name=f"random-{size}", label=f"{size} (random weights)", trained=False,
                           checkpoint=None, size=size, resolution=FLAGS.resolution,
                           steps=FLAGS.steps)
-  model = engine.StreamModel(cfg, engine.random_params(0, cfg), info, param_dtype=dtype)
+  model = engine.StreamModel(cfg, lsd.random_params(0, cfg), info, param_dtype=dtype)
   if FLAGS.prompt_npy and os.path.exists(FLAGS.prompt_npy):
     model.add_embedding("pencil sketch", np.load(FLAGS.prompt_npy))
   return model

@@ -16,7 +16,7 @@ step, not the input pipeline. For each batch size: steps/s (median of --repeats 
 MFU = model FLOPs per second / --peak_tflops (989.4: H100 SXM dense bf16 spec; the previous
 BENCHMARKS entries also quote 790, the measured cuBLAS rate). Writes train_mfu.json and .md.
 
-  PYTHONPATH=. python experiments/benchmark_train.py --config=experiments/configs/lsd.py:base \
+  python -m experiments.benchmark_train --config=experiments/configs/lsd.py:base \
       --batch_sizes=32,64 --out_dir=/tmp/mfu
 """
 

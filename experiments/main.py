@@ -1,6 +1,6 @@
 """Training entry point.
 
-  python experiments/main.py --config=experiments/configs/lsd.py:small --workdir=workdirs/lsd_small \
+  python -m experiments.main --config=experiments/configs/lsd.py:small --workdir=workdirs/lsd_small \
       [--config.total_steps=20000 ...]
 
 A run resumes from the latest checkpoint in --workdir. Multi-host: pass --distributed on every
@@ -8,13 +8,10 @@ host (see the README's "Training on a cluster").
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs import experiments.*
-
-import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/<exp>.py:<arg>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and exports go")

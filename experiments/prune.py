@@ -1,7 +1,7 @@
 """Structured pruning of an exported model: attention heads and MLP channels, by Taylor importance
 on calibration batches, to widths in whole GPU tiles (lsd_jax/models/prune.py).
 
-  python experiments/prune.py --config=experiments/configs/distill.py:pruned \
+  python -m experiments.prune --config=experiments/configs/distill.py:pruned \
       --model=checkpoints/lsd_small --out=workdirs/pruned_small \
       [--config.prune.keep_heads=0.67 --config.prune.keep_mlp=0.5 --config.prune.tile=128 \
        --config.data.sources.library.manifest=data/library/manifest.json]
@@ -11,13 +11,8 @@ and prints the parameters and FLOPs per frame before and after. Fine-tune it wit
 experiments/configs/distill.py:pruned (--config.init_from=<out>).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs import experiments.*
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/distill.py:<arg>")
 _MODEL = flags.DEFINE_string("model", "checkpoints/lsd_small", "exported model folder to prune")

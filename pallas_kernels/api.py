@@ -1,63 +1,54 @@
 """Dispatch for the denoiser's hot ops: Mosaic GPU on Hopper, Triton elsewhere on NVIDIA, XLA otherwise.
 
-Every op has one signature whatever the implementation, and the XLA path is the reference
-semantics that the kernels are tested against. `implementation` is one of:
+The only way the model reaches a kernel. Every op has one signature whatever the implementation,
+and the XLA path (`xla.py`) is the reference semantics that the kernels are tested against.
+`implementation` is one of:
 
 - ``"xla"``: plain jnp / `jax.nn.dot_product_attention`; runs everywhere, differentiable.
 - ``"mosaic"``: Pallas Mosaic GPU kernels (Hopper, sm_90a).
 - ``"triton"``: Pallas Triton kernels (any recent NVIDIA GPU).
 - ``"auto"``: mosaic on Hopper, triton on other CUDA GPUs, xla on CPU/TPU.
-- ``"megastep"``: the whole denoiser step as one persistent Mosaic GPU kernel
-  (`megastep_mgpu`, used by `lsd.velocity_fn` when the model's weights were packed for it on a
-  Hopper GPU); per-op calls, and shapes the mega kernel does not support, behave as ``"auto"``.
+- ``"megastep"``: the whole denoiser step as one persistent Mosaic GPU kernel (`megastep_trunk`,
+  which `lsd_jax.models.megastep` calls when the model's weights were packed for it on a Hopper
+  GPU); per-op calls, and shapes the mega kernel does not support, behave as ``"auto"``.
 
-Kernel implementations register themselves in `_REGISTRY` (see `register`); an op with no
-kernel for the chosen backend falls back to XLA, logged once.
+The kernels of a backend are listed in `_kernels_of` (imported on first use, so the XLA path
+never imports Pallas GPU code) and held by `registry(backend)`, built once, explicitly. Which ops
+a backend runs as kernels is `DEFAULT_KERNEL_OPS` (the ones measured faster than XLA), changed
+for a block of code with `kernel_ops(...)`; an op without a kernel falls back to XLA, logged once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-import importlib
 import inspect
-from typing import Callable
+import types
+from typing import Callable, Iterator, Mapping
 
 import jax
-import jax.numpy as jnp
-from absl import logging
+
+from pallas_kernels.device import is_hopper, warn_fallback_once
+from pallas_kernels.xla import (attention_xla, frame_causal_mask, ln_modulate_linear_xla, ln_modulate_xla,
+                                mlp_xla)
+
+__all__ = ["IMPLEMENTATIONS", "DEFAULT_KERNEL_OPS", "resolve", "registry", "kernel_ops", "enabled_ops",
+           "attention", "ln_modulate_linear", "mlp", "megastep_check", "megastep_trunk", "is_hopper",
+           "warn_fallback_once", "attention_xla", "frame_causal_mask", "ln_modulate_xla",
+           "ln_modulate_linear_xla", "mlp_xla"]
 
 IMPLEMENTATIONS = ("auto", "xla", "mosaic", "triton", "megastep")
 
-# (op name, backend) -> callable with the op's signature.
-_REGISTRY: dict[tuple[str, str], Callable] = {}
+# Ops whose kernel a backend runs by default. Measured on one H100 (pallas_kernels/NOTES.md): the
+# Mosaic and the Triton attention kernels beat XLA at every shape timed; the ln_modulate_linear
+# and mlp kernels of both backends are slower than XLA's cuBLAS path at the model's shapes, so
+# they are opt-in (`kernel_ops`).
+DEFAULT_KERNEL_OPS: Mapping[str, frozenset[str]] = types.MappingProxyType(
+    {"mosaic": frozenset({"attention"}), "triton": frozenset({"attention"})})
 
-
-def register(op: str, backend: str):
-  """Decorator: registers `fn` as the `backend` implementation of `op`.
-
-  The registry holds `fn` under one `jax.jit` (its keyword-only arguments static), so that a
-  model calling the op at the same shapes in every block, and every step of an unrolled frame,
-  traces and lowers the kernel once per compiled function instead of once per call site: JAX
-  caches a nested jit's lowering by its jaxpr, and XLA inlines the call. (Lowering a Mosaic GPU
-  kernel takes about a second; the large model's step has 30 attention calls.) `fn` itself is
-  returned unchanged."""
-
-  def wrap(fn):
-    static = tuple(n for n, p in inspect.signature(fn).parameters.items()
-                   if p.kind is inspect.Parameter.KEYWORD_ONLY)
-    _REGISTRY[(op, backend)] = jax.jit(fn, static_argnames=static)
-    return fn
-
-  return wrap
-
-
-def is_hopper() -> bool:
-  """True when the default device is an NVIDIA Hopper GPU (compute capability 9.x)."""
-  dev = jax.devices()[0]
-  if dev.platform not in ("gpu", "cuda"):
-    return False
-  cc = str(getattr(dev, "compute_capability", ""))
-  return cc.startswith("9") or any(n in dev.device_kind for n in ("H100", "H200", "H800", "GH200"))
+_kernel_ops: contextvars.ContextVar[Mapping[str, frozenset[str]]] = contextvars.ContextVar(
+    "pallas_kernels_kernel_ops", default=DEFAULT_KERNEL_OPS)
 
 
 @functools.cache
@@ -68,142 +59,121 @@ def _default_backend() -> str:
   return "mosaic" if is_hopper() else "triton"
 
 
-@functools.cache
-def _warn_fallback(op: str, backend: str) -> None:
-  logging.warning("pallas_kernels: no %s kernel for %r; using XLA", backend, op)
-
-
-def warn_fallback_once(op: str, why: str) -> None:
-  """For kernels that fall back to XLA on shapes they do not support."""
-  _warn_fallback(op, why)
-
-
 def resolve(implementation: str) -> str:
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
   return _default_backend() if implementation in ("auto", "megastep") else implementation
 
 
-# Modules whose import registers kernels; imported on first use, so that the XLA path never
-# imports Pallas GPU code.
-_KERNEL_MODULES = {
-    "mosaic": ("pallas_kernels.attention_mgpu", "pallas_kernels.ln_modulate_linear_mgpu",
-               "pallas_kernels.mlp_mgpu"),
-    "triton": ("pallas_kernels.attention_triton", "pallas_kernels.ln_modulate_linear_triton",
-               "pallas_kernels.mlp_triton"),
-}
+# ----------------------------------------------------------------------------- the registry
 
 
-# Ops whose kernel a backend actually uses. Measured on one H100 (pallas_kernels/NOTES.md): the
-# Mosaic and the Triton attention kernels beat XLA at every shape timed; the ln_modulate_linear
-# and mlp kernels of both backends are slower than XLA's cuBLAS path at the model's shapes, so
-# they are opt-in (`set_kernel_ops`).
-_KERNEL_OPS = {"mosaic": {"attention"}, "triton": {"attention"}}
+def _kernels_of(backend: str) -> dict[str, Callable]:
+  """Every kernel of `backend`, by op (the op's signature; keyword-only arguments static)."""
+  if backend == "mosaic":
+    from pallas_kernels import attention_mgpu, ln_modulate_linear_mgpu, mlp_mgpu
+
+    return {"attention": attention_mgpu.attention, "ln_modulate_linear": ln_modulate_linear_mgpu.ln_modulate_linear,
+            "mlp": mlp_mgpu.mlp}
+  if backend == "triton":
+    from pallas_kernels import attention_triton, ln_modulate_linear_triton, mlp_triton
+
+    return {"attention": attention_triton.attention,
+            "ln_modulate_linear": ln_modulate_linear_triton.ln_modulate_linear, "mlp": mlp_triton.mlp}
+  if backend == "megastep":
+    from pallas_kernels import megastep_mgpu
+
+    return {"trunk": megastep_mgpu.step_trunk}
+  return {}
 
 
-def set_kernel_ops(backend: str, ops) -> frozenset:
-  """Selects which ops `backend` runs as kernels (the rest use XLA); returns the old selection.
-  Takes effect for functions traced afterwards."""
-  old = frozenset(_KERNEL_OPS[backend])
-  _KERNEL_OPS[backend] = set(ops)
-  return old
+def _lowered_once(fn: Callable) -> Callable:
+  """`fn` under one `jax.jit` (its keyword-only arguments static), so that a model calling the op
+  at the same shapes in every block, and every step of an unrolled frame, traces and lowers the
+  kernel once per compiled function instead of once per call site: JAX caches a nested jit's
+  lowering by its jaxpr, and XLA inlines the call. (Lowering a Mosaic GPU kernel takes about a
+  second; the large model's step has 30 attention calls.) `__wrapped__` is `fn`."""
+  static = tuple(n for n, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+  return jax.jit(fn, static_argnames=static)
 
 
 @functools.cache
-def _load_kernels(backend: str) -> None:
-  for name in _KERNEL_MODULES.get(backend, ()):
-    importlib.import_module(name)
+def registry(backend: str) -> Mapping[str, Callable]:
+  """The kernels of `backend` by op, each lowered once per compiled function (`_lowered_once`);
+  built on first use and never changed (the kernel modules themselves stay unwrapped, for the
+  tests and benchmarks)."""
+  return types.MappingProxyType({op: _lowered_once(fn) for op, fn in _kernels_of(backend).items()})
+
+
+def enabled_ops(backend: str) -> frozenset[str]:
+  """The ops `backend` runs as kernels here (DEFAULT_KERNEL_OPS, or inside `kernel_ops`)."""
+  return _kernel_ops.get().get(backend, frozenset())
+
+
+@contextlib.contextmanager
+def kernel_ops(ops, backends=("mosaic", "triton")) -> Iterator[None]:
+  """Within the block, `backends` run exactly `ops` as kernels (the rest on XLA); functions
+  traced in it keep that choice (jit caches do not see it: trace afresh per selection)."""
+  token = _kernel_ops.set(types.MappingProxyType({**_kernel_ops.get(), **{b: frozenset(ops) for b in backends}}))
+  try:
+    yield
+  finally:
+    _kernel_ops.reset(token)
 
 
 def _pick(op: str, implementation: str, xla_fn: Callable) -> Callable:
   backend = resolve(implementation)
-  if backend == "xla":
+  if backend == "xla" or op not in enabled_ops(backend):
     return xla_fn
-  if op not in _KERNEL_OPS.get(backend, ()):
-    return xla_fn
-  _load_kernels(backend)
-  fn = _REGISTRY.get((op, backend))
+  fn = registry(backend).get(op)
   if fn is None:
-    _warn_fallback(op, backend)
+    warn_fallback_once(op, backend)
     return xla_fn
   return fn
 
 
-# ----------------------------------------------------------------------------- attention
-
-
-def attention_xla(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, *, frame_len: int | None = None,
-                  window: int | None = None):
-  """Softmax attention; optional frame-causal mask over a token sequence of whole frames.
-
-  With `frame_len` set, tokens are grouped in frames of `frame_len` tokens (query and key
-  sequences both start at frame 0), and a query in frame j sees keys in frames
-  j - window .. j (all earlier frames when `window` is None). Without it: full attention.
-  """
-  mask = None
-  if frame_len is not None:
-    mask = frame_causal_mask(q_BxLxNxH.shape[1], k_BxSxNxH.shape[1], frame_len, window)
-    mask = mask[None, None]
-  return jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask)
-
-
-def frame_causal_mask(num_q: int, num_k: int, frame_len: int, window: int | None):
-  """Bool LxS mask: query frame j attends key frames max(0, j - window) .. j."""
-  qf = jnp.arange(num_q) // frame_len
-  kf = jnp.arange(num_k) // frame_len
-  mask = kf[None, :] <= qf[:, None]
-  if window is not None:
-    mask &= kf[None, :] >= qf[:, None] - window
-  return mask
+# ----------------------------------------------------------------------------- the ops
 
 
 def attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, *, frame_len: int | None = None,
               window: int | None = None, implementation: str = "xla"):
+  """Softmax attention, optionally frame-causal (`xla.attention_xla`)."""
   fn = _pick("attention", implementation, attention_xla)
   return fn(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, frame_len=frame_len, window=window)
 
 
-# ------------------------------------------------------- LayerNorm + adaLN modulate + linear
-
-
-def ln_modulate_xla(x_BxLxD, shift_BxD, scale_BxD, *, eps: float = 1e-6):
-  """LayerNorm without affine parameters, then adaLN: x_hat * (1 + scale) + shift (f32 stats)."""
-  x32 = x_BxLxD.astype(jnp.float32)
-  mean = x32.mean(-1, keepdims=True)
-  var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-  y = (x32 - mean) * jax.lax.rsqrt(var + eps)
-  y = y * (1.0 + scale_BxD[:, None, :].astype(jnp.float32)) + shift_BxD[:, None, :].astype(jnp.float32)
-  return y.astype(x_BxLxD.dtype)
-
-
-def ln_modulate_linear_xla(x_BxLxD, shift_BxD, scale_BxD, w_DxF, b_F=None, *, eps: float = 1e-6):
-  """`ln_modulate` fused with the projection that follows it: (LN(x)*(1+scale)+shift) @ w + b."""
-  y = ln_modulate_xla(x_BxLxD, shift_BxD, scale_BxD, eps=eps)
-  out = jnp.einsum("bld,df->blf", y, w_DxF.astype(y.dtype), preferred_element_type=jnp.float32)
-  if b_F is not None:
-    out = out + b_F.astype(jnp.float32)
-  return out.astype(x_BxLxD.dtype)
-
-
 def ln_modulate_linear(x_BxLxD, shift_BxD, scale_BxD, w_DxF, b_F=None, *, eps: float = 1e-6,
                        implementation: str = "xla"):
+  """(LN(x) * (1 + scale) + shift) @ w + b (`xla.ln_modulate_linear_xla`)."""
   fn = _pick("ln_modulate_linear", implementation, ln_modulate_linear_xla)
   return fn(x_BxLxD, shift_BxD, scale_BxD, w_DxF, b_F, eps=eps)
 
 
-# ----------------------------------------------------------------------------------- MLP
-
-
-def mlp_xla(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D):
-  """gelu(x @ w1 + b1) @ w2 + b2 (tanh GELU), f32 accumulation."""
-  h = jnp.einsum("bld,df->blf", x_BxLxD, w1_DxF.astype(x_BxLxD.dtype),
-                 preferred_element_type=jnp.float32) + b1_F.astype(jnp.float32)
-  h = jax.nn.gelu(h, approximate=True).astype(x_BxLxD.dtype)
-  out = jnp.einsum("blf,fd->bld", h, w2_FxD.astype(h.dtype),
-                   preferred_element_type=jnp.float32) + b2_D.astype(jnp.float32)
-  return out.astype(x_BxLxD.dtype)
-
-
 def mlp(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D, *, implementation: str = "xla"):
+  """gelu(x @ w1 + b1) @ w2 + b2 (`xla.mlp_xla`)."""
   fn = _pick("mlp", implementation, mlp_xla)
   return fn(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D)
+
+
+# ----------------------------------------------------------------------------- the mega kernel
+
+
+def megastep_check(length: int, d: int, f: int, heads: int) -> str | None:
+  """None when the whole-step mega kernel supports a trunk of `length` tokens per frame, width
+  `d`, MLP width `f` and `heads` heads (its default tuning), else why not."""
+  from pallas_kernels import megastep_mgpu
+
+  try:
+    megastep_mgpu.DEFAULT_CONFIG.check(length, d, f, heads)
+  except ValueError as e:
+    return str(e)
+  return None
+
+
+def megastep_trunk(patches_BxLxP, pos_LxD, cond_BxD, packed, *, heads: int):
+  """Patch embedding, every DiT block (within-frame attention) and the final layer for B frames
+  in one persistent Mosaic GPU call (fused on a GPU, phase by phase in interpret mode), from the
+  per-frame condition vector and the weights in the kernel's packed layout
+  (`megastep_mgpu.PACKED_SHAPES`): (B, L, 64) bf16, the patch-out values first."""
+  return registry("megastep")["trunk"](patches_BxLxP, pos_LxD, cond_BxD, packed, heads=heads)
+

@@ -7,12 +7,12 @@ wgmma with an online softmax, and a third, memory warpgroup streams K/V blocks b
 
 What differs from jax's kernel:
 - softmax scale 1/sqrt(head_dim) (the `jax.nn.dot_product_attention` semantics of `api.py`);
-- the frame-causal mask of `api.frame_causal_mask`: query frame j sees key frames
+- the frame-causal mask of `xla.frame_causal_mask`: query frame j sees key frames
   j - window .. j. The CTA visits only the KV blocks that its rows can see (both the memory and
   the compute warpgroups derive the same range), and masks element-wise inside them;
 - any sequence length: q/k/v are zero-padded to the block multiple and padded keys are masked.
 
-The backward pass is the VJP of the XLA reference (`api.attention_xla`); training uses it
+The backward pass is the VJP of the XLA reference (`xla.attention_xla`); training uses it
 rarely enough (history attention) that a fused backward kernel is not worth its complexity yet.
 """
 
@@ -29,7 +29,8 @@ import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels import api
+from pallas_kernels import xla
+from pallas_kernels.reference import attention_reference
 
 _LOG2E = math.log2(math.e)
 _COMPUTE_WGS = 2
@@ -266,29 +267,17 @@ def _attention_fwd(q, k, v, frame_len, window, config):
 
 def _attention_bwd(frame_len, window, config, res, d_out):
   del config
-  _, vjp = jax.vjp(functools.partial(api.attention_xla, frame_len=frame_len, window=window), *res)
+  _, vjp = jax.vjp(functools.partial(xla.attention_xla, frame_len=frame_len, window=window), *res)
   return vjp(d_out)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-@api.register("attention", "mosaic")
 def attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, *, frame_len: int | None = None,
               window: int | None = None, config: TuningConfig = DEFAULT_CONFIG):
   """`api.attention` on Mosaic GPU (Hopper); differentiable (backward through XLA)."""
   return _attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, frame_len, window, config)
-
-
-def attention_reference(q, k, v, *, frame_len=None, window=None):
-  """Plain-jnp f32 softmax attention with the same mask semantics."""
-  q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
-  s = jnp.einsum("blnh,bsnh->bnls", q, k) / math.sqrt(q.shape[-1])
-  if frame_len is not None:
-    mask = api.frame_causal_mask(q.shape[1], k.shape[1], frame_len, window)
-    s = jnp.where(mask[None, None], s, -jnp.inf)
-  p = jax.nn.softmax(s, axis=-1)
-  return jnp.einsum("bnls,bsnh->blnh", p, v)
 
 
 def main(_) -> None:
@@ -311,7 +300,7 @@ def main(_) -> None:
       logging.info(f"L={length} N={heads} H={head_dim} frame_len={frame_len} window={window} {config}: "
                    f"p50 {t['p50_ms'] * 1e3:.1f} us  kernel {bench.kernel_time_ms(fn, q, k, v)} ms  "
                    f"rel_err {err:.2e}")
-    xla = jax.jit(functools.partial(api.attention_xla, frame_len=frame_len, window=window))
+    xla = jax.jit(functools.partial(xla.attention_xla, frame_len=frame_len, window=window))
     logging.info(f"  xla: p50 {bench.time_fn(xla, q, k, v)['p50_ms'] * 1e3:.1f} us  "
                  f"kernels {bench.kernel_time_ms(xla, q, k, v)} ms")
 

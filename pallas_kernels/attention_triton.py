@@ -9,7 +9,7 @@ registers and loops over `block_kv`-row K/V blocks with an online softmax (base-
 scale 1/sqrt(head_dim)). Triton software-pipelines the K/V loads (`num_stages`).
 
 What differs from jax's kernel:
-- the frame-causal mask of `api.frame_causal_mask`: query frame j sees key frames
+- the frame-causal mask of `xla.frame_causal_mask`: query frame j sees key frames
   j - window .. j. A program's KV loop starts at the first key frame that any of its rows can see
   (at a frame boundary, not only a block boundary: Triton loads need no alignment) and ends at the
   end of its last row's frame; inside that range the mask is element-wise;
@@ -19,7 +19,7 @@ What differs from jax's kernel:
 Head dims must be a power of two in [16, 256] and dtypes bf16/f16 (Triton's tensor shapes are
 powers of two); other shapes fall back to XLA through `supports`.
 
-The backward pass is the VJP of the XLA reference (`api.attention_xla`), as for the Mosaic
+The backward pass is the VJP of the XLA reference (`xla.attention_xla`), as for the Mosaic
 kernel: it recomputes the scores in XLA rather than reusing the forward's softmax statistics.
 """
 
@@ -36,8 +36,9 @@ import jax.experimental.pallas.triton as pltr
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels import api
-from pallas_kernels.attention_mgpu import attention_reference
+from pallas_kernels import device
+from pallas_kernels import xla
+from pallas_kernels.reference import attention_reference
 
 _LOG2E = math.log2(math.e)
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -174,14 +175,13 @@ def _attention_fwd(q, k, v, frame_len, window, config, interpret):
 
 def _attention_bwd(frame_len, window, config, interpret, res, d_out):
   del config, interpret
-  _, vjp = jax.vjp(functools.partial(api.attention_xla, frame_len=frame_len, window=window), *res)
+  _, vjp = jax.vjp(functools.partial(xla.attention_xla, frame_len=frame_len, window=window), *res)
   return vjp(d_out)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-@api.register("attention", "triton")
 def attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, *, frame_len: int | None = None,
               window: int | None = None, config: TuningConfig = DEFAULT_CONFIG,
               interpret: bool = False):
@@ -189,9 +189,9 @@ def attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, *, frame_len: int | None = None,
 
   `interpret=True` runs the kernel in Pallas interpret mode (CPU tests)."""
   if not supports(q_BxLxNxH):
-    api.warn_fallback_once("attention", f"triton (head_dim {q_BxLxNxH.shape[-1]}, "
+    device.warn_fallback_once("attention", f"triton (head_dim {q_BxLxNxH.shape[-1]}, "
                                         f"{q_BxLxNxH.dtype})")
-    return api.attention_xla(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, frame_len=frame_len, window=window)
+    return xla.attention_xla(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, frame_len=frame_len, window=window)
   return _attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, frame_len, window, config, interpret)
 
 
@@ -199,7 +199,7 @@ def main(_) -> None:
   from pallas_kernels import bench
 
   mosaic = None
-  if api.is_hopper():
+  if device.is_hopper():
     from pallas_kernels import attention_mgpu as mosaic
   shapes = [  # (L, heads, head_dim, frame_len, window): attention_mgpu's benchmark shapes
       (256, 6, 64, None, None), (256, 12, 64, None, None), (1024, 12, 64, None, None),
@@ -220,7 +220,7 @@ def main(_) -> None:
       logging.info(f"L={length} N={heads} H={head_dim} frame_len={frame_len} window={window} {config}: "
                    f"p50 {t['p50_ms'] * 1e3:.1f} us  kernel {bench.kernel_time_ms(fn, q, k, v)} ms  "
                    f"rel_err {err:.2e}")
-    xla = jax.jit(functools.partial(api.attention_xla, **mask_kw))
+    xla = jax.jit(functools.partial(xla.attention_xla, **mask_kw))
     logging.info(f"  xla: p50 {bench.time_fn(xla, q, k, v)['p50_ms'] * 1e3:.1f} us  "
                  f"kernels {bench.kernel_time_ms(xla, q, k, v)} ms")
     if mosaic is not None:

@@ -25,7 +25,8 @@ import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels import api
+from pallas_kernels import xla
+from pallas_kernels.reference import ln_modulate_linear_reference
 from pallas_kernels import mgpu_common as mc
 
 _SMEM_BYTES = 227 * 1024
@@ -170,29 +171,17 @@ def _fwd(x, shift, scale, w, b, eps, config):
 
 def _bwd(eps, config, res, d_out):
   del config
-  _, vjp = jax.vjp(functools.partial(api.ln_modulate_linear_xla, eps=eps), *res)
+  _, vjp = jax.vjp(functools.partial(xla.ln_modulate_linear_xla, eps=eps), *res)
   return vjp(d_out)
 
 
 _ln_modulate_linear.defvjp(_fwd, _bwd)
 
 
-@api.register("ln_modulate_linear", "mosaic")
 def ln_modulate_linear(x_BxLxD, shift_BxD, scale_BxD, w_DxF, b_F=None, *, eps: float = 1e-6,
                        config: TuningConfig = DEFAULT_CONFIG):
   """`api.ln_modulate_linear` on Mosaic GPU (Hopper); differentiable (backward through XLA)."""
   return _ln_modulate_linear(x_BxLxD, shift_BxD, scale_BxD, w_DxF, b_F, eps, config)
-
-
-def ln_modulate_linear_reference(x, shift, scale, w, b=None, *, eps: float = 1e-6):
-  """Plain-jnp f32 reference."""
-  x = x.astype(jnp.float32)
-  mean = x.mean(-1, keepdims=True)
-  var = ((x - mean) ** 2).mean(-1, keepdims=True)
-  y = (x - mean) / jnp.sqrt(var + eps)
-  y = y * (1 + scale[:, None].astype(jnp.float32)) + shift[:, None].astype(jnp.float32)
-  out = y @ w.astype(jnp.float32)
-  return out if b is None else out + b.astype(jnp.float32)
 
 
 def main(_) -> None:
@@ -214,7 +203,7 @@ def main(_) -> None:
       logging.info(f"L={length} D={d} F={f} {config}: p50 {t['p50_ms'] * 1e3:.1f} us "
                    f"kernel {bench.kernel_time_ms(fn, x, shift, scale, w, b)} ms "
                    f"rel_err {bench.rel_err(out, ref):.2e}")
-    xla = jax.jit(api.ln_modulate_linear_xla)
+    xla = jax.jit(xla.ln_modulate_linear_xla)
     logging.info(f"  xla: p50 {bench.time_fn(xla, x, shift, scale, w, b)['p50_ms'] * 1e3:.1f} us "
                  f"kernels {bench.kernel_time_ms(xla, x, shift, scale, w, b)} ms")
 

@@ -30,8 +30,9 @@ import jax.experimental.pallas.triton as pltr
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels import api
-from pallas_kernels.ln_modulate_linear_mgpu import ln_modulate_linear_reference
+from pallas_kernels import device
+from pallas_kernels import xla
+from pallas_kernels.reference import ln_modulate_linear_reference
 
 
 def _is_pow2(x: int) -> bool:
@@ -154,7 +155,7 @@ def _fwd(x, shift, scale, w, b, eps, config, interpret):
 
 def _bwd(eps, config, interpret, res, d_out):
   del config, interpret
-  _, vjp = jax.vjp(functools.partial(api.ln_modulate_linear_xla, eps=eps), *res)
+  _, vjp = jax.vjp(functools.partial(xla.ln_modulate_linear_xla, eps=eps), *res)
   return vjp(d_out)
 
 
@@ -165,15 +166,14 @@ def supports(d: int) -> bool:
   return d % 16 == 0
 
 
-@api.register("ln_modulate_linear", "triton")
 def ln_modulate_linear(x_BxLxD, shift_BxD, scale_BxD, w_DxF, b_F=None, *, eps: float = 1e-6,
                        config: TuningConfig = DEFAULT_CONFIG, interpret: bool = False):
   """`api.ln_modulate_linear` on Pallas Triton; differentiable (backward through XLA).
 
   `interpret=True` runs the kernel in Pallas interpret mode (CPU tests)."""
   if not supports(x_BxLxD.shape[-1]):
-    api.warn_fallback_once("ln_modulate_linear", f"triton (D={x_BxLxD.shape[-1]})")
-    return api.ln_modulate_linear_xla(x_BxLxD, shift_BxD, scale_BxD, w_DxF, b_F, eps=eps)
+    device.warn_fallback_once("ln_modulate_linear", f"triton (D={x_BxLxD.shape[-1]})")
+    return xla.ln_modulate_linear_xla(x_BxLxD, shift_BxD, scale_BxD, w_DxF, b_F, eps=eps)
   return _ln_modulate_linear(x_BxLxD, shift_BxD, scale_BxD, w_DxF.astype(x_BxLxD.dtype), b_F,
                              eps, config, interpret)
 
@@ -182,7 +182,7 @@ def main(_) -> None:
   from pallas_kernels import bench
 
   mosaic = None
-  if api.is_hopper():
+  if device.is_hopper():
     from pallas_kernels import ln_modulate_linear_mgpu as mosaic
   configs = (TuningConfig(64, 128, 64, 4, 3), TuningConfig(64, 64, 64, 4, 3),
              TuningConfig(32, 128, 64, 4, 3), TuningConfig(128, 128, 64, 8, 3))
@@ -201,7 +201,7 @@ def main(_) -> None:
       logging.info(f"L={length} D={d} F={f} {config}: p50 {t['p50_ms'] * 1e3:.1f} us "
                    f"kernel {bench.kernel_time_ms(fn, *args)} ms "
                    f"rel_err {bench.rel_err(fn(*args), ref):.2e}")
-    xla = jax.jit(api.ln_modulate_linear_xla)
+    xla = jax.jit(xla.ln_modulate_linear_xla)
     logging.info(f"  xla: p50 {bench.time_fn(xla, *args)['p50_ms'] * 1e3:.1f} us "
                  f"kernels {bench.kernel_time_ms(xla, *args)} ms")
     if mosaic is not None:

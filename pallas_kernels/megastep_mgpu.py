@@ -1,10 +1,14 @@
 """Mega kernel, whole step: the denoiser's patch embedding, every adaLN-zero DiT block
 (within-frame attention) and the final layer in ONE persistent Mosaic GPU call per step.
 
-What stays in XLA: the conditioning (t, d, prompt and tau embedders: vector-sized work), every
-block's adaLN modulation (one batched matvec over the stacked modulation weights), patchify and
-unpatchify. `pack` stacks and casts the weights once, outside the step (a per-call stack would
-copy every weight each step).
+The kernel takes plain arrays: the patches, the positional embedding, the per-frame condition
+vector (or the modulations) and the weights in its packed layout (`random_packed` lists the
+arrays and shapes: per-block weights stacked on a leading depth axis, bf16, patch-in and
+patch-out widths padded to 64). What stays in XLA: every block's adaLN modulation (one batched
+matvec over the stacked modulation weights, `modulations`). The model side
+(`lsd_jax.models.megastep`) computes the conditioning from the denoiser's parameters, patchifies,
+and packs its weights once, outside the step (a per-call stack would copy every weight each
+step); it reaches the kernel only through `pallas_kernels.api.megastep_trunk`.
 
 Design (persistent grid; tiles synchronised by GMEM semaphores)
 ---------------------------------------------------------------
@@ -87,6 +91,7 @@ from jax import lax
 
 from pallas_kernels import megablock_mgpu as mb
 from pallas_kernels import mgpu_common as mc
+from pallas_kernels import xla
 
 _SMEM_BYTES = 227 * 1024
 _TILE_M = 64
@@ -633,38 +638,6 @@ def _run_split(operands, shape: _Shape, config: TuningConfig, dtype):
 # ----------------------------------------------------------------------------- public API
 
 
-def pack(dparams, dtype=jnp.bfloat16):
-  """The `Denoiser`'s params (concat history, within-frame attention, unpruned) as the kernel
-  wants them: per-block weights stacked on a leading depth axis, bf16, patch-in and patch-out
-  widths padded to 64. Do this once per model (it copies every weight)."""
-  blocks = sorted((k for k in dparams if k.startswith("block_")), key=lambda k: int(k[6:]))
-  if not blocks:
-    raise ValueError("no block_* params: not a Denoiser param tree")
-  cast = lambda a: jnp.asarray(a, dtype)  # noqa: E731
-  stack = lambda name: jnp.stack([cast(dparams[b][name]) for b in blocks])  # noqa: E731
-  w_emb = cast(dparams["patch_embed"]["Dense_0"]["kernel"])
-  p_in = mc.round_up(w_emb.shape[0], 64)
-  w_f = cast(dparams["final"]["Dense_1"]["Dense_0"]["kernel"])
-  p_out = w_f.shape[1]
-  if p_out > 64:
-    raise ValueError(f"patch-out width {p_out} > 64 is not supported")
-  mod = [dparams[b]["Dense_0"]["Dense_0"] for b in blocks]
-  return {
-      "w_emb": jnp.pad(w_emb, ((0, p_in - w_emb.shape[0]), (0, 0))),
-      "b_emb": cast(dparams["patch_embed"]["Dense_0"]["bias"]),
-      "w_qkv": stack("qkv_kernel"), "b_qkv": stack("qkv_bias"),
-      "w_out": stack("out_kernel"), "b_out": stack("out_bias"),
-      "w1": stack("fc1_kernel"), "b1": stack("fc1_bias"),
-      "w2": stack("fc2_kernel"), "b2": stack("fc2_bias"),
-      "w_mod": jnp.stack([cast(m["kernel"]) for m in mod]),  # depth x D x 6D
-      "b_mod": jnp.stack([cast(m["bias"]) for m in mod]),
-      "w_fmod": cast(dparams["final"]["Dense_0"]["Dense_0"]["kernel"]),
-      "b_fmod": cast(dparams["final"]["Dense_0"]["Dense_0"]["bias"]),
-      "w_f": jnp.pad(w_f, ((0, 0), (0, 64 - p_out))),
-      "b_f": jnp.pad(cast(dparams["final"]["Dense_1"]["Dense_0"]["bias"]), (0, 64 - p_out)),
-  }
-
-
 def modulations(packed, cond_BxD, dtype=jnp.bfloat16):
   """Every block's adaLN modulation and the final layer's, as the Flax modules compute them
   (Dense(silu(cond)) in bf16): (B, depth, 6, D) and (B, 2, D)."""
@@ -732,92 +705,12 @@ def trunk_reference(patches_BxLxP, pos_LxD, mods_BxNx6xD, fmod_Bx2xD, packed, *,
 # ----------------------------------------------------------------------------- the step
 
 
-def step_supported(den_cfg, length: int, config: TuningConfig = DEFAULT_CONFIG) -> str | None:
-  """None when the mega kernel runs this `DenoiserConfig` at `length` tokens per frame, else why
-  not (the caller falls back to the per-op path)."""
-  s = den_cfg.size
-  if den_cfg.history_mode != "concat":
-    return "frame-causal attention (history_mode='attention') is not in the mega kernel"
-  if s.pruned:
-    return "pruned blocks (per-block widths) are not in the mega kernel"
-  if s.patch * s.patch * den_cfg.latent_channels > 64:
-    return f"patch-out width {s.patch * s.patch * den_cfg.latent_channels} > 64"
-  try:
-    config.check(length, s.width, s.width * s.mlp_ratio, s.heads)
-  except ValueError as e:
-    return str(e)
-  return None
-
-
-def _dense(p, x, dtype):
-  """flax.linen.Dense(dtype=dtype) on params p."""
-  return (x.astype(dtype) @ p["kernel"].astype(dtype)) + p["bias"].astype(dtype)
-
-
-def _scalar_embed(p, s, width, dtype):
-  from lsd_jax.models import layers
-  from lsd_jax.models.sizes import FREQ_DIM
-
-  h = _dense(p["Dense_0"]["Dense_0"], layers.sinusoidal(s, FREQ_DIM), dtype)
-  return _dense(p["Dense_1"]["Dense_0"], jax.nn.silu(h), dtype)
-
-
-def condition(dparams, den_cfg, t_BxT, d_BxT, prompt_BxE, tau_BxTxK, dtype=jnp.bfloat16):
-  """The per-frame condition vector, as `Denoiser._condition` computes it (concat mode); the
-  end-to-end test against `Denoiser.apply` pins the two together."""
-  width = den_cfg.size.width
-  b, t = t_BxT.shape
-  cond = _scalar_embed(dparams["t_embed"], t_BxT, width, dtype)
-  cond += _scalar_embed(dparams["d_embed"], d_BxT, width, dtype)
-  pr = _dense(dparams["prompt_in"]["Dense_0"], prompt_BxE, dtype)
-  cond += _dense(dparams["prompt_out"]["Dense_0"], jax.nn.silu(pr), dtype)[:, None, :]
-  taus = _scalar_embed(dparams["tau_embed"], tau_BxTxK, width, dtype).reshape(b, t, -1)
-  return cond + _dense(dparams["tau_mix"]["Dense_0"], jax.nn.silu(taus), dtype)
-
-
-def denoise(dparams, packed, den_cfg, z_BxTxHxWxC, c_BxTxHxWxC, t_BxT, d_BxT, prompt_BxE,
-            hist_BxTxKxHxWxC, tau_BxTxK, *, config: TuningConfig = DEFAULT_CONFIG,
-            split: bool | None = None):
-  """`Denoiser.apply` (concat history mode) with the trunk in the mega kernel: the conditioning,
-  modulations, patchify and unpatchify in XLA. `packed` = `pack(dparams)`, made once."""
-  from lsd_jax.models import layers
-
-  s = den_cfg.size
-  b, t, h, w, c = z_BxTxHxWxC.shape
-  k = den_cfg.history_len
-  hist = jnp.moveaxis(hist_BxTxKxHxWxC, 2, 4).reshape(b, t, h, w, k * c)
-  x = jnp.concatenate([a.astype(jnp.bfloat16) for a in (z_BxTxHxWxC, c_BxTxHxWxC, hist)], -1)
-  patches = layers.patchify(x, s.patch)
-  length = patches.shape[2]
-  pos = layers.sincos_2d(h // s.patch, w // s.patch, s.width)
-  cond = condition(dparams, den_cfg, t_BxT, d_BxT, prompt_BxE, tau_BxTxK)
-  mods, fmod = modulations(packed, cond.reshape(b * t, s.width))
-  out = trunk(patches.reshape(b * t, length, -1), pos, mods, fmod, packed, heads=s.heads,
-              config=config, split=split)
-  p_out = s.patch * s.patch * c
-  out = out[..., :p_out].reshape(b, t, length, p_out)
-  return layers.unpatchify(out, s.patch, h, w, c).astype(jnp.float32)
-
-
-def velocity_fn(den_cfg, dparams, packed, *, fallback=None, config: TuningConfig = DEFAULT_CONFIG):
-  """u(x, t, d, cond) through the mega kernel, the signature of `lsd.velocity_fn`; where the
-  kernel does not support the shape (decided at trace time), `fallback` (logged once)."""
-
-  def fn(x, t, d, cond):
-    s = den_cfg.size
-    length = (x.shape[2] // s.patch) * (x.shape[3] // s.patch)
-    why = step_supported(den_cfg, length, config)
-    if why is not None and fallback is not None:
-      from pallas_kernels import api
-
-      api.warn_fallback_once("megastep", why)
-      return fallback(x, t, d, cond)
-    if why is not None:
-      raise ValueError(f"the mega kernel cannot run this step: {why}")
-    return denoise(dparams, packed, den_cfg, x, cond["c"], t, d, cond["prompt"], cond["hist"],
-                   cond["tau"], config=config)
-
-  return fn
+def step_trunk(patches_BxLxP, pos_LxD, cond_BxD, packed, *, heads: int, config: TuningConfig = DEFAULT_CONFIG,
+               split: bool | None = None):
+  """`modulations` of the per-frame condition vector, then `trunk`: everything of one denoiser
+  step that runs on the packed weights (`pallas_kernels.api.megastep_trunk`)."""
+  mods, fmod = modulations(packed, cond_BxD)
+  return trunk(patches_BxLxP, pos_LxD, mods, fmod, packed, heads=heads, config=config, split=split)
 
 
 # ----------------------------------------------------------------------------- benchmark
@@ -895,30 +788,27 @@ def main(_) -> None:
 
 
 def xla_trunk(patches_BxLxP, pos_LxD, mods_BxNx6xD, fmod_Bx2xD, packed, *, heads: int):
-  """The same trunk through the Flax modules' XLA ops (bf16), for timing and comparison."""
-  from pallas_kernels import api
-
+  """The same trunk through XLA's ops (bf16), as the denoiser's modules compute it, for timing and comparison."""
   dtype = jnp.bfloat16
   b, length, p = patches_BxLxP.shape
   x = (patches_BxLxP.astype(dtype) @ packed["w_emb"][:p] + packed["b_emb"]).astype(dtype)
   x = x + pos_LxD.astype(dtype)
   for i in range(packed["w_qkv"].shape[0]):
     shift1, scale1, gate1, shift2, scale2, gate2 = (mods_BxNx6xD[:, i, j] for j in range(6))
-    qkv = api.ln_modulate_linear_xla(x, shift1, scale1, packed["w_qkv"][i], packed["b_qkv"][i])
+    qkv = xla.ln_modulate_linear_xla(x, shift1, scale1, packed["w_qkv"][i], packed["b_qkv"][i])
     q, k, v = (a.reshape(b, length, heads, -1) for a in jnp.split(qkv, 3, axis=-1))
-    o = api.attention_xla(q, k, v).reshape(b, length, -1)
+    o = xla.attention_xla(q, k, v).reshape(b, length, -1)
     o = jnp.einsum("bld,de->ble", o, packed["w_out"][i], preferred_element_type=jnp.float32)
     x = x + (gate1[:, None] * (o + packed["b_out"][i])).astype(dtype)
-    y = api.ln_modulate_xla(x, shift2, scale2)
-    y = api.mlp_xla(y, packed["w1"][i], packed["b1"][i], packed["w2"][i], packed["b2"][i])
+    y = xla.ln_modulate_xla(x, shift2, scale2)
+    y = xla.mlp_xla(y, packed["w1"][i], packed["b1"][i], packed["w2"][i], packed["b2"][i])
     x = x + (gate2[:, None] * y).astype(dtype)
-  y = api.ln_modulate_xla(x, fmod_Bx2xD[:, 0], fmod_Bx2xD[:, 1])
+  y = xla.ln_modulate_xla(x, fmod_Bx2xD[:, 0], fmod_Bx2xD[:, 1])
   return (y @ packed["w_f"] + packed["b_f"]).astype(dtype)
 
 
-__all__ = ["TuningConfig", "DEFAULT_CONFIG", "supports", "grid_size", "pack", "modulations",
-           "trunk", "trunk_reference", "xla_trunk", "BLOCK_PHASES", "step_supported",
-           "condition", "denoise", "velocity_fn", "random_packed"]
+__all__ = ["TuningConfig", "DEFAULT_CONFIG", "supports", "grid_size", "modulations", "trunk",
+           "trunk_reference", "xla_trunk", "BLOCK_PHASES", "step_trunk", "random_packed"]
 
 
 if __name__ == "__main__":

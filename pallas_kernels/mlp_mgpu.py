@@ -29,7 +29,9 @@ import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels import api
+from pallas_kernels import device
+from pallas_kernels import xla
+from pallas_kernels.reference import mlp_reference
 from pallas_kernels import mgpu_common as mc
 
 _SMEM_BYTES = 227 * 1024
@@ -172,7 +174,7 @@ def _fwd(x, w1, b1, w2, b2, config):
 
 def _bwd(config, res, d_out):
   del config
-  _, vjp = jax.vjp(api.mlp_xla, *res)
+  _, vjp = jax.vjp(xla.mlp_xla, *res)
   return vjp(d_out)
 
 
@@ -187,20 +189,12 @@ def supports(d: int, f: int, config: TuningConfig = DEFAULT_CONFIG) -> bool:
   return d % 64 == 0
 
 
-@api.register("mlp", "mosaic")
 def mlp(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D, *, config: TuningConfig = DEFAULT_CONFIG):
   """`api.mlp` on Mosaic GPU; XLA for widths whose input tile does not fit shared memory."""
   if not supports(x_BxLxD.shape[-1], w1_DxF.shape[-1], config):
-    api.warn_fallback_once("mlp", f"mosaic (D={x_BxLxD.shape[-1]} does not fit shared memory)")
-    return api.mlp_xla(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D)
+    device.warn_fallback_once("mlp", f"mosaic (D={x_BxLxD.shape[-1]} does not fit shared memory)")
+    return xla.mlp_xla(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D)
   return _mlp(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D, config)
-
-
-def mlp_reference(x, w1, b1, w2, b2):
-  """Plain-jnp f32 reference (tanh GELU)."""
-  h = x.astype(jnp.float32) @ w1.astype(jnp.float32) + b1.astype(jnp.float32)
-  h = jax.nn.gelu(h, approximate=True)
-  return h @ w2.astype(jnp.float32) + b2.astype(jnp.float32)
 
 
 def main(_) -> None:
@@ -223,7 +217,7 @@ def main(_) -> None:
       logging.info(f"L={length} D={d} {config}: p50 {t['p50_ms'] * 1e3:.1f} us "
                    f"kernel {bench.kernel_time_ms(fn, x, w1, b1, w2, b2)} ms "
                    f"rel_err {bench.rel_err(out, ref):.2e}")
-    xla = jax.jit(api.mlp_xla)
+    xla = jax.jit(xla.mlp_xla)
     logging.info(f"  xla: p50 {bench.time_fn(xla, x, w1, b1, w2, b2)['p50_ms'] * 1e3:.1f} us "
                  f"kernels {bench.kernel_time_ms(xla, x, w1, b1, w2, b2)} ms")
 

@@ -32,8 +32,9 @@ import jax.experimental.pallas.triton as pltr
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels import api
-from pallas_kernels.mlp_mgpu import mlp_reference
+from pallas_kernels import device
+from pallas_kernels import xla
+from pallas_kernels.reference import mlp_reference
 
 
 def _is_pow2(x: int) -> bool:
@@ -147,7 +148,7 @@ def _fwd(x, w1, b1, w2, b2, config, interpret):
 
 def _bwd(config, interpret, res, d_out):
   del config, interpret
-  _, vjp = jax.vjp(api.mlp_xla, *res)
+  _, vjp = jax.vjp(xla.mlp_xla, *res)
   return vjp(d_out)
 
 
@@ -158,7 +159,6 @@ def supports(d: int, f: int) -> bool:
   return d % 16 == 0 and f % 16 == 0
 
 
-@api.register("mlp", "triton")
 def mlp(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D, *, config: TuningConfig = DEFAULT_CONFIG,
         interpret: bool = False):
   """`api.mlp` on Pallas Triton; differentiable (backward through XLA).
@@ -166,8 +166,8 @@ def mlp(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D, *, config: TuningConfig = DEFAULT_C
   `interpret=True` runs the kernel in Pallas interpret mode (CPU tests)."""
   d, f = w1_DxF.shape
   if not supports(d, f):
-    api.warn_fallback_once("mlp", f"triton (D={d}, F={f})")
-    return api.mlp_xla(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D)
+    device.warn_fallback_once("mlp", f"triton (D={d}, F={f})")
+    return xla.mlp_xla(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D)
   cast = lambda a: a.astype(x_BxLxD.dtype)  # noqa: E731
   return _mlp(x_BxLxD, cast(w1_DxF), b1_F, cast(w2_FxD), b2_D, config, interpret)
 
@@ -176,7 +176,7 @@ def main(_) -> None:
   from pallas_kernels import bench
 
   mosaic = None
-  if api.is_hopper():
+  if device.is_hopper():
     from pallas_kernels import mlp_mgpu as mosaic
   configs = (TuningConfig(64, 128, 64, 64, 4, 2), TuningConfig(64, 256, 64, 64, 8, 2),
              TuningConfig(32, 128, 64, 128, 4, 3), TuningConfig(128, 128, 64, 64, 8, 2))
@@ -196,7 +196,7 @@ def main(_) -> None:
       logging.info(f"L={length} D={d} {config}: p50 {t['p50_ms'] * 1e3:.1f} us "
                    f"kernel {bench.kernel_time_ms(fn, *args)} ms "
                    f"rel_err {bench.rel_err(fn(*args), ref):.2e}")
-    xla = jax.jit(api.mlp_xla)
+    xla = jax.jit(xla.mlp_xla)
     logging.info(f"  xla: p50 {bench.time_fn(xla, *args)['p50_ms'] * 1e3:.1f} us "
                  f"kernels {bench.kernel_time_ms(xla, *args)} ms")
     if mosaic is not None:

@@ -1,8 +1,21 @@
-"""Shared fixtures: tests run on the CPU, in float32 matmul precision, fast by default."""
+"""Shared fixtures: tests run on the CPU, in float32 matmul precision, fast by default.
+
+Compilations are shared through JAX's persistent compilation cache in a folder made fresh for
+each test run (the controller's, inherited by the xdist workers and the subprocesses tests
+start), so a step that several tests (or processes) compile at the same shapes compiles once
+per run; nothing carries over from one run to the next.
+"""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR = tempfile.mkdtemp(prefix="lsd-test-jax-cache-")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+else:
+  _CACHE_DIR = None  # a worker of this run, or a cache the caller chose: not ours to remove
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -19,3 +32,70 @@ def randomize(params, key, scale: float = 0.2):
 @pytest.fixture
 def rng():
   return jax.random.key(0)
+
+
+@pytest.fixture
+def interpret():
+  """Runs Mosaic GPU kernels in interpret mode. Unwritten output elements read as NaN
+  (the interpreter's default `uninitialized_memory="nan"`) and out-of-bounds reads raise, so
+  every check also checks that the kernel wrote its whole output."""
+  import jax.experimental.pallas.mosaic_gpu as plgpu
+
+  with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
+    yield
+
+
+@pytest.fixture
+def hopper():
+  from pallas_kernels import api
+
+  if not api.is_hopper():
+    dev = jax.devices()[0]
+    pytest.skip(f"needs a Hopper GPU, have {dev.device_kind} ({dev.platform})")
+
+
+def pytest_addoption(parser, pluginmanager):
+  """setup.cfg runs the suite on two workers (`-n 2`, pytest-xdist, the dev extra). Where xdist is
+  not installed (a bare interpreter, e.g. a GPU machine running `-m gpu` tests) or is disabled
+  (`-p no:xdist`), `-n` is accepted and ignored: the tests run in one process."""
+  if not pluginmanager.hasplugin("xdist"):  # _addoption: pytest reserves lowercase short options for plugins
+    parser.getgroup("xdist")._addoption("-n", "--numprocesses", dest="numprocesses", default=None,  # noqa: SLF001
+                                        help="ignored without pytest-xdist: the tests run in one process")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own (registered earlier, so called later)
+def pytest_cmdline_main(config):
+  """On a GPU (JAX_PLATFORMS=cuda, as the device stages run `-m gpu`) the tests run in one
+  process: two workers would each claim the device's memory."""
+  if os.environ["JAX_PLATFORMS"] not in ("", "cpu") and getattr(config.option, "numprocesses", None):
+    config.option.numprocesses = 0
+
+
+def pytest_unconfigure(config):
+  if _CACHE_DIR is not None and not hasattr(config, "workerinput"):  # the run's own cache, at its end
+    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+
+
+# End-to-end runs kept out of the fast suite (README "Tests" lists them): each trains, benchmarks
+# or drives a command line in fresh processes, a minute or more of the 2-core CI machine. Listed
+# here rather than decorated in their files, so that a renamed test falls back into the fast
+# suite instead of out of every run. Run them in one process, as the timed one needs:
+# `.venv/bin/python -m pytest -q -m slow -n 0`.
+SLOW_END_TO_END = {
+    # its bound (both smoke configs train in under two minutes) is wall time, which two workers
+    # on two cores share: it holds for a run of its own, not beside another worker
+    "tests/train/test_loop.py::test_lsd_smoke_trains_end_to_end_under_two_minutes",
+    "tests/train/test_loop.py::test_killed_run_resumes_with_the_same_losses",  # three smoke trainings
+    "tests/train/test_loop.py::test_sharded_step_matches_one_device",  # two trainings on 1 and 8 fake devices
+    "tests/train/test_benchmark_train.py::test_smoke_step_is_timed_and_flops_agree_with_xla",  # the script
+    "tests/distill/test_pipeline.py::test_prune_then_distill_end_to_end",  # prune, distill, export
+    # evaluate.py three times; the same stop and resume is checked in the library by
+    # test_resume.py::test_stopped_and_resumed_stream_equals_uninterrupted (fast)
+    "tests/eval/test_resume.py::test_evaluate_cli_stops_and_resumes_exactly",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if item.nodeid.split("[")[0] in SLOW_END_TO_END:
+      item.add_marker(pytest.mark.slow)

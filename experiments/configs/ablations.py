@@ -5,7 +5,7 @@ Each ablation is a list of arms; an arm has a label, `train` overrides (dotted c
 Arms with the same `train` overrides share one trained model (experiments/sweep.py trains each
 distinct model once, with the same budget, and evaluates every arm with the same protocol).
 
-  python experiments/sweep.py --config=experiments/configs/lsd.py:small --ablations=all \
+  python -m experiments.sweep --config=experiments/configs/lsd.py:small --ablations=all \
       --config.max_minutes=60 --autoencoder_dir=workdirs/ae_small --workdir=workdirs/sweep
 
 What to expect: full history augmentation should hold the drift ratio closest to 1 on long
@@ -29,7 +29,7 @@ def get_ablations() -> dict[str, list[dict]]:
           {"label": "noise only", "train": {"train.augment": NO_AUGMENT}, "eval": {}},
           {"label": "full", "train": {}, "eval": {}},
       ],
-      "tau_inf": [{"label": f"tau_inf={t}", "train": {}, "eval": {"tau_inf": t}} for t in (0.0, 0.05, 0.1, 0.2, 0.3)],
+      "tau_inf": [{"label": f"tau_inf={t}", "train": {}, "eval": {"tau_inf": t}} for t in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)],
       "history_len": k_arms,
       "steps": [{"label": f"S={s}", "train": {}, "eval": {"steps": s}} for s in (1, 2, 4)],
       "history_mode": [{"label": m, "train": {"model.history_mode": m}, "eval": {}} for m in ("concat", "attention")],

@@ -1,7 +1,7 @@
 """The per-frame autoencoder, trained on input frames and their effect targets.
 
-  python experiments/main.py --config=experiments/configs/autoencoder.py:small --workdir=workdirs/ae_small
-  python experiments/main.py --config=experiments/configs/autoencoder.py:smoke --workdir=/tmp/ae_smoke
+  python -m experiments.main --config=experiments/configs/autoencoder.py:small --workdir=workdirs/ae_small
+  python -m experiments.main --config=experiments/configs/autoencoder.py:smoke --workdir=/tmp/ae_smoke
 
 `small` at 256x256, batch 32: expect reconstruction PSNR above 30 dB on held-out clips after a
 few thousand steps on one H100 (see BENCHMARKS.md for what it reached). `smoke` is a tiny model

@@ -32,7 +32,7 @@ def base(task: str) -> ml_collections.ConfigDict:
   c.rules = [list(r) for r in sharding.DEFAULT_RULES]
   c.data = pipeline.default_data_config()
   c.model = ml_collections.ConfigDict({"size": "small", "history_mode": "concat", "history_len": 3,
-                                       "tau_inf": 0.1, "steps": 2, "kernel_impl": "xla",
+                                       "tau_inf": 0.5, "steps": 2, "kernel_impl": "xla",
                                        "residual": False, "autoencoder": "conv"})
   c.optim = ml_collections.ConfigDict({"lr": 3e-4, "warmup_steps": 500, "weight_decay": 0.01, "clip_norm": 1.0})
   c.train = ml_collections.ConfigDict({

@@ -6,17 +6,17 @@ teacher's average velocity over [t - d, t] sampled with `distill.teacher_steps` 
 teacher's; it uses the teacher's autoencoder.
 
   # the small model distilled from itself sampled with 16 steps (better S = 1, 2 at equal cost)
-  python experiments/main.py --config=experiments/configs/distill.py:small_from_small_s16 \
+  python -m experiments.main --config=experiments/configs/distill.py:small_from_small_s16 \
       --workdir=workdirs/distill_s16 --config.data.sources.library.manifest=data/library/manifest.json
 
   # prune the small model (Taylor importance, widths in 128-wide tiles), then fine-tune by distillation
-  python experiments/prune.py --config=experiments/configs/distill.py:pruned \
+  python -m experiments.prune --config=experiments/configs/distill.py:pruned \
       --model=checkpoints/lsd_small --out=workdirs/pruned_small
-  python experiments/main.py --config=experiments/configs/distill.py:pruned \
+  python -m experiments.main --config=experiments/configs/distill.py:pruned \
       --workdir=workdirs/distill_pruned --config.init_from=workdirs/pruned_small
 
   # CPU smoke (tiny model at 32x32; a tiny exported teacher is needed, see tests/distill)
-  python experiments/main.py --config=experiments/configs/distill.py:smoke \
+  python -m experiments.main --config=experiments/configs/distill.py:smoke \
       --config.distill.teacher=/tmp/teacher --workdir=/tmp/distill_smoke
 
 What it should give: `pruned` keeps 4 of 6 heads and half the MLP in every block of `small`

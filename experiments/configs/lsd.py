@@ -1,8 +1,8 @@
 """The LSD denoiser on prompted effects: diffusion forcing, history augmentation, shortcut.
 
-  python experiments/main.py --config=experiments/configs/lsd.py:small \
+  python -m experiments.main --config=experiments/configs/lsd.py:small \
       --config.autoencoder_dir=workdirs/ae_small --workdir=workdirs/lsd_small
-  python experiments/main.py --config=experiments/configs/lsd.py:smoke \
+  python -m experiments.main --config=experiments/configs/lsd.py:smoke \
       --config.autoencoder_dir=/tmp/ae_smoke --workdir=/tmp/lsd_smoke
 
 `v3` is model v3's recipe (`V3_TRAIN`, on a light autoencoder: pass one trained with

@@ -1,5 +1,5 @@
 """Ablation sweeps: train each distinct arm with the same budget, evaluate every arm with the
-same protocol (stream_eval), and report one table and one drift plot per ablation.
+same protocol (`protocol.evaluate`), and report one table and one drift plot per ablation.
 
 An ablation is a list of arms {"label", "train": {dotted.field: value}, "eval": {"steps"?,
 "tau_inf"?}} (experiments/configs/ablations.py). Arms whose training overrides are equal share
@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lsd_jax.eval import report, stream_eval
+from lsd_jax.eval import protocol, report
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -117,10 +117,10 @@ def train_runs(base: ml_collections.ConfigDict, ablations: dict[str, list[dict]]
   return exports
 
 
-def evaluate_arms(ablations: dict[str, list[dict]], exports: dict[str, str], ec: stream_eval.EvalConfig,
+def evaluate_arms(ablations: dict[str, list[dict]], exports: dict[str, str], ec: protocol.EvalConfig,
                   clips: list[np.ndarray] | None = None, out_dir: str | None = None,
                   base: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
-  """Every arm through stream_eval.evaluate with the same protocol (its eval overrides applied)."""
+  """Every arm through protocol.evaluate with the same protocol (its eval overrides applied)."""
   from lsd_jax.models import export
 
   results: dict[str, Any] = {}
@@ -134,7 +134,7 @@ def evaluate_arms(ablations: dict[str, list[dict]], exports: dict[str, str], ec:
         cfg = dataclasses.replace(cfg, tau_inf=float(ev["tau_inf"]))
       arm_ec = dataclasses.replace(ec, steps=int(ev.get("steps", ec.steps)))
       logging.info("evaluating %s / %s", name, arm["label"])
-      r, res = stream_eval.evaluate(cfg, params, clips or [], arm_ec)
+      r, res = protocol.evaluate(cfg, params, clips or [], arm_ec)
       r.update(model_dir=exports[rid], metadata=meta)
       if out_dir:
         report.write(r, res, os.path.join(out_dir, name, _slug(arm["label"])), f"{name}: {arm['label']}")

@@ -26,6 +26,7 @@ import numpy as np
 
 from lsd_jax.datasets import effects
 from lsd_jax.diffusion import sampler
+from lsd_jax.models import frame as model_frame
 from lsd_jax.models import lsd
 
 CONDITIONS = ("streamed", "gt_history", "no_history")
@@ -37,36 +38,24 @@ def _psnr(a, b) -> float:
 
 
 def frame_fns(cfg: lsd.LSDConfig):
-  """(streamed(params, clip, prompt, key) -> frames, per_frame(params, c_FxhxwxC, ring, prompt, keys_F) -> frames)."""
-  ae, den = lsd.build(cfg)
-  h, w, c = cfg.latent_shape
+  """(streamed(params, clip, prompt, key) -> frames, per_frame(params, c_FxhxwxC, ring_F, prompt, keys_F)
+  -> frames, encode), all through the model's frame function (`models.frame`)."""
+  fns = model_frame.frame_fns(cfg)
 
   def streamed(params, clip, prompt_e, key):
-    vf = lsd.velocity_fn(den, params["denoiser"])
-    c_all = lsd.encode(ae, params["autoencoder"], clip)[:, None]
-
-    def one(ring, xs):
-      i, c_in = xs
-      z = sampler.sample_frame(vf, jax.random.fold_in(key, i + 1), c_in, ring, prompt_e[None], tau_inf=cfg.tau_inf,
-                               steps=cfg.steps, mode=cfg.history_mode, residual=cfg.residual)
-      return sampler.push(ring, z, c_in), z[0]
-
-    _, zs = jax.lax.scan(one, sampler.empty_ring(1, cfg.history_len, h, w, c), (jnp.arange(clip.shape[0]), c_all))
-    return lsd.decode(ae, params["autoencoder"], zs)
+    t = clip.shape[0]
+    prompts = jnp.broadcast_to(prompt_e, (t, *prompt_e.shape))
+    _, outs = model_frame.scan_frames(fns.frame, params, model_frame.empty_ring(cfg), clip, prompts, jnp.arange(t), key)
+    return outs
 
   def per_frame(params, c_F, ring_F, prompt_e, keys_F):
-    vf = lsd.velocity_fn(den, params["denoiser"])
+    def one(c_in, ring, key):  # frame f alone, with the history ring given for it
+      _, z = fns.denoise(params, sampler.Ring(*(x[None] for x in ring)), c_in[None], prompt_e[None], key)
+      return z[0]
 
-    def one(c_in, ring, key):
-      ring1 = sampler.Ring(*(x[None] for x in ring))
-      return sampler.sample_frame(vf, key, c_in[None], ring1, prompt_e[None], tau_inf=cfg.tau_inf, steps=cfg.steps,
-                                  mode=cfg.history_mode, residual=cfg.residual)[0]
+    return fns.decode(params, jax.vmap(one)(c_F, ring_F, keys_F))
 
-    zs = jax.vmap(one)(c_F, ring_F, keys_F)
-    return lsd.decode(ae, params["autoencoder"], zs)
-
-  encode = jax.jit(lambda p, x: lsd.encode(ae, p, x))
-  return jax.jit(streamed), jax.jit(per_frame), encode
+  return jax.jit(streamed), jax.jit(per_frame), jax.jit(fns.encode)
 
 
 def diagnose(cfg: lsd.LSDConfig, params, clips: dict[str, Sequence[np.ndarray]], chosen: dict, seed: int = 0) -> dict:
@@ -90,11 +79,11 @@ def diagnose(cfg: lsd.LSDConfig, params, clips: dict[str, Sequence[np.ndarray]],
         acc["streamed"].append(_psnr(s[warm:], target[warm:]))
         acc["start"].append(_psnr(s[:1], target[:1]))
         acc["input"].append(_psnr(frames01[warm:], target[warm:]))
-        c_all = encode(params["autoencoder"], clip)
-        y_all = encode(params["autoencoder"], jnp.asarray(target))
+        c_all = encode(params, clip)
+        y_all = encode(params, jnp.asarray(target))
         idx = np.arange(warm, t)
         hist_idx = idx[:, None] - k + np.arange(k)[None]  # F x K, oldest first
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i + 1))(jnp.asarray(idx))
+        keys = jax.vmap(lambda i: model_frame.frame_key(key, i))(jnp.asarray(idx))
         gt_ring = sampler.Ring(y_all[hist_idx], c_all[hist_idx], jnp.zeros(hist_idx.shape, jnp.float32))
         empty = sampler.Ring(jnp.zeros_like(y_all[hist_idx]), jnp.zeros_like(c_all[hist_idx]),
                              jnp.ones(hist_idx.shape, jnp.float32))

@@ -16,29 +16,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsd_jax.datasets import effects
-from lsd_jax.diffusion import sampler
 from lsd_jax.eval import metrics
+from lsd_jax.models import frame as model_frame
 from lsd_jax.models import lsd
 
 
 def rollout_fn(cfg: lsd.LSDConfig, steps: int):
-  """jit(f(params, frames_TxHxWx3 uint8, prompt_E, key) -> out_TxHxWx3 in [0, 1]): a stream."""
-  ae, den = lsd.build(dataclasses.replace(cfg, steps=steps))
-  h, w, c = cfg.latent_shape
+  """jit(f(params, frames_TxHxWx3 uint8, prompt_E, key) -> out_TxHxWx3 in [0, 1]): a stream from
+  an empty history, the model's frame function (`models.frame`) scanned over the clip."""
+  fn = model_frame.frame_fn(dataclasses.replace(cfg, steps=steps))
 
   def run(params, frames, prompt_E, key):
-    vf = lsd.velocity_fn(den, params["denoiser"])
-
-    def one(ring, xs):
-      i, frame = xs
-      c_in = lsd.encode(ae, params["autoencoder"], frame[None])
-      z = sampler.sample_frame(vf, jax.random.fold_in(key, i + 1), c_in, ring, prompt_E[None],
-                               tau_inf=cfg.tau_inf, steps=steps, mode=cfg.history_mode, residual=cfg.residual)
-      out = lsd.decode(ae, params["autoencoder"], z)[0]
-      return sampler.push(ring, z, c_in), out
-
-    ring = sampler.empty_ring(1, cfg.history_len, h, w, c)
-    _, outs = jax.lax.scan(one, ring, (jnp.arange(frames.shape[0]), frames))
+    t = frames.shape[0]
+    prompts = jnp.broadcast_to(prompt_E, (t, *prompt_E.shape))
+    _, outs = model_frame.scan_frames(fn, params, model_frame.empty_ring(cfg), frames, prompts, jnp.arange(t), key)
     return outs
 
   return jax.jit(run)
@@ -67,6 +58,7 @@ def evaluate(cfg: lsd.LSDConfig, params, clips: Sequence[np.ndarray], prompts: d
   """PSNR per effect and S, averaged over clips and frames (frames after the first K+1, so the
   history is full; the first frames are reported separately as `start_psnr`)."""
   roll = {s: rollout_fn(cfg, s) for s in steps_list}
+  params = model_frame.prepare_params(cfg, params)  # packed for the mega kernel if cfg asks for it
   rt = ae_roundtrip_fn(cfg)
   render = jax.jit(effects.render_clip)
   warm = cfg.history_len + 1

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from lsd_jax.eval import stream_eval
+from lsd_jax.eval.runner import StreamResult
 
 
 def _fmt(x, spec: str = ".2f") -> str:
@@ -144,7 +144,7 @@ def _save(fig, out_dir: str, name: str) -> str:
   return path
 
 
-def write(results: dict[str, Any], res: stream_eval.StreamResult | None, out_dir: str,
+def write(results: dict[str, Any], res: StreamResult | None, out_dir: str,
           title: str = "Evaluation") -> dict[str, str]:
   """eval.json, eval.md, the PNG plots and (with `res`) per_frame.npz into `out_dir`."""
   os.makedirs(out_dir, exist_ok=True)
@@ -178,7 +178,7 @@ def strip(frames_TxHxWx3, count: int = 8) -> np.ndarray:
   return np.concatenate(list(f[idx]), axis=1)
 
 
-def per_frame_plot(ax_psnr, ax_flicker, res: stream_eval.StreamResult) -> None:
+def per_frame_plot(ax_psnr, ax_flicker, res: StreamResult) -> None:
   """Per-frame PSNR, SSIM and flicker of a stream, prompt switches as vertical lines."""
   pf = res.per_frame
   t = np.arange(len(pf["psnr"]))

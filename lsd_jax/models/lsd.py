@@ -6,15 +6,19 @@ build models from. Parameters are a plain dict {"autoencoder": ..., "denoiser": 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
+import os
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lsd_jax.diffusion.shortcut import VelocityFn
-from lsd_jax.models import sizes
+from lsd_jax.models import megastep, sizes
 from lsd_jax.models.autoencoder import Autoencoder
 from lsd_jax.models.denoiser import Denoiser, DenoiserConfig
 from pallas_kernels import api
@@ -27,7 +31,7 @@ class LSDConfig:
   width: int = 256
   history_mode: str = "concat"
   history_len: int = 3  # K
-  tau_inf: float = 0.1  # history noise level at inference
+  tau_inf: float = 0.5  # history noise level at inference (0.5: the shipped model's, see the 100k-frame runs)
   steps: int = 2  # S shortcut steps per frame
   latent_scale: float = 1.0
   kernel_impl: str = "xla"
@@ -98,7 +102,15 @@ def dummy_inputs(cfg: LSDConfig, batch: int = 1):
 
 
 def init_params(key, cfg: LSDConfig, *, boxed: bool = False) -> dict[str, Any]:
-  """Fresh parameters (float32). With `boxed`, keeps flax's logical-partitioning boxes."""
+  """Fresh parameters (float32). With `boxed`, keeps flax's logical-partitioning boxes.
+
+  Jitted (cfg static), with the same values as flax's eager init: op by op, the init forward
+  pass takes twice as long on a CPU, and a second call for one config costs nothing."""
+  return _init_params(key, cfg, boxed)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_params(key, cfg: LSDConfig, boxed: bool) -> dict[str, Any]:
   ae, den = build(cfg)
   k_ae, k_den = jax.random.split(key)
   ae_vars = ae.init(k_ae, jnp.zeros((1, cfg.height, cfg.width, 3)))
@@ -108,12 +120,37 @@ def init_params(key, cfg: LSDConfig, *, boxed: bool = False) -> dict[str, Any]:
   return params if boxed else nn.meta.unbox(params)
 
 
+def random_params(seed: int, cfg: LSDConfig) -> dict[str, Any]:
+  """Random weights for `cfg` (float32 numpy), the one rule for streams without a trained model,
+  benchmarks and tests: every leaf random, the adaLN-zero gates included, so that every block
+  (and the prompt) changes the output: kernels ~ N(0, 1/fan_in), norm scales 1 + N(0, 0.02^2),
+  biases N(0, 0.02^2). Drawn from the shapes alone (an eager flax init takes half a minute on a
+  CPU), each leaf from its own generator (seed, leaf index) on a thread pool (numpy draws
+  without the GIL: the 1.3B large model in seconds on a many-core host)."""
+  from flax import traverse_util
+
+  shapes = jax.eval_shape(lambda: init_params(jax.random.key(0), cfg))
+  flat = traverse_util.flatten_dict(shapes)
+  paths = sorted(flat)
+
+  def draw(i: int) -> np.ndarray:
+    path, shape = paths[i], flat[paths[i]].shape
+    noise = np.random.default_rng([seed, i]).standard_normal(shape, dtype=np.float32)
+    if len(shape) >= 2:
+      return noise / np.float32(np.sqrt(np.prod(shape[:-1])))
+    return 1.0 + 0.02 * noise if path[-1] == "scale" else 0.02 * noise
+
+  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    leaves = list(pool.map(draw, range(len(paths))))
+  return traverse_util.unflatten_dict(dict(zip(paths, leaves)))
+
+
 def velocity_fn(den: Denoiser, den_params, packed=None) -> VelocityFn:
   """u(x, t, d, cond) with cond = {"c", "prompt"[, "hist", "tau"]}, as the objective and sampler expect.
 
   `packed` (from `with_kernel_params`): the denoiser's weights packed for the whole-step mega
-  kernel; the step then runs as one Mosaic GPU call where `megastep_mgpu.step_supported` says
-  it can (else as `Denoiser.apply`)."""
+  kernel; the step then runs as one Mosaic GPU call where `megastep.step_supported` says it can
+  (else as `Denoiser.apply`)."""
 
   def apply(x, t, d, cond):
     return den.apply({"params": den_params}, x, cond["c"], t, d, cond["prompt"],
@@ -121,20 +158,16 @@ def velocity_fn(den: Denoiser, den_params, packed=None) -> VelocityFn:
 
   if packed is None:
     return apply
-  from pallas_kernels import megastep_mgpu
-
-  return megastep_mgpu.velocity_fn(den.config, den_params, packed, fallback=apply)
+  return megastep.velocity_fn(den.config, den_params, packed, fallback=apply)
 
 
 def megastep_unsupported(cfg: LSDConfig) -> str | None:
   """Why the whole-step mega kernel cannot run this config here (None: it can): the model's
   shape (history mode, pruned blocks, tokens per frame, widths) first, then the device."""
-  from pallas_kernels import megastep_mgpu
-
   s = cfg.model_size.denoiser
   h, w, _ = cfg.latent_shape
   _, den = build(cfg)
-  why = megastep_mgpu.step_supported(den.config, (h // s.patch) * (w // s.patch))
+  why = megastep.step_supported(den.config, (h // s.patch) * (w // s.patch))
   if why is None and not api.is_hopper():
     why = f"needs a Hopper GPU, have {jax.devices()[0].device_kind}"
   return why
@@ -151,9 +184,7 @@ def with_kernel_params(cfg: LSDConfig, params):
   if why is not None:
     api.warn_fallback_once("megastep", why)
     return params
-  from pallas_kernels import megastep_mgpu
-
-  return {**params, "megastep": megastep_mgpu.pack(params["denoiser"])}
+  return {**params, "megastep": megastep.pack(params["denoiser"])}
 
 
 def encode(ae: Autoencoder, ae_params, frames_NxHxWx3):

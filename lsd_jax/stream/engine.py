@@ -3,8 +3,12 @@
 Per frame (DESIGN.md section 1), inside ONE jitted function with static shapes and a donated
 state, so a stream never recompiles after warm-up and never grows memory:
 
-  uint8 frame (already at the model's size) -> encode -> sample_frame(key = fold_in(stream key,
-  frame number)) -> push into the history ring -> decode -> uint8 frame
+  uint8 frame (already at the model's size) -> the model's frame function (`models.frame`: encode
+  -> S shortcut steps, frame i keyed fold_in(stream key, i + 1) -> push into the history ring
+  -> decode) -> uint8 frame
+
+The frame function is the one evaluation scans and the latency benchmark times, so a stream's
+output equals theirs bit for bit for the same weights, key and frames.
 
 `StreamModel` is what several streams share (config, parameters on device, the compiled step,
 the prompt-embedding cache); `StreamSession` is one stream's state on top of it. The text
@@ -29,6 +33,7 @@ import numpy as np
 
 from lsd_jax.diffusion import sampler
 from lsd_jax.models import export, lsd, sizes
+from lsd_jax.models import frame as model_frame
 from lsd_jax.stream import preprocess
 
 DEFAULT_CHECKPOINT = "checkpoints/lsd_small"  # relative to the repository root
@@ -68,29 +73,6 @@ class ModelInfo:
     return dataclasses.asdict(self)
 
 
-def random_params(seed: int, cfg: lsd.LSDConfig) -> dict[str, Any]:
-  """Every leaf random, the adaLN-zero gates included, so that every block (and the prompt)
-  changes the output: kernels ~ N(0, 1/fan_in), norm scales 1 + N(0, 0.02^2), biases N(0, 0.02^2).
-  Drawn with numpy from the shapes alone (an eager flax init takes half a minute on a CPU).
-  """
-  from flax import traverse_util
-
-  shapes = jax.eval_shape(lambda: lsd.init_params(jax.random.key(0), cfg))
-  flat = traverse_util.flatten_dict(shapes)
-  rng = np.random.default_rng(seed)
-  out = {}
-  for path in sorted(flat):
-    shape = flat[path].shape
-    noise = rng.standard_normal(shape, dtype=np.float32)
-    if len(shape) >= 2:
-      out[path] = noise / np.float32(np.sqrt(np.prod(shape[:-1])))
-    elif path[-1] == "scale":
-      out[path] = 1.0 + 0.02 * noise
-    else:
-      out[path] = 0.02 * noise
-  return traverse_util.unflatten_dict(out)
-
-
 def load_model(checkpoint: str | os.PathLike | None = None, *, seed: int = 0,
                fallback: lsd.LSDConfig = FALLBACK_CONFIG) -> tuple[lsd.LSDConfig, dict, ModelInfo]:
   """(config, params, info) from a model folder; None means DEFAULT_CHECKPOINT, and where that
@@ -107,7 +89,7 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, seed: int = 0,
       info = ModelInfo(name="random-tiny", label=RANDOM_TINY_LABEL, trained=False, checkpoint=None,
                        size=fallback.size, resolution=f"{fallback.width}x{fallback.height}",
                        steps=fallback.steps)
-      return fallback, random_params(seed, fallback), info
+      return fallback, lsd.random_params(seed, fallback), info
   cfg, params, meta = export.load(os.fspath(checkpoint))
   name = str(meta.get("name") or pathlib.Path(checkpoint).resolve().name)
   trained = not meta.get("random_weights", False)
@@ -143,29 +125,27 @@ class StepFns(NamedTuple):
 
 @functools.lru_cache(maxsize=8)
 def make_step_fns(cfg: lsd.LSDConfig) -> StepFns:
-  """Jitted functions for one config; cached, so models of one config share their compilations
-  (the parameters are arguments, not constants)."""
-  ae, den = lsd.build(cfg)
+  """The model's frame function (`models.frame`) jitted for one config, around the stream's
+  state; cached, so models of one config share their compilations (the parameters are
+  arguments, not constants)."""
+  fns = model_frame.frame_fns(cfg)
+
+  def key_of(state: StreamState):  # frame i (= state.index) samples with fold_in(stream_key, i + 1)
+    return model_frame.frame_key(jax.random.wrap_key_data(state.key_data), state.index)
 
   def encode(params, frame_HxWx3):
-    return lsd.encode(ae, params["autoencoder"], frame_HxWx3[None])
+    return fns.encode(params, frame_HxWx3[None])
 
   def denoise(params, state: StreamState, c_1xhxwxC, prompt_E):
-    index = state.index + 1  # DESIGN.md: frame i+1 uses fold_in(stream_key, i+1)
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.key_data), index)
-    vel = lsd.velocity_fn(den, params["denoiser"], params.get("megastep"))
-    z = sampler.sample_frame(vel, key, c_1xhxwxC, state.ring, prompt_E[None].astype(jnp.float32),
-                             tau_inf=cfg.tau_inf, steps=cfg.steps, mode=cfg.history_mode, residual=cfg.residual)
-    return StreamState(sampler.push(state.ring, z, c_1xhxwxC), index, state.key_data), z
+    ring, z = fns.denoise(params, state.ring, c_1xhxwxC, prompt_E[None].astype(jnp.float32), key_of(state))
+    return StreamState(ring, state.index + 1, state.key_data), z
 
   def decode(params, z_1xhxwxC):
-    x = lsd.decode(ae, params["autoencoder"], z_1xhxwxC)[0]
-    return jnp.round(x * 255.0).astype(jnp.uint8)
+    return model_frame.to_uint8(fns.decode(params, z_1xhxwxC)[0])
 
   def stream_step(params, state: StreamState, frame_HxWx3, prompt_E):
-    c = encode(params, frame_HxWx3)
-    state, z = denoise(params, state, c, prompt_E)
-    return state, decode(params, z)
+    ring, out = fns.frame(params, state.ring, frame_HxWx3[None], prompt_E[None].astype(jnp.float32), key_of(state))
+    return StreamState(ring, state.index + 1, state.key_data), model_frame.to_uint8(out[0])
 
   return StepFns(step=jax.jit(stream_step, donate_argnums=(1,)), encode=jax.jit(encode),
                  denoise=jax.jit(denoise, donate_argnums=(1,)), decode=jax.jit(decode))
@@ -194,7 +174,7 @@ class StreamModel:
     self.cfg, self.info = cfg, info
     if param_dtype is not None:
       params = jax.tree.map(lambda p: jnp.asarray(p, param_dtype), params)
-    self.params = jax.device_put(lsd.with_kernel_params(cfg, params))
+    self.params = jax.device_put(model_frame.prepare_params(cfg, params))
     self.fns = make_step_fns(cfg)
     self._text_encoder = text_encoder
     self._embeddings: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()

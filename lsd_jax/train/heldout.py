@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from lsd_jax.datasets import effects, prompts, sources
-from lsd_jax.diffusion import sampler
+from lsd_jax.models import frame as model_frame
 from lsd_jax.models import lsd
 
 
@@ -102,23 +102,15 @@ def make_probe(cfg: lsd.LSDConfig, ae_params, clips: Sequence[np.ndarray], chose
 
 def rollout_fn(cfg: lsd.LSDConfig) -> Callable[..., jax.Array]:
   """jit(f(params, clips_BxTxHxWx3 uint8, prompts_BxE, keys_B) -> outputs in [0, 1]): B lossless
-  streams at once, stream b exactly as `eval.fidelity` streams one clip under key `keys_B[b]`
-  (frame i keyed by fold_in(key, i + 1)): the single-stream function, vmapped."""
-  ae, den = lsd.build(cfg)
-  h, w, c = cfg.latent_shape
+  streams at once, stream b exactly as `eval.fidelity` streams one clip under key `keys_B[b]`:
+  the model's frame function (`models.frame`) scanned over each clip, vmapped over clips."""
+  fn = model_frame.frame_fn(cfg)
 
   def stream(params, clip, prompt_e, key):
-    vf = lsd.velocity_fn(den, params["denoiser"])
-    c_all = lsd.encode(ae, params["autoencoder"], clip)[:, None]  # T x 1 x h x w x C
-
-    def one(ring, xs):
-      i, c_in = xs
-      z = sampler.sample_frame(vf, jax.random.fold_in(key, i + 1), c_in, ring, prompt_e[None],
-                               tau_inf=cfg.tau_inf, steps=cfg.steps, mode=cfg.history_mode, residual=cfg.residual)
-      return sampler.push(ring, z, c_in), z[0]
-
-    _, zs = jax.lax.scan(one, sampler.empty_ring(1, cfg.history_len, h, w, c), (jnp.arange(clip.shape[0]), c_all))
-    return lsd.decode(ae, params["autoencoder"], zs)
+    t = clip.shape[0]
+    prompts = jnp.broadcast_to(prompt_e, (t, *prompt_e.shape))
+    _, outs = model_frame.scan_frames(fn, params, model_frame.empty_ring(cfg), clip, prompts, jnp.arange(t), key)
+    return outs
 
   return jax.jit(jax.vmap(stream, in_axes=(None, 0, 0, 0)))
 

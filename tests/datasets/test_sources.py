@@ -220,7 +220,7 @@ def test_procedural_streams_need_no_pyav():
   code = (
       "import sys; sys.modules['av'] = None\n"
       "from lsd_jax.datasets import sources, video\n"
-      "import lsd_jax.eval.stream_eval\n"
+      "import lsd_jax.eval.protocol, lsd_jax.eval.runner\n"
       "clip = sources.ProceduralSource(height=16, width=16, num_frames=2)[0]\n"
       "assert clip.shape == (2, 16, 16, 3)\n"
       "try:\n"

@@ -11,30 +11,22 @@ import jax
 import numpy as np
 import pytest
 
-from lsd_jax.eval import fidelity, stream_eval
-from lsd_jax.models import export, lsd
+from lsd_jax.eval import chunks, fidelity, protocol
+from lsd_jax.models import export
 from tests.conftest import randomize
+from tests.eval.conftest import CFG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CFG = lsd.LSDConfig(size="tiny", height=32, width=32, steps=1)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("model"))
-  params = jax.jit(lambda k: lsd.init_params(k, CFG))(jax.random.key(0))  # jitted: eager init is slow
-  export.save(d, CFG, params, dtype="float32", metadata={"note": "random tiny for tests"})
-  return d, params
-
-
-def test_chunked_stream_equals_one_scan(tiny_model):
-  _, params = tiny_model
+def test_chunked_stream_equals_one_scan(tiny32):
+  _, params = tiny32
   clip = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-  prompts = stream_eval.choose_prompts(["sepia"])
+  prompts = protocol.choose_prompts(["sepia"])
   emb = prompts["sepia"][1]
   whole = np.asarray(fidelity.rollout_fn(CFG, 1)(params, clip, emb, jax.random.key(3)))
-  fn = stream_eval.model_chunk_fn(CFG, 1)
-  ring, outs = stream_eval.empty_ring(CFG), []
+  fn = chunks.model_chunk_fn(CFG, 1)
+  ring, outs = chunks.empty_ring(CFG), []
   for lo in (0, 3):  # two chunks of 3 frames: the ring is carried across
     hi = lo + 3
     idx = np.arange(lo, hi, dtype=np.int32)
@@ -53,10 +45,10 @@ def _sample_manifest(tmp_path) -> str:
   return str(root / "manifest.json")
 
 
-def test_evaluate_cli_end_to_end(tiny_model, tmp_path):
-  model_dir, _ = tiny_model
+def test_evaluate_cli_end_to_end(tiny32, tmp_path):
+  model_dir, _ = tiny32
   out = tmp_path / "eval"
-  cmd = [sys.executable, os.path.join(ROOT, "experiments/evaluate.py"), f"--model={model_dir}", "--steps=1",
+  cmd = [sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}", "--steps=1",
          f"--manifest={_sample_manifest(tmp_path)}",
          "--clips=1", "--clip_frames=8", "--stream_frames=20", "--switch_every=5", "--chunk=8",
          "--effects=sepia,snowfall", f"--out={out}"]
@@ -79,10 +71,10 @@ def test_evaluate_cli_end_to_end(tiny_model, tmp_path):
   assert "Drift" in (out / "eval.md").read_text()
 
 
-def test_eval_fidelity_cli_tau_inf(tiny_model, tmp_path):
+def test_eval_fidelity_cli_tau_inf(tiny32, tmp_path):
   """eval_fidelity.py records the history noise level it used; --tau_inf changes the outputs; a
   level outside [0, 1) is refused."""
-  _, params = tiny_model
+  _, params = tiny32
   model_dir = str(tmp_path / "model")  # random weights everywhere: zero-initialised layers hide the history
   export.save(model_dir, CFG, randomize(params, jax.random.key(5)), dtype="float32")
   manifest = _sample_manifest(tmp_path)
@@ -104,16 +96,16 @@ def test_eval_fidelity_cli_tau_inf(tiny_model, tmp_path):
   assert bad.returncode != 0 and "--tau_inf must be in [0, 1)" in bad.stderr
 
 
-def test_evaluate_cli_tau_inf(tiny_model, tmp_path):
+def test_evaluate_cli_tau_inf(tiny32, tmp_path):
   """evaluate.py --tau_inf streams at that history noise level, records it, and refuses [1, inf)."""
-  _, params = tiny_model
+  _, params = tiny32
   model_dir = str(tmp_path / "model")
   export.save(model_dir, CFG, randomize(params, jax.random.key(5)), dtype="float32")
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   psnr = {}
   for tau in ("0.0", "0.5"):
     out = tmp_path / f"eval{tau}"
-    cmd = [sys.executable, os.path.join(ROOT, "experiments/evaluate.py"), f"--model={model_dir}", "--steps=1",
+    cmd = [sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}", "--steps=1",
            "--clips=0", "--stream_frames=12", "--switch_every=6", "--chunk=6", "--effects=sepia", f"--tau_inf={tau}",
            f"--out={out}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -122,16 +114,16 @@ def test_evaluate_cli_tau_inf(tiny_model, tmp_path):
     assert r["tau_inf"] == float(tau)
     psnr[tau] = np.load(out / "per_frame.npz")["psnr"]
   assert not np.allclose(psnr["0.0"], psnr["0.5"])
-  bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments/evaluate.py"), f"--model={model_dir}",
+  bad = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}",
                         "--tau_inf=1.5", "--clips=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "--tau_inf must be in [0, 1)" in bad.stderr
 
 
 def test_drift_segment_must_be_whole_schedule_cycles():
   """A segment that is not a whole number of cycles would compare different effects, not time."""
-  ec = stream_eval.EvalConfig(switch_every=125, segment=500)
+  ec = protocol.EvalConfig(switch_every=125, segment=500)
   with pytest.raises(ValueError, match="not a whole number of schedule cycles"):
     ec.segment_frames(8)  # cycle 1,000 frames
   assert ec.segment_frames(4) == 500  # cycle 500: one cycle per segment
-  assert stream_eval.EvalConfig(switch_every=125, segment=2000).segment_frames(8) == 2000
-  assert stream_eval.EvalConfig(switch_every=125).segment_frames(8) == 1000
+  assert protocol.EvalConfig(switch_every=125, segment=2000).segment_frames(8) == 2000
+  assert protocol.EvalConfig(switch_every=125).segment_frames(8) == 1000

@@ -64,30 +64,30 @@ def test_hold_drift_by_hand():
 
 
 def test_hold_summary_and_stream_intervals():
-  from lsd_jax.eval import stream_eval
+  from lsd_jax.eval import protocol, runner, summary
 
   # Two held intervals of 100 frames: sepia decays from 20 to 10 dB, cartoon stays at 15; a third
   # interval (sepia again) stopped after 40 of its 100 frames is left out.
   sepia = np.linspace(20, 10, 100)
   psnr = np.concatenate([sepia, np.full(100, 15.0), np.full(40, 3.0)])
   n = psnr.size
-  sched = stream_eval.Schedule.cycle(["sepia", "cartoon"], 100, 300)
-  res = stream_eval.StreamResult(per_frame={"psnr": psnr, "ssim": np.ones(n), "flicker": np.zeros(n)},
-                                 prompt_index=sched.segment_index(np.arange(n)), chunk_seconds=np.ones(3),
-                                 chunk_frames=np.full(3, 80), schedule=sched, num_frames=300)
-  h = stream_eval.hold_summary({"sepia": [metrics.hold_drift(sepia)], "cartoon": [metrics.hold_drift(psnr[100:200])]})
+  sched = runner.Schedule.cycle(["sepia", "cartoon"], 100, 300)
+  res = runner.StreamResult(per_frame={"psnr": psnr, "ssim": np.ones(n), "flicker": np.zeros(n)},
+                            prompt_index=sched.segment_index(np.arange(n)), chunk_seconds=np.ones(3),
+                            chunk_frames=np.full(3, 80), schedule=sched, num_frames=300)
+  h = summary.hold_summary({"sepia": [metrics.hold_drift(sepia)], "cartoon": [metrics.hold_drift(psnr[100:200])]})
   assert h["per_effect"]["cartoon"]["ratio"] == pytest.approx(1.0)
   early, late = sepia[25:50].mean(), sepia[75:].mean()
   assert h["per_effect"]["sepia"]["ratio"] == pytest.approx(late / early)
   assert h["psnr_ratio"] == pytest.approx((late + 15) / (early + 15))
-  prompts = stream_eval.choose_prompts(["sepia", "cartoon"])
-  s = stream_eval.summarize_stream(res, prompts, segment=200, warm=0, height=8, width=8)
+  prompts = protocol.choose_prompts(["sepia", "cartoon"])
+  s = summary.summarize_stream(res, prompts, segment=200, warm=0, height=8, width=8)
   assert s["hold"]["per_effect"]["sepia"]["holds"] == 1  # the cut-short third interval is not counted
   assert s["hold"]["per_effect"]["sepia"]["ratio"] == pytest.approx(late / early)
   assert s["hold"]["psnr_ratio"] == pytest.approx(h["psnr_ratio"])
   np.testing.assert_allclose(s["hold"]["per_effect"]["sepia"]["profile"], [sepia[i:i + 10].mean() for i in range(0, 100, 10)])
   assert s["hold"]["per_effect"]["cartoon"]["profile"] == pytest.approx([15.0] * 10)
-  empty = stream_eval.hold_summary({"echo": []})
+  empty = summary.hold_summary({"echo": []})
   assert empty["per_effect"]["echo"]["holds"] == 0 and np.isnan(empty["psnr_ratio"])
 
 

@@ -15,28 +15,26 @@ import numpy as np
 import pytest
 
 from lsd_jax.datasets import sources
-from lsd_jax.eval import frames, progress, stream_eval
-from lsd_jax.models import export, lsd
+from lsd_jax.eval import chunks, frames, protocol, resume, runner
+from tests.eval.conftest import CFG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CFG = lsd.LSDConfig(size="tiny", height=32, width=32, steps=1)
 EFFECTS = ("sepia", "snowfall")  # a per-frame and a temporal (particle) effect
 
 
 @pytest.fixture(scope="module")
-def tiny():
-  params = jax.jit(lambda k: lsd.init_params(k, CFG))(jax.random.key(0))
-  return params, stream_eval.model_chunk_fn(CFG, 1), stream_eval.choose_prompts(EFFECTS)
+def tiny(tiny32):
+  return tiny32[1], chunks.model_chunk_fn(CFG, 1), protocol.choose_prompts(EFFECTS)
 
 
 def _stream(tiny, **kw):
   params, fn, prompts = tiny
   src = frames.ProceduralFrames(height=32, width=32, seed=3)
-  sched = stream_eval.Schedule.cycle(list(prompts), 5, 24)
-  return stream_eval.run_stream(CFG, params, src, prompts, sched, 24, steps=1, chunk=6, seed=1, model_fn=fn, **kw)
+  sched = runner.Schedule.cycle(list(prompts), 5, 24)
+  return runner.run_stream(CFG, params, src, prompts, sched, 24, steps=1, chunk=6, seed=1, model_fn=fn, **kw)
 
 
-def _assert_same(a: stream_eval.StreamResult, b: stream_eval.StreamResult):
+def _assert_same(a: runner.StreamResult, b: runner.StreamResult):
   assert set(a.per_frame) == set(b.per_frame)
   for k in a.per_frame:  # bit for bit (NaN where the other has NaN)
     np.testing.assert_array_equal(a.per_frame[k], b.per_frame[k], err_msg=k)
@@ -63,28 +61,28 @@ def test_resume_refuses_another_run(tiny, tmp_path):
   _stream(tiny, checkpoint=ckpt, max_seconds=0.0)
   params, fn, prompts = tiny
   src = frames.ProceduralFrames(height=32, width=32, seed=3)
-  sched = stream_eval.Schedule.cycle(list(prompts), 5, 24)
+  sched = runner.Schedule.cycle(list(prompts), 5, 24)
   with pytest.raises(ValueError, match="seed"):
-    stream_eval.run_stream(CFG, params, src, prompts, sched, 24, steps=1, chunk=6, seed=2, model_fn=fn,
+    runner.run_stream(CFG, params, src, prompts, sched, 24, steps=1, chunk=6, seed=2, model_fn=fn,
                            checkpoint=ckpt)
   other = jax.tree.map(lambda x: x + 1, params)
   with pytest.raises(ValueError, match="params"):
-    stream_eval.run_stream(CFG, other, src, prompts, sched, 24, steps=1, chunk=6, seed=1, model_fn=fn,
+    runner.run_stream(CFG, other, src, prompts, sched, 24, steps=1, chunk=6, seed=1, model_fn=fn,
                            checkpoint=ckpt)
 
 
 def test_checkpoint_roundtrip_keeps_every_carry_bit(tmp_path):
-  carry = (stream_eval.empty_ring(CFG), stream_eval.empty_metric_carry(8, 8))
+  carry = (chunks.empty_ring(CFG), chunks.empty_metric_carry(8, 8))
   carry = jax.tree.map(lambda x: x + jax.random.uniform(jax.random.key(0), x.shape).astype(x.dtype), carry)
-  p = progress.Progress(12, carry, {"psnr": np.arange(12.0)}, np.zeros(12, int), np.ones(2), np.full(2, 6),
+  p = resume.ResumeState(12, carry, {"psnr": np.arange(12.0)}, np.zeros(12, int), np.ones(2), np.full(2, 6),
                         np.ones(2), np.zeros(1, int))
   path = str(tmp_path / "s.npz")
-  progress.save(path, p, {"a": (1, 2)})
-  q = progress.load(path, carry, {"a": [1, 2]})
+  resume.save(path, p, {"a": (1, 2)})
+  q = resume.load(path, carry, {"a": [1, 2]})
   assert q.done == 12 and jax.tree.structure(q.carry) == jax.tree.structure(carry)
   for x, y in zip(jax.tree.leaves(carry), jax.tree.leaves(q.carry)):
     np.testing.assert_array_equal(np.asarray(x), y)
-  assert progress.load(str(tmp_path / "none.npz"), carry, {}) is None
+  assert resume.load(str(tmp_path / "none.npz"), carry, {}) is None
 
 
 def test_procedural_frames_by_index_match_the_stream():
@@ -108,7 +106,7 @@ def test_metrics_fft_ops_are_one_dependent_chain():
   """Two FFT ops (forward of all layers, then inverse): independent FFTs may run side by side on
   XLA:CPU's pool and deadlock it (phase_shift's docstring)."""
   z = jnp.zeros((4, 64, 64, 3))
-  hlo = stream_eval.metrics_chunk_fn.lower(stream_eval.empty_metric_carry(64, 64), z, z, z,
+  hlo = chunks.metrics_chunk_fn.lower(chunks.empty_metric_carry(64, 64), z, z, z,
                                            np.zeros(4, bool)).compile().as_text()
   ffts = [line for line in hlo.splitlines() if " fft(" in line]
   assert len(ffts) == 2, ffts
@@ -121,12 +119,12 @@ def test_metrics_chunk_at_256_does_not_hang_on_two_cores():
   code = textwrap.dedent("""
       import os; os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])
       import numpy as np, jax, jax.numpy as jnp
-      from lsd_jax.eval import stream_eval
+      from lsd_jax.eval import chunks
       rng = np.random.default_rng(0)
       out, gt, fo = (jnp.asarray(rng.random((8, 256, 256, 3), dtype=np.float32)) for _ in range(3))
-      mc = stream_eval.empty_metric_carry(256, 256)
+      mc = chunks.empty_metric_carry(256, 256)
       for _ in range(4):
-        mc, row = stream_eval.metrics_chunk_fn(mc, out, gt, fo, np.zeros(8, bool))
+        mc, row = chunks.metrics_chunk_fn(mc, out, gt, fo, np.zeros(8, bool))
         jax.block_until_ready(row)
       print("finished")
       """)
@@ -135,14 +133,12 @@ def test_metrics_chunk_at_256_does_not_hang_on_two_cores():
   assert "finished" in proc.stdout, proc.stderr[-2000:]
 
 
-def test_evaluate_cli_stops_and_resumes_exactly(tmp_path):
-  model_dir = str(tmp_path / "model")
-  params = jax.jit(lambda k: lsd.init_params(k, CFG))(jax.random.key(0))
-  export.save(model_dir, CFG, params, dtype="float32", metadata={"note": "random tiny for tests"})
+def test_evaluate_cli_stops_and_resumes_exactly(tiny32, tmp_path):
+  model_dir = tiny32[0]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
 
   def run(out, *extra):
-    cmd = [sys.executable, os.path.join(ROOT, "experiments/evaluate.py"), f"--model={model_dir}", "--steps=1",
+    cmd = [sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}", "--steps=1",
            "--clips=0", "--stream_frames=30", "--switch_every=5", "--chunk=8", "--effects=sepia,snowfall",
            f"--out={out}", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -159,6 +155,6 @@ def test_evaluate_cli_stops_and_resumes_exactly(tmp_path):
   assert done["complete"] and done["resumed_at"] == 8 and done["frames"] == 30
   assert not (tmp_path / "cut" / "resume").exists()
   a, b = np.load(tmp_path / "whole" / "per_frame.npz"), np.load(tmp_path / "cut" / "per_frame.npz")
-  for k in stream_eval.PER_FRAME:
+  for k in chunks.PER_FRAME:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   assert whole["drift"] == done["drift"] and whole["per_effect"] == done["per_effect"]

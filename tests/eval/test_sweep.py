@@ -60,7 +60,7 @@ def test_across_seeds_mean_and_sd():
 @pytest.mark.slow
 def test_sweep_smoke_end_to_end(tmp_path):
   report = tmp_path / "ablations.md"
-  cmd = [sys.executable, os.path.join(ROOT, "experiments/sweep.py"), "--config=experiments/configs/lsd.py:smoke",
+  cmd = [sys.executable, "-m", "experiments.sweep", "--config=experiments/configs/lsd.py:smoke",
          "--config.total_steps=2", "--ablations=steps", f"--workdir={tmp_path / 'sweep'}", "--clips=0",
          "--stream_frames=8", "--switch_every=4", "--chunk=8", "--effects=sepia,snowfall", f"--report={report}"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)

@@ -33,7 +33,7 @@ def tiny_info(name="tiny-test") -> engine.ModelInfo:
 
 
 def tiny_model(encoder=None) -> engine.StreamModel:
-  return engine.StreamModel(TINY, engine.random_params(0, TINY), tiny_info(),
+  return engine.StreamModel(TINY, lsd.random_params(0, TINY), tiny_info(),
                             text_encoder=encoder or FakeTextEncoder())
 
 
@@ -48,6 +48,6 @@ def model():
 def tiny_checkpoint(tmp_path_factory):
   """A 64x64 tiny model folder with random weights (export format), labelled so."""
   d = tmp_path_factory.mktemp("tiny_ckpt")
-  export.save(str(d), TINY, engine.random_params(0, TINY), dtype="float32",
+  export.save(str(d), TINY, lsd.random_params(0, TINY), dtype="float32",
               metadata={"name": "tiny-test", "random_weights": True})
   return str(d)

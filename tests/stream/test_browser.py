@@ -53,11 +53,10 @@ def prompt_sensitive_checkpoint(tmp_path):
   """The random tiny model with its prompt projection scaled up 30x. Random weights barely
   listen to the prompt (a ~1 grey-level change against ~60 from the per-frame noise); this
   makes the prompt's path through page -> transport -> session -> output visible in pixels."""
-  from lsd_jax.models import export
-  from lsd_jax.stream import engine
+  from lsd_jax.models import export, lsd
   from tests.stream.conftest import TINY
 
-  params = engine.random_params(0, TINY)
+  params = lsd.random_params(0, TINY)
   params["denoiser"]["prompt_in"]["Dense_0"]["kernel"] *= 30.0
   export.save(str(tmp_path / "ckpt"), TINY, params, dtype="float32",
               metadata={"name": "tiny-prompt-x30", "random_weights": True})
@@ -104,7 +103,7 @@ def test_webrtc_fps_beats_the_websocket_on_this_machine(tmp_path):
   from lsd_jax.stream import engine
 
   cfg = lsd.LSDConfig(size="tiny", height=256, width=256)
-  export.save(str(tmp_path / "m"), cfg, engine.random_params(0, cfg), dtype="float32",
+  export.save(str(tmp_path / "m"), cfg, lsd.random_params(0, cfg), dtype="float32",
               metadata={"name": "tiny256", "random_weights": True})
   cam = tmp_path / "cam60.y4m"
   data = open(Y4M, "rb").read()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from lsd_jax.datasets import video
-from lsd_jax.models import export
+from lsd_jax.models import export, lsd
 from lsd_jax.stream import engine, preprocess, runner
 from tests.stream.conftest import TINY, tiny_model
 
@@ -175,7 +175,7 @@ def test_sigint_during_warmup_is_a_message_not_a_traceback(tmp_path, tiny_checkp
 
 
 def test_nan_weights_are_refused_at_load(tmp_path):
-  params = engine.random_params(0, TINY)
+  params = lsd.random_params(0, TINY)
   params["denoiser"]["prompt_in"]["Dense_0"]["kernel"][0, 0] = np.nan
   export.save(str(tmp_path / "m"), TINY, params, dtype="float32")
   with pytest.raises(export.CheckpointError, match="hold NaN or Inf.*prompt_in/Dense_0/kernel"):
@@ -185,7 +185,7 @@ def test_nan_weights_are_refused_at_load(tmp_path):
 
 
 def test_nan_output_stops_the_stream_with_a_message(tmp_path):
-  params = engine.random_params(0, TINY)
+  params = lsd.random_params(0, TINY)
   params["denoiser"]["prompt_in"]["Dense_0"]["kernel"][0, 0] = np.nan  # past the load check
   m = engine.StreamModel(TINY, params, tiny_model().info, text_encoder=tiny_model()._text_encoder)
   session = engine.StreamSession(m, prompt="")
@@ -197,7 +197,7 @@ def test_nan_output_stops_the_stream_with_a_message(tmp_path):
 def test_overflowing_weights_stop_the_cli_with_the_frames_counted(tmp_path):
   """Finite weights whose output overflows to Inf: the stream stops with a message and exit 1,
   and the stats say how many frames came out before."""
-  params = engine.random_params(0, TINY)
+  params = lsd.random_params(0, TINY)
   for leaf in ("kernel", "bias"):
     params["denoiser"]["prompt_in"]["Dense_0"][leaf] = (
         params["denoiser"]["prompt_in"]["Dense_0"][leaf] * np.float32(1e38))

@@ -1,5 +1,5 @@
-"""A stream's progress on disk, so that a long evaluation stream resumes part-way and gives the
-same numbers as an uninterrupted run.
+"""Resume state: a stream's state on disk, so that a long evaluation stream resumes part-way and
+gives the same numbers as an uninterrupted run (`runner.run_stream(checkpoint=...)`).
 
 What a stream carries from chunk to chunk is all of its state: the model's latent ring, the
 ground truth's EffectState, the metrics' previous frames (device pytrees), the frame index, and
@@ -25,7 +25,7 @@ import numpy as np
 
 
 @dataclasses.dataclass
-class Progress:
+class ResumeState:
   done: int  # frames streamed (a multiple of the chunk, or the stream's length)
   carry: Any  # (ring, effect state, metric carry): device or numpy pytrees
   per_frame: dict[str, np.ndarray]  # metric -> [done]
@@ -46,7 +46,7 @@ def params_digest(params) -> str:
   return h.hexdigest()
 
 
-def save(path: str, p: Progress, fingerprint: dict[str, Any]) -> None:
+def save(path: str, p: ResumeState, fingerprint: dict[str, Any]) -> None:
   leaves = jax.tree.leaves(jax.device_get(p.carry))
   arrays = {f"carry_{i}": np.asarray(x) for i, x in enumerate(leaves)}
   arrays.update({f"pf_{k}": v for k, v in p.per_frame.items()})
@@ -60,8 +60,8 @@ def save(path: str, p: Progress, fingerprint: dict[str, Any]) -> None:
   os.replace(tmp, path)
 
 
-def load(path: str, carry_template: Any, fingerprint: dict[str, Any]) -> Progress | None:
-  """The saved progress (carry rebuilt on the template's tree structure), or None when there is
+def load(path: str, carry_template: Any, fingerprint: dict[str, Any]) -> ResumeState | None:
+  """The saved state (carry rebuilt on the template's tree structure), or None when there is
   no checkpoint; ValueError when it was made by another model or protocol."""
   if not os.path.exists(path):
     return None
@@ -77,5 +77,5 @@ def load(path: str, carry_template: Any, fingerprint: dict[str, Any]) -> Progres
     if treedef.num_leaves != meta["carry_leaves"]:
       raise ValueError(f"{path}: {meta['carry_leaves']} carry arrays, expected {treedef.num_leaves}")
     carry = jax.tree.unflatten(treedef, [z[f"carry_{i}"] for i in range(treedef.num_leaves)])
-    return Progress(int(meta["done"]), carry, {k: z[f"pf_{k}"] for k in meta["metrics"]}, z["prompt_index"],
+    return ResumeState(int(meta["done"]), carry, {k: z[f"pf_{k}"] for k in meta["metrics"]}, z["prompt_index"],
                     z["chunk_seconds"], z["chunk_frames"], z["chunk_wall_seconds"], z["cold_chunks"])
