@@ -34,6 +34,8 @@ class DenoiserConfig:
   history_mode: str = "concat"
   history_len: int = 3  # K
   kernel_impl: str = "xla"  # pallas_kernels.api implementation
+  # Megatron-style tensor parallelism of the blocks (lsd_jax.models.parallel); None: one device.
+  tensor_parallel: layers.TensorParallel | None = None
 
   def __post_init__(self):
     if self.history_mode not in HISTORY_MODES:
@@ -97,7 +99,8 @@ class Denoiser(nn.Module):
     for i in range(s.depth):
       pruned = {"head_dim": s.head_dim, "mlp_dim": s.mlp_of(i)} if s.pruned else {}
       x = layers.DiTBlock(s.heads_of(i), s.mlp_ratio, frame_causal=causal, window=k if causal else None,
-                          dtype=self.dtype, kernel_impl=cfg.kernel_impl, name=f"block_{i}", **pruned)(x, cond)
+                          dtype=self.dtype, kernel_impl=cfg.kernel_impl, tensor_parallel=cfg.tensor_parallel,
+                          name=f"block_{i}", **pruned)(x, cond)
     out = layers.FinalLayer(s.patch * s.patch * c, self.dtype, name="final")(x, cond)
     v = layers.unpatchify(out, s.patch, h, w, c).astype(jnp.float32)
     return sh.constrain(v, sh.BATCH, sh.FRAME, sh.HEIGHT, sh.WIDTH, sh.CHANNEL)
@@ -113,5 +116,5 @@ class Denoiser(nn.Module):
     if cfg.history_mode == "concat":
       taus = layers.ScalarEmbedder(width, FREQ_DIM, self.dtype, name="tau_embed")(tau_BxTxK)
       taus = taus.reshape(b, t, cfg.history_len * width)
-      cond += layers.Dense(width, (sh.MLP, sh.COND), self.dtype, name="tau_mix")(nn.silu(taus))
+      cond += layers.Dense(width, (sh.MOD, sh.COND), self.dtype, name="tau_mix")(nn.silu(taus))
     return sh.constrain(cond, sh.BATCH, sh.FRAME, sh.COND)

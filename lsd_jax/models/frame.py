@@ -16,17 +16,24 @@ The mega kernel: `prepare_params` packs the denoiser's weights for it once (`ker
 "megastep"` where it can run, see `lsd.with_kernel_params`), and the frame function runs each
 denoiser step through it whenever the params carry the packed copy; every path that calls the
 frame function therefore measures the same implementation.
+
+Several devices (`lsd_jax.models.parallel`): `frame_fns(cfg, mesh)` is the same frame function
+with the denoiser split over the mesh's `model` axis (and a batch of streams over `data`), its
+pieces traced under the mesh and its logical rules, and `prepare_params(cfg, params, mesh)` puts
+the params in that layout on the mesh. Without a mesh (or with a one-device one) nothing changes.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from lsd_jax.diffusion import sampler
-from lsd_jax.models import lsd
+from lsd_jax.models import layers, lsd, parallel
 
 FrameFn = Callable[..., tuple[sampler.Ring, jax.Array]]
 
@@ -44,11 +51,16 @@ def frame_key(stream_key, index):
   return jax.random.fold_in(stream_key, index + 1)
 
 
-def frame_fns(cfg: lsd.LSDConfig) -> FrameFns:
+def frame_fns(cfg: lsd.LSDConfig, mesh: Mesh | None = None,
+              tensor: layers.TensorParallel | None = None) -> FrameFns:
   """Pure (unjitted) functions of one frame for `cfg` (its S, tau_inf, history mode, residual).
   `params` is {"autoencoder", "denoiser"[, "megastep"]}: with "megastep" (`prepare_params`) each
-  denoiser step runs as the mega kernel."""
-  ae, den = lsd.build(cfg)
+  denoiser step runs as the mega kernel. With a `mesh` (`parallel.make_mesh`), the functions of
+  that mesh: params from `prepare_params(cfg, params, mesh)`; `tensor` sets how the blocks
+  reduce (`layers.TensorParallel`: the dtype of the partial sums, token chunks)."""
+  if mesh is not None:
+    parallel.check(cfg, mesh)
+  ae, den = lsd.build(cfg, parallel.block_options(mesh, tensor))
 
   def encode(params, frames_BxHxWx3):
     return lsd.encode(ae, params["autoencoder"], frames_BxHxWx3)
@@ -67,7 +79,17 @@ def frame_fns(cfg: lsd.LSDConfig) -> FrameFns:
     ring, z = denoise(params, ring, c, prompt_BxE, key)
     return ring, decode(params, z)
 
-  return FrameFns(frame=frame, encode=encode, denoise=denoise, decode=decode)
+  fns = FrameFns(frame=frame, encode=encode, denoise=denoise, decode=decode)
+  return fns if mesh is None else FrameFns(*(_traced_under(mesh, fn) for fn in fns))
+
+
+def _traced_under(mesh: Mesh, fn: Callable) -> Callable:
+  @functools.wraps(fn)
+  def under_mesh(*args):
+    with parallel.traced_under(mesh):
+      return fn(*args)
+
+  return under_mesh
 
 
 def frame_fn(cfg: lsd.LSDConfig) -> FrameFn:
@@ -75,16 +97,22 @@ def frame_fn(cfg: lsd.LSDConfig) -> FrameFn:
   return frame_fns(cfg).frame
 
 
-def prepare_params(cfg: lsd.LSDConfig, params: dict[str, Any]) -> dict[str, Any]:
+def prepare_params(cfg: lsd.LSDConfig, params: dict[str, Any], mesh: Mesh | None = None) -> dict[str, Any]:
   """`params` as the frame function wants them: with the mega kernel's packed weights where
-  `cfg.kernel_impl` asks for it and it can run (made once here, never per frame)."""
+  `cfg.kernel_impl` asks for it and it can run (made once here, never per frame); with a `mesh`,
+  in its tensor layout and placed on it (`parallel.prepare`)."""
+  if mesh is not None:
+    return parallel.prepare(cfg, params, mesh)
   return lsd.with_kernel_params(cfg, params)
 
 
-def empty_ring(cfg: lsd.LSDConfig, batch: int = 1) -> sampler.Ring:
-  """A fresh stream's history (every slot empty), in distinct buffers (callers donate it)."""
+def empty_ring(cfg: lsd.LSDConfig, batch: int = 1, mesh: Mesh | None = None) -> sampler.Ring:
+  """A fresh stream's history (every slot empty), in distinct buffers (callers donate it); with
+  a `mesh`, on it (a batch of streams split over `data`)."""
   h, w, c = cfg.latent_shape
   ring = sampler.empty_ring(batch, cfg.history_len, h, w, c)
+  if mesh is not None:
+    return jax.device_put(ring, parallel.stream_sharding(mesh, batch_axis=True))
   return jax.tree.map(lambda x: jnp.array(x, copy=True), ring)
 
 

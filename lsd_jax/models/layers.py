@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -70,6 +73,109 @@ def _param(mod: nn.Module, name: str, shape, axes, init=None, dtype=jnp.float32)
   return mod.param(name, sh.init(init, *axes), shape, dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class TensorParallel:
+  """How a tensor-parallel DiT block reduces (static; `lsd_jax.models.parallel` sets it).
+
+  Each device holds a slice of every block's heads (q/k/v columns, out-projection rows) and MLP
+  columns (fc1 columns, fc2 rows); each sub-block ends in one all-reduce of its partial sums.
+  `reduce_dtype`: the dtype those partial sums travel in (bfloat16 halves the bytes of float32).
+  `chunks` > 1: each sub-block's last matmul and its all-reduce run in this many token chunks,
+  so that XLA can overlap chunk i's all-reduce with chunk i+1's matmul.
+  """
+
+  reduce_dtype: str = "bfloat16"
+  chunks: int = 1
+
+  def __post_init__(self):
+    if self.reduce_dtype not in ("bfloat16", "float32"):
+      raise ValueError(f"reduce_dtype must be bfloat16 or float32, got {self.reduce_dtype!r}")
+    if self.chunks < 1:
+      raise ValueError(f"chunks must be >= 1, got {self.chunks}")
+
+
+Reduce = Callable[[Callable, jax.Array], jax.Array]  # (partial fn, x_BxLxF) -> fn(x) summed over devices
+
+
+def _attention(x, shift, scale, gate, w_qkv, b_qkv, w_out, b_out, *, frames: int, head_dim: int,
+               frame_causal: bool, window: int | None, dtype, impl: str, reduce: Reduce | None):
+  """x + gate * Attention(LN(x) * (1 + scale) + shift) for x (B*T)xLxD, with as many heads as
+  w_qkv holds: all of them, or (under `shard_map`, `reduce` set) this device's share, the
+  out-projection's partial sums then reduced over the devices before its bias."""
+  bt, l, _ = x.shape
+  n = w_qkv.shape[1] // (3 * head_dim)
+  cast = lambda a: a.astype(dtype)  # noqa: E731
+  qkv = api.ln_modulate_linear(x, shift, scale, cast(w_qkv), cast(b_qkv), implementation=impl)
+  q, k, v = jnp.split(qkv.reshape(bt, l, 3, n, head_dim), 3, axis=2)
+  q, k, v = (y[:, :, 0] for y in (q, k, v))
+  if frame_causal:  # attention over all frames' tokens, frame-causal
+    q, k, v = (y.reshape(bt // frames, frames * l, n, head_dim) for y in (q, k, v))
+    if reduce is None:  # (inside shard_map the arrays are per device: no global constraint)
+      q, k, v = (sh.constrain(y, sh.BATCH, sh.TOKEN, sh.HEADS, sh.HEAD_DIM) for y in (q, k, v))
+    o = api.attention(q, k, v, frame_len=l, window=window, implementation=impl)
+  else:
+    o = api.attention(q, k, v, implementation=impl)
+  o = o.reshape(bt, l, n * head_dim)
+  project = lambda o: jnp.einsum("bld,de->ble", o, cast(w_out), preferred_element_type=jnp.float32)  # noqa: E731
+  if reduce is None:
+    o = project(o) + b_out
+  else:
+    o = reduce(project, o).astype(jnp.float32) + b_out
+  return x + (gate[:, None, :] * o).astype(dtype)
+
+
+def _mlp(x, shift, scale, gate, w_fc1, b_fc1, w_fc2, b_fc2, *, dtype, impl: str, reduce: Reduce | None):
+  """x + gate * MLP(LN(x) * (1 + scale) + shift), over all MLP columns or (`reduce` set) this
+  device's, their partial sums reduced before fc2's bias."""
+  cast = lambda a: a.astype(dtype)  # noqa: E731
+  y = api.ln_modulate_xla(x, shift, scale)
+  if reduce is None:
+    y = api.mlp(y, cast(w_fc1), cast(b_fc1), cast(w_fc2), cast(b_fc2), implementation=impl)
+  else:
+    no_bias = jnp.zeros(b_fc2.shape, dtype)
+    part = lambda y: api.mlp(y, cast(w_fc1), cast(b_fc1), cast(w_fc2), no_bias, implementation=impl)  # noqa: E731
+    y = (reduce(part, y).astype(jnp.float32) + b_fc2.astype(jnp.float32)).astype(dtype)
+  return x + (gate[:, None, :] * y).astype(dtype)
+
+
+def _reducer(tp: TensorParallel, axis: str) -> Reduce:
+  """fn(x) summed over the `axis` devices: one psum, or one per token chunk (`tp.chunks`)."""
+
+  def reduce(fn, x_BxLxF):
+    parts = jnp.array_split(x_BxLxF, tp.chunks, axis=1) if tp.chunks > 1 else [x_BxLxF]
+    outs = [jax.lax.psum(fn(p).astype(tp.reduce_dtype), axis) for p in parts]
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+  return reduce
+
+
+def _tensor_axis(heads: int, mlp_dim: int) -> str:
+  """The mesh axis the active logical rules split heads, q/k/v and MLP columns over; checks
+  that the split is whole (a clear error rather than a shape mismatch deep in XLA)."""
+  if not nn.get_logical_axis_rules():
+    raise ValueError("a tensor-parallel DiT block must be traced under its mesh and logical rules "
+                     "(lsd_jax.models.parallel.traced_under)")
+  axes = {name: nn.logical_to_mesh_axes((name,))[0] for name in (sh.HEADS, sh.QKV, sh.MLP)}
+  axis = axes[sh.QKV]
+  if axis is None or not isinstance(axis, str) or set(axes.values()) != {axis}:
+    raise ValueError(f"tensor parallelism needs heads, qkv and mlp on one mesh axis, rules give {axes}")
+  for name in (sh.EMBED, sh.TOKEN):
+    if nn.logical_to_mesh_axes((name,))[0] is not None:
+      raise ValueError(f"tensor parallelism keeps {name!r} whole on every device; the rules split it")
+  size = jax.sharding.get_abstract_mesh().shape[axis]
+  if heads % size or mlp_dim % size:
+    raise ValueError(f"{heads} heads and an MLP of {mlp_dim} do not split over {size} devices "
+                     f"(mesh axis {axis!r}): both must be divisible by it")
+  return axis
+
+
+def _sharded(fn, axis_names: tuple[tuple[str, ...], ...], *args):
+  """`fn` on every device's shards of `args` (logical axis names per argument, mapped to mesh
+  axes by the active rules); the result is laid out as the first argument."""
+  specs = tuple(nn.logical_to_mesh_axes(names) for names in axis_names)
+  return jax.shard_map(fn, in_specs=specs, out_specs=specs[0])(*args)
+
+
 class DiTBlock(nn.Module):
   """Pre-norm transformer block with adaLN-zero modulation from a per-frame condition.
 
@@ -78,6 +184,11 @@ class DiTBlock(nn.Module):
   with a window of `window` earlier frames. `head_dim` and `mlp_dim` (default: D / heads and
   D * mlp_ratio) let a pruned block keep fewer heads (attention width heads * head_dim < D) and
   a narrower MLP; the residual width D is unchanged.
+
+  With `tensor_parallel`, each sub-block runs under `shard_map` on this device's heads and MLP
+  columns (Megatron-style; the mesh axis comes from the active logical rules) and ends in one
+  all-reduce. Each device's q/k/v columns must then be an ordinary q/k/v kernel of its heads:
+  `lsd_jax.models.parallel.to_tensor_layout` reorders them so.
   """
 
   heads: int
@@ -88,6 +199,7 @@ class DiTBlock(nn.Module):
   kernel_impl: str = "xla"
   head_dim: int | None = None
   mlp_dim: int | None = None
+  tensor_parallel: TensorParallel | None = None
 
   @nn.compact
   def __call__(self, x_BxTxLxD, cond_BxTxD):
@@ -97,7 +209,7 @@ class DiTBlock(nn.Module):
       raise ValueError(f"width {d} is not divisible by {n} heads")
     hd = self.head_dim or d // n
     a = n * hd  # attention width (D unless heads were pruned)
-    mod = Dense(6 * d, (sh.COND, sh.MLP), self.dtype, zero_init=True)(nn.silu(cond_BxTxD))
+    mod = Dense(6 * d, (sh.COND, sh.MOD), self.dtype, zero_init=True)(nn.silu(cond_BxTxD))
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod.reshape(b * t, 6 * d), 6, axis=-1)
 
     w_qkv = _param(self, "qkv_kernel", (d, 3 * a), (sh.EMBED, sh.QKV))
@@ -108,26 +220,23 @@ class DiTBlock(nn.Module):
     b_fc1 = _param(self, "fc1_bias", (f,), (sh.MLP,), nn.initializers.zeros)
     w_fc2 = _param(self, "fc2_kernel", (f, d), (sh.MLP, sh.EMBED))
     b_fc2 = _param(self, "fc2_bias", (d,), (sh.EMBED,), nn.initializers.zeros)
-    cast = lambda a: a.astype(self.dtype)  # noqa: E731
 
     x = x_BxTxLxD.astype(self.dtype).reshape(b * t, l, d)
-    qkv = api.ln_modulate_linear(x, shift1, scale1, cast(w_qkv), cast(b_qkv),
-                                 implementation=self.kernel_impl)
-    q, k, v = jnp.split(qkv.reshape(b * t, l, 3, n, hd), 3, axis=2)
-    q, k, v = (y[:, :, 0] for y in (q, k, v))
-    if self.frame_causal:  # attention over all frames' tokens, frame-causal
-      q, k, v = (y.reshape(b, t * l, n, hd) for y in (q, k, v))
-      q, k, v = (sh.constrain(y, sh.BATCH, sh.TOKEN, sh.HEADS, sh.HEAD_DIM) for y in (q, k, v))
-      o = api.attention(q, k, v, frame_len=l, window=self.window, implementation=self.kernel_impl)
+    attn = functools.partial(_attention, frames=t, head_dim=hd, frame_causal=self.frame_causal,
+                             window=self.window, dtype=self.dtype, impl=self.kernel_impl)
+    mlp = functools.partial(_mlp, dtype=self.dtype, impl=self.kernel_impl)
+    if self.tensor_parallel is None:
+      x = attn(x, shift1, scale1, gate1, w_qkv, b_qkv, w_out, b_out, reduce=None)
+      x = mlp(x, shift2, scale2, gate2, w_fc1, b_fc1, w_fc2, b_fc2, reduce=None)
     else:
-      o = api.attention(q, k, v, implementation=self.kernel_impl)
-    o = o.reshape(b * t, l, a)
-    o = jnp.einsum("bld,de->ble", o, cast(w_out), preferred_element_type=jnp.float32) + b_out
-    x = x + (gate1[:, None, :] * o).astype(self.dtype)
-
-    y = api.ln_modulate_xla(x, shift2, scale2)
-    y = api.mlp(y, cast(w_fc1), cast(b_fc1), cast(w_fc2), cast(b_fc2), implementation=self.kernel_impl)
-    x = x + (gate2[:, None, :] * y).astype(self.dtype)
+      reduce = _reducer(self.tensor_parallel, _tensor_axis(n, f))
+      rows, vec = (sh.BATCH, sh.TOKEN, sh.EMBED), (sh.BATCH, sh.EMBED)
+      x = _sharded(functools.partial(attn, reduce=reduce),
+                   (rows, vec, vec, vec, (sh.EMBED, sh.QKV), (sh.QKV,), (sh.QKV, sh.EMBED), (sh.EMBED,)),
+                   x, shift1, scale1, gate1, w_qkv, b_qkv, w_out, b_out)
+      x = _sharded(functools.partial(mlp, reduce=reduce),
+                   (rows, vec, vec, vec, (sh.EMBED, sh.MLP), (sh.MLP,), (sh.MLP, sh.EMBED), (sh.EMBED,)),
+                   x, shift2, scale2, gate2, w_fc1, b_fc1, w_fc2, b_fc2)
     x = x.reshape(b, t, l, d)
     return sh.constrain(x, sh.BATCH, sh.FRAME, sh.TOKEN, sh.EMBED)
 
@@ -141,7 +250,7 @@ class FinalLayer(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxLxD, cond_BxTxD):
     b, t, l, d = x_BxTxLxD.shape
-    mod = Dense(2 * d, (sh.COND, sh.MLP), self.dtype, zero_init=True)(nn.silu(cond_BxTxD))
+    mod = Dense(2 * d, (sh.COND, sh.MOD), self.dtype, zero_init=True)(nn.silu(cond_BxTxD))
     shift, scale = jnp.split(mod.reshape(b * t, 2 * d), 2, axis=-1)
     y = api.ln_modulate_xla(x_BxTxLxD.reshape(b * t, l, d), shift, scale)
     y = Dense(self.out_features, (sh.EMBED, sh.PATCH_IN), self.dtype, zero_init=True)(y)

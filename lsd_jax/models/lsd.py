@@ -21,6 +21,7 @@ from lsd_jax.diffusion.shortcut import VelocityFn
 from lsd_jax.models import megastep, sizes
 from lsd_jax.models.autoencoder import Autoencoder
 from lsd_jax.models.denoiser import Denoiser, DenoiserConfig
+from lsd_jax.models.layers import TensorParallel
 from pallas_kernels import api
 
 
@@ -80,11 +81,13 @@ class LSDConfig:
     return cls(**dict(d))
 
 
-def build(cfg: LSDConfig) -> tuple[Autoencoder, Denoiser]:
+def build(cfg: LSDConfig, tensor_parallel: TensorParallel | None = None) -> tuple[Autoencoder, Denoiser]:
+  """The modules of `cfg`; with `tensor_parallel` the denoiser's blocks split over a mesh's
+  `model` axis (`lsd_jax.models.parallel`: its params in the tensor layout, traced under the mesh)."""
   s = cfg.model_size
   ae = Autoencoder(s.autoencoder, latent_scale=cfg.latent_scale)
   den = Denoiser(DenoiserConfig(s.denoiser, s.autoencoder.latent_channels, cfg.history_mode,
-                                cfg.history_len, cfg.kernel_impl))
+                                cfg.history_len, cfg.kernel_impl, tensor_parallel))
   return ae, den
 
 
