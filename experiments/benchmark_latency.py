@@ -6,6 +6,14 @@ Run on one H100 (the XLA flags are process-wide, so compare command-buffer setti
 processes, e.g. with XLA_FLAGS=--xla_gpu_enable_command_buffer= for "off"):
 
   python -m experiments.benchmark_latency --sizes=small,base --out_dir=reports/latency --label=default
+
+On the GPUs of one host, the large model split over 1, 2, 4 and 8 of them (tensor parallelism),
+and eight streams at once, one per GPU (the throughput mode):
+
+  python -m experiments.benchmark_latency --sizes=large --resolutions=832x480 --steps=2 \
+      --impls=xla --tp=1,2,4,8 --profile --label=tp
+  python -m experiments.benchmark_latency --sizes=large --resolutions=832x480 --steps=2 \
+      --impls=xla --tp=1 --streams=8 --label=streams
 """
 
 from __future__ import annotations
@@ -38,6 +46,14 @@ flags.DEFINE_bool("profile", False, "Also record every GPU kernel of one step an
                   "(GPU only; elsewhere logged and skipped).")
 flags.DEFINE_string("model", "", "An exported model folder (e.g. a pruned one): time its architecture "
                     "and its own weights at --resolutions instead of --sizes.")
+flags.DEFINE_list("tp", ["1"], "Tensor-parallel sizes: the denoiser split over this many devices "
+                  "(heads and MLP columns; models.parallel), each its own rows.")
+flags.DEFINE_list("streams", ["1"], "Streams per call: > 1 times a batch of independent streams split "
+                  "over the devices left beside --tp (the throughput mode: frames/s in all).")
+flags.DEFINE_enum("tp_reduce", "bfloat16", ["bfloat16", "float32"], "dtype of the tensor-parallel "
+                  "partial sums each all-reduce carries.")
+flags.DEFINE_integer("tp_chunks", 1, "Token chunks per tensor-parallel reduction (> 1: chunk i's "
+                     "all-reduce can overlap chunk i+1's matmul).", lower_bound=1)
 
 
 def main(argv) -> None:
@@ -47,12 +63,14 @@ def main(argv) -> None:
         sizes=tuple(FLAGS.sizes), resolutions=tuple(FLAGS.resolutions), steps=tuple(int(v) for v in FLAGS.steps),
         impls=tuple(FLAGS.impls), kernel_ops=tuple(FLAGS.kernel_ops), frame_only=tuple(FLAGS.frame_only),
         iters=FLAGS.iters, warmup=FLAGS.warmup, peak_tflops=FLAGS.peak_tflops, hbm_tbps=FLAGS.hbm_tbps,
-        out_dir=FLAGS.out_dir, label=FLAGS.label, resume=FLAGS.resume, profile=FLAGS.profile, model=FLAGS.model)
+        out_dir=FLAGS.out_dir, label=FLAGS.label, resume=FLAGS.resume, profile=FLAGS.profile, model=FLAGS.model,
+        tp=tuple(int(v) for v in FLAGS.tp), streams=tuple(int(v) for v in FLAGS.streams),
+        tp_reduce=FLAGS.tp_reduce, tp_chunks=FLAGS.tp_chunks)
     grid.check()
   except ValueError as e:  # not a number, an unknown name, a shape that does not tile
     raise app.UsageError(f"benchmark_latency: {e} (--sizes={','.join(FLAGS.sizes)} "
                          f"--resolutions={','.join(FLAGS.resolutions)} --steps={','.join(FLAGS.steps)} "
-                         f"--impls={','.join(FLAGS.impls)})")
+                         f"--impls={','.join(FLAGS.impls)} --tp={','.join(FLAGS.tp)})")
   try:
     md = latency.run(grid)
   except ValueError as e:  # --resume under other conditions than the rows it would extend

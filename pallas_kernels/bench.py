@@ -58,10 +58,14 @@ def device_time_fn(fn, *args, iters: int = 100) -> float:
   return (time.perf_counter() - t0) * 1e3 / iters
 
 
-# Kernel-name patterns -> category, first match wins (lower-cased names). Convolutions before
-# GEMMs: cuDNN's implicit-GEMM convolutions have "gemm" in their names; not bare "conv", which
-# XLA's dtype-convert fusions (`loop_convert_fusion`) also contain.
+# Kernel-name patterns -> category, first match wins (lower-cased names). Collectives first (NCCL's
+# kernel names hold "reduce" and "copy"). Convolutions before GEMMs: cuDNN's implicit-GEMM
+# convolutions have "gemm" in their names; not bare "conv", which XLA's dtype-convert fusions
+# (`loop_convert_fusion`) also contain.
+COMMUNICATION = "communication"  # collectives between devices (NCCL): tensor parallelism's all-reduces
 _CATEGORIES = (
+    (COMMUNICATION, ("nccl", "allreduce", "all_reduce", "allgather", "all_gather", "reducescatter",
+                     "reduce_scatter", "sendrecv")),
     ("attention kernel", ("attention", "flash", "fmha", "sdpa")),
     ("mega kernel", ("megastep", "megablock")),
     ("convolution", ("convolution", "conv2d", "fprop", "dgrad", "wgrad", "implicit", "cudnn")),

@@ -10,6 +10,14 @@ floor (matmul/conv FLOPs over `peak_tflops`) and the byte floor (bf16 weights re
 `hbm_tbps`), and the kernel path's output error against the XLA path on the same weights.
 Weights are random (`lsd.random_params`, in bf16) unless an exported model is given.
 
+Several devices: `tp` (tensor-parallel sizes, `models.parallel`) times the same step and frame
+with the denoiser split over `model:TP`, and `streams` > 1 a batch of that many independent
+streams split over a `data` axis (as many groups as the devices left beside TP hold and the batch
+divides into): the many-streams throughput mode, with frames per second in all (synchronised per
+call, and pipelined: back-to-back calls without waiting). The floors of such rows are per device
+(the denoiser's FLOPs and trunk weights split over TP, the rest replicated), and a profile's
+communication kernels (NCCL) are summed apart (`comm_ms`, `comm_share` of the kernel time).
+
 A grid longer than one device call fills in call by call: the JSON is written after every
 implementation, and `resume` keeps an earlier run's rows and measures only the missing cells,
 refusing to mix rows measured under other conditions (device, XLA flags, kernel ops, iters) in
@@ -32,8 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh
+
 from lsd_jax.models import frame as model_frame
-from lsd_jax.models import lsd, sizes
+from lsd_jax.models import layers, lsd, parallel, sizes
 from pallas_kernels import api, bench
 
 CONDITIONS = ("device", "xla_flags", "kernel_ops", "iters")  # what one table's rows must share
@@ -57,6 +67,10 @@ class Grid:
   resume: bool = False
   profile: bool = False  # CUPTI kernel profiles of one step and one frame (GPU only)
   model: str = ""  # an exported model folder: its architecture and weights instead of `sizes`
+  tp: tuple[int, ...] = (1,)  # tensor-parallel sizes (devices per model copy)
+  streams: tuple[int, ...] = (1,)  # streams per call (> 1: the throughput mode, over `data`)
+  tp_reduce: str = "bfloat16"  # dtype of the tensor-parallel partial sums (layers.TensorParallel)
+  tp_chunks: int = 1  # token chunks per reduction, for overlap (layers.TensorParallel)
 
   def check(self) -> None:
     """Every size x resolution x S the grid will visit, checked before anything is built
@@ -73,6 +87,19 @@ class Grid:
       raise ValueError(f"--steps must be integers >= 1, got {list(self.steps)}")
     if self.iters < 1 or self.warmup < 0:
       raise ValueError("--iters must be >= 1 and --warmup >= 0")
+    layers.TensorParallel(self.tp_reduce, self.tp_chunks)  # validates
+    if not self.tp or min(self.tp) < 1 or not self.streams or min(self.streams) < 1:
+      raise ValueError(f"--tp and --streams must be integers >= 1, got {list(self.tp)}, {list(self.streams)}")
+    for tp in self.tp:
+      if tp > jax.device_count():
+        raise ValueError(f"--tp={tp} needs {tp} devices, have {jax.device_count()}")
+      for name in ([] if self.model else self.sizes):
+        parallel.check(lsd.LSDConfig(size=name), {"model": tp})
+
+  @property
+  def meshes(self) -> list[tuple[int, int]]:
+    """(tp, streams) per measured mesh, in order."""
+    return [(tp, b) for tp in self.tp for b in self.streams]
 
   @property
   def stem(self) -> str:
@@ -82,36 +109,57 @@ class Grid:
 # ----------------------------------------------------------------------------- what is timed
 
 
-def step_inputs(cfg: lsd.LSDConfig, key) -> dict[str, jax.Array]:
-  """Random arguments of one denoiser step (one frame, concat history)."""
+def step_inputs(cfg: lsd.LSDConfig, key, batch: int = 1) -> dict[str, jax.Array]:
+  """Random arguments of one denoiser step (`batch` frames, concat history)."""
   h, w, c = cfg.latent_shape
-  k = cfg.history_len
+  k, b = cfg.history_len, batch
   ks = jax.random.split(key, 5)
   return dict(
-      z=jax.random.normal(ks[0], (1, 1, h, w, c)), c=jax.random.normal(ks[1], (1, 1, h, w, c)),
-      t=jnp.full((1, 1), 0.5), d=jnp.full((1, 1), 0.5),
-      prompt=jax.random.normal(ks[2], (1, sizes.PROMPT_DIM)),
-      hist=jax.random.normal(ks[3], (1, 1, k, h, w, c)),
-      tau=jax.random.uniform(ks[4], (1, 1, k)))
+      z=jax.random.normal(ks[0], (b, 1, h, w, c)), c=jax.random.normal(ks[1], (b, 1, h, w, c)),
+      t=jnp.full((b, 1), 0.5), d=jnp.full((b, 1), 0.5),
+      prompt=jax.random.normal(ks[2], (b, sizes.PROMPT_DIM)),
+      hist=jax.random.normal(ks[3], (b, 1, k, h, w, c)),
+      tau=jax.random.uniform(ks[4], (b, 1, k)))
 
 
-def step_fn(cfg: lsd.LSDConfig) -> Callable:
-  """jit(f(params, x) -> velocity): one denoiser step; params {"denoiser"[, "megastep"]}."""
-  _, den = lsd.build(cfg)
+def step_fn(cfg: lsd.LSDConfig, mesh: Mesh | None = None,
+            tensor: layers.TensorParallel | None = None) -> Callable:
+  """jit(f(params, x) -> velocity): one denoiser step; params {"denoiser"[, "megastep"]} (with a
+  `mesh`: from `frame.prepare_params(cfg, params, mesh)`, traced under the mesh)."""
+  _, den = lsd.build(cfg, parallel.block_options(mesh, tensor))
 
-  @jax.jit
   def step(params, x):
     vel = lsd.velocity_fn(den, params["denoiser"], params.get("megastep"))
     cond = {"c": x["c"], "prompt": x["prompt"], "hist": x["hist"], "tau": x["tau"]}
     return vel(x["z"], x["t"], x["d"], cond)
 
-  return step
+  if mesh is None:
+    return jax.jit(step)
+
+  def step_under_mesh(params, x):
+    with parallel.traced_under(mesh):
+      return step(params, x)
+
+  return jax.jit(step_under_mesh, out_shardings=parallel.stream_sharding(mesh, batch_axis=True))
 
 
-def frame_fn(cfg: lsd.LSDConfig, steps: int) -> Callable:
+def frame_fn(cfg: lsd.LSDConfig, steps: int, mesh: Mesh | None = None,
+             tensor: layers.TensorParallel | None = None) -> Callable:
   """The timed whole frame: the model's frame function at S = `steps`, jitted
-  (params, ring, frames_1xHxWx3, prompt_1xE, key) -> (ring, out)."""
-  return jax.jit(model_frame.frame_fn(dataclasses.replace(cfg, steps=steps)))
+  (params, ring, frames_BxHxWx3, prompt_BxE, key) -> (ring, out); with a `mesh`, that mesh's."""
+  cfg = dataclasses.replace(cfg, steps=steps)
+  if mesh is None:
+    return jax.jit(model_frame.frame_fn(cfg))
+  return jax.jit(model_frame.frame_fns(cfg, mesh, tensor).frame,
+                 out_shardings=parallel.stream_sharding(mesh, batch_axis=True))
+
+
+def stream_mesh(tp: int, streams: int, devices: int | None = None) -> Mesh | None:
+  """The mesh of `streams` streams at tensor-parallel size `tp`: `model:tp` x as many `data`
+  groups as the devices left hold and the batch divides into (one stream per group or more)."""
+  devices = jax.device_count() if devices is None else devices
+  groups = max(d for d in range(1, max(1, devices // tp) + 1) if streams % d == 0)
+  return parallel.make_mesh({"data": groups, "model": tp})
 
 
 @functools.lru_cache(maxsize=1)
@@ -122,27 +170,45 @@ def _random_weights(size: str) -> dict[str, Any]:
   return jax.tree.map(lambda p: jax.device_put(p).astype(jnp.bfloat16), host)
 
 
-def floors(cfg: lsd.LSDConfig, steps: int, grid: Grid) -> dict[str, float]:
+def floors(cfg: lsd.LSDConfig, steps: int, grid: Grid, tp: int = 1, streams: int = 1,
+           data: int = 1) -> dict[str, float]:
+  """FLOP and byte floors of one call, per device: the denoiser's FLOPs and its blocks' weights
+  split over `tp` devices, everything else replicated; `streams` frames over `data` groups."""
   rep = sizes.report(cfg.model_size, cfg.height, cfg.width, steps, cfg.history_mode, cfg.history_len)
   peak = grid.peak_tflops * 1e12
   bw = grid.hbm_tbps * 1e12
+  frames = streams / data  # per device group
+  den_step = rep["flops_denoiser_step"] / tp
+  other = rep["flops_frame"] - steps * rep["flops_denoiser_step"]  # the autoencoder's
+  den_bytes = 2 * (rep["params_denoiser"] - (1 - 1 / tp) * _trunk_params(cfg))
   return {
       "tokens": rep["tokens_per_frame"],
       "params_denoiser": rep["params_denoiser"],
-      "step_flop_floor_ms": rep["flops_denoiser_step"] / peak * 1e3,
-      "step_byte_floor_ms": 2 * rep["params_denoiser"] / bw * 1e3,
-      "frame_flop_floor_ms": rep["flops_frame"] / peak * 1e3,
-      "frame_byte_floor_ms": (steps * 2 * rep["params_denoiser"] + 2 * rep["params_autoencoder"])
-                             / bw * 1e3,
+      "step_flop_floor_ms": frames * den_step / peak * 1e3,
+      "step_byte_floor_ms": den_bytes / bw * 1e3,
+      "frame_flop_floor_ms": frames * (other + steps * den_step) / peak * 1e3,
+      "frame_byte_floor_ms": (steps * den_bytes + 2 * rep["params_autoencoder"]) / bw * 1e3,
   }
 
 
-def impl_name(cfg: lsd.LSDConfig, impl: str) -> str:
+def _trunk_params(cfg: lsd.LSDConfig) -> int:
+  """Parameters of the blocks' q/k/v, out-projection and MLP: what tensor parallelism splits."""
+  s = cfg.model_size.denoiser
+  total = 0
+  for i in range(s.depth):
+    a, f = s.heads_of(i) * s.head_dim, s.mlp_of(i)
+    total += s.width * 3 * a + 3 * a + a * s.width + s.width * f + f + f * s.width
+  return total
+
+
+def impl_name(cfg: lsd.LSDConfig, impl: str, mesh: Mesh | None = None) -> str:
   """The implementation that actually runs: "megastep" only where the mega kernel supports the
-  shape on this device, else the per-op backend it falls back to (e.g. "megastep->mosaic")."""
+  shape on this device (and on one device), else the per-op backend it falls back to (e.g.
+  "megastep->mosaic")."""
   if impl != "megastep":
     return api.resolve(impl)
-  return "megastep" if lsd.megastep_unsupported(cfg) is None else f"megastep->{api.resolve(impl)}"
+  ok = mesh is None and lsd.megastep_unsupported(cfg) is None
+  return "megastep" if ok else f"megastep->{api.resolve(impl)}"
 
 
 def kernel_profile(grid: Grid, fn, *args) -> dict:
@@ -155,18 +221,22 @@ def kernel_profile(grid: Grid, fn, *args) -> dict:
     logging.warning("--profile: no CUPTI kernel profile on %s; rows go without one",
                     jax.devices()[0].platform)
     return {}
-  return {"kernel_sum_ms": sum(k["ms"] for k in kernels),
-          "kernel_ms_by_category": bench.by_category(kernels), "kernels": kernels}
+  total = sum(k["ms"] for k in kernels)
+  by_cat = bench.by_category(kernels)
+  comm = by_cat.get(bench.COMMUNICATION, 0.0)
+  return {"kernel_sum_ms": total, "kernel_ms_by_category": by_cat, "kernels": kernels,
+          "comm_ms": comm, "comm_share": comm / total if total else 0.0}
 
 
 def _want_frame(grid: Grid, size: str, res: str, steps: int) -> bool:
   return not grid.frame_only or f"{size}:{res}:{steps}" in grid.frame_only
 
 
-def bench_cell(grid: Grid, size: str, res: str, model=None, skip=frozenset(), save=None) -> list[dict]:
-  """The rows of one size x resolution. `model`: (LSDConfig, params) of an exported model, timed
-  with its own weights. Skips the implementations in `skip`; `save(rows)` after each
-  implementation's rows."""
+def bench_cell(grid: Grid, size: str, res: str, model=None, skip=frozenset(), save=None,
+               tp: int = 1, streams: int = 1) -> list[dict]:
+  """The rows of one size x resolution x (tp, streams). `model`: (LSDConfig, params) of an
+  exported model, timed with its own weights. Skips the implementations in `skip`; `save(rows)`
+  after each implementation's rows."""
   if all(impl in skip for impl in grid.impls):  # resumed and finished: nothing to build
     return []
   width, height = (int(v) for v in res.split("x"))
@@ -178,25 +248,37 @@ def bench_cell(grid: Grid, size: str, res: str, model=None, skip=frozenset(), sa
   else:
     base_cfg = dataclasses.replace(model[0], height=height, width=width, kernel_impl="xla")
     params = jax.tree.map(lambda p: jnp.asarray(p, jnp.bfloat16), model[1])
-  x = step_inputs(base_cfg, jax.random.fold_in(key, 2))
-  frame_u8 = jax.random.randint(jax.random.fold_in(key, 3), (1, height, width, 3), 0, 256,
-                                jnp.int32).astype(jnp.uint8)
-  ring = model_frame.empty_ring(base_cfg)
-  ring = ring._replace(frames_BxKxHxWxC=jax.random.normal(jax.random.fold_in(key, 4),
-                                                          ring.frames_BxKxHxWxC.shape))
+  mesh = stream_mesh(tp, streams)
+  tensor = layers.TensorParallel(grid.tp_reduce, grid.tp_chunks)
+  on_mesh = {"tp": tp, "streams": streams, "mesh": parallel.format_mesh(mesh),
+             "devices": parallel.model_size(mesh) * parallel.data_size(mesh)}
+  if tp > 1:
+    on_mesh.update(tp_reduce=grid.tp_reduce, tp_chunks=grid.tp_chunks)
+  put = ((lambda x: x) if mesh is None else  # noqa: E731
+         (lambda x: jax.device_put(x, parallel.stream_sharding(mesh, batch_axis=True))))
+  x = put(step_inputs(base_cfg, jax.random.fold_in(key, 2), streams))
+  frame_u8 = put(jax.random.randint(jax.random.fold_in(key, 3), (streams, height, width, 3), 0, 256,
+                                    jnp.int32).astype(jnp.uint8))
+  ring = model_frame.empty_ring(base_cfg, streams)
+  ring = put(ring._replace(frames_BxKxHxWxC=jax.random.normal(jax.random.fold_in(key, 4),
+                                                              ring.frames_BxKxHxWxC.shape)))
   prompt = x["prompt"]
+  place_key = ((lambda k: k) if mesh is None else  # noqa: E731
+               (lambda k: jax.device_put(k, parallel.stream_sharding(mesh))))
+  host_params = {k: v for k, v in params.items() if k != "megastep"}
   ref_step = None
-  if "xla" in skip and any(i not in skip for i in grid.impls):  # resumed: the reference again
-    ref_step = step_fn(dataclasses.replace(base_cfg, kernel_impl="xla"))(
-        {k: v for k, v in params.items() if k != "autoencoder"}, x)
   for impl in grid.impls:
     if impl in skip:
       continue
     cfg = dataclasses.replace(base_cfg, kernel_impl=impl)
-    step = step_fn(cfg)
-    params = model_frame.prepare_params(cfg, {k: v for k, v in params.items() if k != "megastep"})
+    if ref_step is None and impl != "xla" and "xla" in skip:  # resumed: the reference again
+      xla_cfg = dataclasses.replace(base_cfg, kernel_impl="xla")
+      xla_params = model_frame.prepare_params(xla_cfg, host_params, mesh)
+      ref_step = step_fn(xla_cfg, mesh, tensor)({k: v for k, v in xla_params.items() if k != "autoencoder"}, x)
+    step = step_fn(cfg, mesh, tensor)
+    params = model_frame.prepare_params(cfg, host_params, mesh)
     step_params = {k: v for k, v in params.items() if k != "autoencoder"}
-    name = impl_name(cfg, impl)  # what runs, for every row of this implementation
+    name = impl_name(cfg, impl, mesh)  # what runs, for every row of this implementation
     t0 = time.perf_counter()
     out = jax.block_until_ready(step(step_params, x))
     compile_s = time.perf_counter() - t0
@@ -204,22 +286,25 @@ def bench_cell(grid: Grid, size: str, res: str, model=None, skip=frozenset(), sa
       ref_step = out
     err = bench.rel_err(out, ref_step)
     st = bench.time_fn(step, step_params, x, warmup=grid.warmup, iters=grid.iters)
+    fl = lambda s: floors(cfg, s, grid, tp, streams, parallel.data_size(mesh))  # noqa: E731
     row = {"label": grid.label, "size": size, "resolution": res, "impl": name,
            "what": "step", "steps": 1, **st, "rel_err_vs_xla": err, "compile_s": compile_s,
-           "impl_requested": impl, "random_weights": model is None, **floors(cfg, 1, grid),
+           "impl_requested": impl, "random_weights": model is None, **fl(1), **on_mesh,
            **kernel_profile(grid, step, step_params, x)}
     logging.info("%s", row)
     rows.append(row)
     for s in grid.steps:
       if not _want_frame(grid, size, res, s):
         continue
-      frame = frame_fn(cfg, s)
-      fkey = jax.random.fold_in(key, 10 + s)
+      frame = frame_fn(cfg, s, mesh, tensor)
+      fkey = place_key(jax.random.fold_in(key, 10 + s))
       jax.block_until_ready(frame(params, ring, frame_u8, prompt, fkey))
       ft = bench.time_fn(frame, params, ring, frame_u8, prompt, fkey, warmup=grid.warmup, iters=grid.iters)
       row = {"label": grid.label, "size": size, "resolution": res, "impl": name,
-             "what": "frame", "steps": s, **ft, "random_weights": model is None, **floors(cfg, s, grid),
-             "impl_requested": impl, **kernel_profile(grid, frame, params, ring, frame_u8, prompt, fkey)}
+             "what": "frame", "steps": s, **ft, "random_weights": model is None, **fl(s),
+             "impl_requested": impl, **on_mesh, **throughput(grid, streams, ft, frame, params, ring,
+                                                              frame_u8, prompt, fkey),
+             **kernel_profile(grid, frame, params, ring, frame_u8, prompt, fkey)}
       logging.info("%s", row)
       rows.append(row)
     if save is not None:
@@ -227,17 +312,37 @@ def bench_cell(grid: Grid, size: str, res: str, model=None, skip=frozenset(), sa
   return rows
 
 
+def throughput(grid: Grid, streams: int, timed: dict, fn, *args) -> dict:
+  """Frames per second in all, for a batch of streams: from the synchronised p50, and pipelined
+  (back-to-back calls, one wait at the end: what a server that queues frames gets)."""
+  if streams == 1:
+    return {}
+  pipelined_ms = bench.device_time_fn(fn, *args, iters=grid.iters)
+  return {"frames_per_s": streams * 1e3 / timed["p50_ms"], "pipelined_ms": pipelined_ms,
+          "frames_per_s_pipelined": streams * 1e3 / pipelined_ms}
+
+
 # ----------------------------------------------------------------------------- tables and plots
 
 
+def _mesh(r: dict) -> str:
+  return r.get("mesh", "1")  # rows from before tensor parallelism ran on one device
+
+
 def ratios(rows: list[dict]) -> None:
-  """Adds xla_over_kernel (>1: kernel path faster) to each non-XLA row."""
-  xla = {(r["label"], r["size"], r["resolution"], r["what"], r["steps"]): r for r in rows
-         if r["impl"] == "xla"}
+  """Adds xla_over_kernel (>1: kernel path faster) to each non-XLA row, and tp_speedup (p50 on
+  one device over p50 on this row's mesh, same implementation and streams) to each multi-device
+  row."""
+  key = lambda r: (r["label"], r["size"], r["resolution"], r["what"], r["steps"])  # noqa: E731
+  xla = {(*key(r), _mesh(r)): r for r in rows if r["impl"] == "xla"}
+  one = {(*key(r), r["impl"], r.get("streams", 1)): r for r in rows if r.get("tp", 1) == 1}
   for r in rows:
-    ref = xla.get((r["label"], r["size"], r["resolution"], r["what"], r["steps"]))
+    ref = xla.get((*key(r), _mesh(r)))
     if ref is not None and r["impl"] != "xla":
       r["xla_over_kernel_p50"] = ref["p50_ms"] / r["p50_ms"]
+    base = one.get((*key(r), r["impl"], r.get("streams", 1)))
+    if base is not None and r.get("tp", 1) > 1:
+      r["tp_speedup_p50"] = base["p50_ms"] / r["p50_ms"]
 
 
 def run_info(grid: Grid) -> dict:
@@ -257,18 +362,36 @@ def markdown(rows: list[dict], info: dict, label: str) -> str:
           f"kernel ops {','.join(info['kernel_ops'])}, "
           f"{info.get('iters', '?')} timed calls each, {weights}. "
           "x floor: p50 over the larger of the two floors (1.0 = at the roofline).\n\n")
-  lines = ["| size | WxH | tokens | what | S | impl | p50 ms | p99 ms | FLOP floor ms | "
-           "byte floor ms | x floor | XLA/kernel p50 | rel err vs XLA |", "|" + "---|" * 13]
+  lines = ["| size | WxH | tokens | what | S | impl | mesh | p50 ms | p99 ms | FLOP floor ms | "
+           "byte floor ms | x floor | XLA/kernel p50 | rel err vs XLA |", "|" + "---|" * 14]
   for r in rows:
     floor_f = r["step_flop_floor_ms"] if r["what"] == "step" else r["frame_flop_floor_ms"]
     floor_b = r["step_byte_floor_ms"] if r["what"] == "step" else r["frame_byte_floor_ms"]
     ratio = f"{r['xla_over_kernel_p50']:.2f}" if "xla_over_kernel_p50" in r else ""
     err = f"{r['rel_err_vs_xla']:.1e}" if "rel_err_vs_xla" in r else ""
     lines.append(f"| {r['size']} | {r['resolution']} | {r['tokens']} | {r['what']} | "
-                 f"{r['steps']} | {r['impl']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+                 f"{r['steps']} | {r['impl']} | {_mesh(r)} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
                  f"{floor_f:.3f} | {floor_b:.3f} | {r['p50_ms'] / max(floor_f, floor_b):.1f} | "
                  f"{ratio} | {err} |")
-  return head + "\n".join(lines) + "\n"
+  return head + "\n".join(lines) + "\n" + _mesh_markdown(rows)
+
+
+def _mesh_markdown(rows: list[dict]) -> str:
+  """Rows on several devices: speed-up over one device, communication share, throughput."""
+  multi = [r for r in rows if r.get("devices", 1) > 1]
+  if not multi:
+    return ""
+  lines = ["", "Several devices (floors above are per device; comm = NCCL kernels' share of the "
+           "kernel time, summed over devices, from --profile):", "",
+           "| size | WxH | what | S | impl | mesh | streams | p50 ms | p99 ms | speed-up vs 1 | comm | "
+           "frames/s | frames/s pipelined |", "|" + "---|" * 13]
+  fmt = lambda r, k, f: format(r[k], f) if k in r else ""  # noqa: E731
+  for r in multi:
+    lines.append(f"| {r['size']} | {r['resolution']} | {r['what']} | {r['steps']} | {r['impl']} | "
+                 f"{_mesh(r)} | {r.get('streams', 1)} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+                 f"{fmt(r, 'tp_speedup_p50', '.2f')} | {fmt(r, 'comm_share', '.0%')} | "
+                 f"{fmt(r, 'frames_per_s', '.0f')} | {fmt(r, 'frames_per_s_pipelined', '.0f')} |")
+  return "\n".join(lines) + "\n"
 
 
 def kernels_markdown(rows: list[dict], info: dict, label: str, top: int = 12) -> str:
@@ -279,6 +402,8 @@ def kernels_markdown(rows: list[dict], info: dict, label: str, top: int = 12) ->
     if "kernels" not in r:
       continue
     what = "step" if r["what"] == "step" else f"frame, S={r['steps']}"
+    if _mesh(r) != "1":
+      what += f", mesh {_mesh(r)}"
     out.append(f"\n### {r['size']} {r['resolution']} {what}, {r['impl']}: kernels "
                f"{r['kernel_sum_ms']:.3f} ms of {r['p50_ms']:.3f} ms host p50\n")
     out.append("| category | ms | share |\n|---|---|---|")
@@ -302,14 +427,17 @@ def plot(rows: list[dict], path: str, device: str, label: str, size_order: tuple
   order = {s: i for i, s in enumerate(size_order)}
   names = sorted({(r["size"], r["resolution"]) for r in steps_rows},
                  key=lambda k: (order.get(k[0], len(order)), k[1]))
-  impls = sorted({r["impl"] for r in steps_rows})
+  label_of = lambda r: r["impl"] if _mesh(r) == "1" else f"{r['impl']} {_mesh(r)}"  # noqa: E731
+  impls = sorted({label_of(r) for r in steps_rows})
   width = 0.8 / (len(impls) + 1)
   for j, impl in enumerate(impls):
     vals = [next((r["p50_ms"] for r in steps_rows if (r["size"], r["resolution"]) == n
-                  and r["impl"] == impl), np.nan) for n in names]
+                  and label_of(r) == impl), np.nan) for n in names]
     ax.bar(np.arange(len(names)) + j * width, vals, width, label=f"{impl} p50")
   floor = [next(max(r["step_flop_floor_ms"], r["step_byte_floor_ms"]) for r in steps_rows
-                if (r["size"], r["resolution"]) == n) for n in names]
+                if (r["size"], r["resolution"]) == n and _mesh(r) == "1") if any(
+                    (r["size"], r["resolution"]) == n and _mesh(r) == "1" for r in steps_rows) else np.nan
+           for n in names]
   ax.bar(np.arange(len(names)) + len(impls) * width, floor, width,
          label="floor (FLOPs or bytes, the larger)")
   ax.set_xticks(np.arange(len(names)) + width * len(impls) / 2)
@@ -326,10 +454,10 @@ def plot(rows: list[dict], path: str, device: str, label: str, size_order: tuple
 # ----------------------------------------------------------------------------- the grid
 
 
-def done(rows: list[dict], size: str, res: str) -> set[str]:
-  """The implementations whose rows for (size, res) a resumed run already has."""
+def done(rows: list[dict], size: str, res: str, tp: int = 1, streams: int = 1) -> set[str]:
+  """The implementations whose rows for (size, res, tp, streams) a resumed run already has."""
   return {r.get("impl_requested") for r in rows if r["size"] == size and r["resolution"] == res
-          and r["what"] == "step"}
+          and r["what"] == "step" and r.get("tp", 1) == tp and r.get("streams", 1) == streams}
 
 
 def _resumed(grid: Grid, size_names: tuple[str, ...], info: dict) -> tuple[list[dict], dict]:
@@ -339,8 +467,8 @@ def _resumed(grid: Grid, size_names: tuple[str, ...], info: dict) -> tuple[list[
     earlier_run = json.load(f)
   rows = earlier_run.pop("rows")
   logging.info("resuming: %d rows from %s.json", len(rows), grid.stem)
-  left = [(size, res) for size in size_names for res in grid.resolutions
-          if set(grid.impls) - done(rows, size, res)]
+  left = [(size, res) for size in size_names for res in grid.resolutions for tp, b in grid.meshes
+          if set(grid.impls) - done(rows, size, res, tp, b)]
   changed = {k: (earlier_run[k], info[k]) for k in CONDITIONS if k in earlier_run and earlier_run[k] != info[k]}
   if left and changed:  # one table, one set of conditions
     raise ValueError(f"--resume: {grid.stem}.json was measured with {changed} (earlier, now); "
@@ -374,11 +502,12 @@ def run(grid: Grid) -> str:
   with api.kernel_ops(grid.kernel_ops, backends=("mosaic", "triton")):
     for size in size_names:
       for res in grid.resolutions:
-        earlier = list(rows)
-        new = bench_cell(grid, size, res, model, skip=frozenset(done(rows, size, res)),
-                         save=lambda new_rows: save(earlier + tag(new_rows)))
-        rows = earlier + tag(new)
-        save(rows)
+        for tp, streams in grid.meshes:
+          earlier = list(rows)
+          new = bench_cell(grid, size, res, model, skip=frozenset(done(rows, size, res, tp, streams)),
+                           save=lambda new_rows: save(earlier + tag(new_rows)), tp=tp, streams=streams)
+          rows = earlier + tag(new)
+          save(rows)
   md = markdown(rows, info, grid.label)
   with open(grid.stem + ".md", "w") as f:
     f.write(md)

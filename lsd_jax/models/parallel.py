@@ -90,25 +90,30 @@ def make_mesh(spec: str | Mapping[str, int] | None, devices: Sequence[Any] | Non
   return Mesh(np.asarray(devices[:n]).reshape(axes[sh.DATA_AXIS], axes[sh.MODEL_AXIS]), AXES)
 
 
-def format_mesh(mesh: Mesh | Mapping[str, int] | None) -> str:
-  """`data:D,model:M` (`1` for no mesh)."""
-  if mesh is None:
-    return "1"
-  axes = dict(mesh.shape) if isinstance(mesh, Mesh) else dict(mesh)
-  return ",".join(f"{a}:{axes.get(a, 1)}" for a in AXES)
+MeshLike = Mesh | Mapping[str, int] | str | None
 
 
-def model_size(mesh: Mesh | None) -> int:
+def _axes(mesh: MeshLike) -> dict[str, int]:
+  return {a: int(mesh.shape.get(a, 1)) for a in AXES} if isinstance(mesh, Mesh) else parse_mesh(mesh)
+
+
+def format_mesh(mesh: MeshLike) -> str:
+  """`model:M`, `data:D` or `data:D,model:M`, its axes of one device left out (`1`: no mesh)."""
+  axes = _axes(mesh)
+  return ",".join(f"{a}:{axes[a]}" for a in AXES if axes[a] > 1) or "1"
+
+
+def model_size(mesh: MeshLike) -> int:
   """Devices per tensor-parallel group (1 without a mesh)."""
-  return 1 if mesh is None else int(mesh.shape.get(sh.MODEL_AXIS, 1))
+  return _axes(mesh)[sh.MODEL_AXIS]
 
 
-def data_size(mesh: Mesh | None) -> int:
+def data_size(mesh: MeshLike) -> int:
   """Stream groups a batch is split into (1 without a mesh)."""
-  return 1 if mesh is None else int(mesh.shape.get(sh.DATA_AXIS, 1))
+  return _axes(mesh)[sh.DATA_AXIS]
 
 
-def check(cfg: lsd.LSDConfig, mesh: Mesh | None, batch: int | None = None) -> None:
+def check(cfg: lsd.LSDConfig, mesh: MeshLike, batch: int | None = None) -> None:
   """ValueError, naming the block and the divisors that would work, where `cfg` cannot split
   over `mesh`: every block's heads and MLP width divisible by the `model` size, and `batch`
   (when given) by the `data` size."""

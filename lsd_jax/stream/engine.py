@@ -13,6 +13,11 @@ output equals theirs bit for bit for the same weights, key and frames.
 `StreamModel` is what several streams share (config, parameters on device, the compiled step,
 the prompt-embedding cache); `StreamSession` is one stream's state on top of it. The text
 encoder runs once per new prompt text, never per frame.
+
+Several GPUs (`mesh="model:4"`, lsd-stream/lsd-serve `--mesh`): the same frame function with the
+denoiser split over the mesh (`models.parallel`), the params placed on it once, the state and
+the prompt replicated on it, and the step jitted with the state's sharding pinned, so a stream
+stays on its mesh and compiles once.
 """
 
 from __future__ import annotations
@@ -24,15 +29,16 @@ import os
 import pathlib
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 from absl import logging
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 
 from lsd_jax.diffusion import sampler
-from lsd_jax.models import export, lsd, sizes
+from lsd_jax.models import export, lsd, parallel, sizes
 from lsd_jax.models import frame as model_frame
 from lsd_jax.stream import preprocess
 
@@ -68,6 +74,7 @@ class ModelInfo:
   size: str
   resolution: str
   steps: int
+  mesh: str = "1"  # the devices the step runs on (models.parallel.format_mesh)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -124,11 +131,12 @@ class StepFns(NamedTuple):
 
 
 @functools.lru_cache(maxsize=8)
-def make_step_fns(cfg: lsd.LSDConfig) -> StepFns:
+def make_step_fns(cfg: lsd.LSDConfig, mesh: Mesh | None = None) -> StepFns:
   """The model's frame function (`models.frame`) jitted for one config, around the stream's
   state; cached, so models of one config share their compilations (the parameters are
-  arguments, not constants)."""
-  fns = model_frame.frame_fns(cfg)
+  arguments, not constants). With a `mesh`, the frame function of that mesh, every output
+  replicated on it (the state comes back where it went in: no recompilation, no transfer)."""
+  fns = model_frame.frame_fns(cfg, mesh)
 
   def key_of(state: StreamState):  # frame i (= state.index) samples with fold_in(stream_key, i + 1)
     return model_frame.frame_key(jax.random.wrap_key_data(state.key_data), state.index)
@@ -147,8 +155,14 @@ def make_step_fns(cfg: lsd.LSDConfig) -> StepFns:
     ring, out = fns.frame(params, state.ring, frame_HxWx3[None], prompt_E[None].astype(jnp.float32), key_of(state))
     return StreamState(ring, state.index + 1, state.key_data), model_frame.to_uint8(out[0])
 
-  return StepFns(step=jax.jit(stream_step, donate_argnums=(1,)), encode=jax.jit(encode),
-                 denoise=jax.jit(denoise, donate_argnums=(1,)), decode=jax.jit(decode))
+  if mesh is None:
+    return StepFns(step=jax.jit(stream_step, donate_argnums=(1,)), encode=jax.jit(encode),
+                   denoise=jax.jit(denoise, donate_argnums=(1,)), decode=jax.jit(decode))
+  on_mesh = parallel.stream_sharding(mesh)
+  return StepFns(step=jax.jit(stream_step, donate_argnums=(1,), out_shardings=on_mesh),
+                 encode=jax.jit(encode, out_shardings=on_mesh),
+                 denoise=jax.jit(denoise, donate_argnums=(1,), out_shardings=on_mesh),
+                 decode=jax.jit(decode, out_shardings=on_mesh))
 
 
 @jax.jit
@@ -161,7 +175,7 @@ class StreamModel:
 
   def __init__(self, cfg: lsd.LSDConfig, params, info: ModelInfo, *, steps: int | None = None,
                tau_inf: float | None = None, param_dtype=None, text_encoder=None,
-               kernel_impl: str | None = None):
+               kernel_impl: str | None = None, mesh: str | Mapping[str, int] | Mesh | None = None):
     if steps is not None and not (isinstance(steps, (int, np.integer)) and 1 <= steps <= MAX_STEPS):
       raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
     if steps is not None and steps != cfg.steps:
@@ -171,11 +185,20 @@ class StreamModel:
       cfg = dataclasses.replace(cfg, tau_inf=float(tau_inf))  # follows input and prompt sooner, flickers more
     if kernel_impl is not None:  # pallas_kernels.api implementation (LSDConfig checks the name)
       cfg = dataclasses.replace(cfg, kernel_impl=kernel_impl)
+    self.mesh = mesh if isinstance(mesh, Mesh) else parallel.make_mesh(mesh)
+    if parallel.data_size(self.mesh) > 1:  # a session is one stream (the benchmark batches them)
+      raise ValueError(f"a stream runs on a model:M mesh, not {parallel.format_mesh(self.mesh)}: "
+                       "data:D splits a batch of streams (benchmark_latency.py --streams)")
+    if info is not None and self.mesh is not None:
+      info = dataclasses.replace(info, mesh=parallel.format_mesh(self.mesh))
     self.cfg, self.info = cfg, info
     if param_dtype is not None:
       params = jax.tree.map(lambda p: jnp.asarray(p, param_dtype), params)
-    self.params = jax.device_put(model_frame.prepare_params(cfg, params))
-    self.fns = make_step_fns(cfg)
+    if self.mesh is None:
+      self.params = jax.device_put(model_frame.prepare_params(cfg, params))
+    else:  # in the tensor layout, each device its slices (parallel.prepare checks the split)
+      self.params = model_frame.prepare_params(cfg, params, self.mesh)
+    self.fns = make_step_fns(cfg, self.mesh)
     self._text_encoder = text_encoder
     self._embeddings: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
     self._lock = threading.Lock()
@@ -231,6 +254,12 @@ class StreamModel:
       while len(self._embeddings) > EMBEDDING_CACHE_SIZE:
         self._embeddings.popitem(last=False)
 
+  def put(self, tree):
+    """`tree` on the device(s) the step runs on (with a mesh: replicated over it)."""
+    if self.mesh is None:
+      return jax.device_put(tree)
+    return jax.device_put(tree, parallel.stream_sharding(self.mesh))
+
   def compilations(self) -> int:
     """Compiled variants of the fused step (1 after warm-up, forever after)."""
     return self.fns.step._cache_size()  # pylint: disable=protected-access
@@ -259,11 +288,11 @@ class StreamSession:
     self.model = model
     self.seed = seed
     self._initial = initial_state(model.cfg, seed)
-    self._state = jax.device_put(self._initial)
+    self._state = self.model.put(self._initial)
     emb = model.embed(prompt)
     self.prompt = prompt
     self._emb_from = self._emb_to = emb
-    self._emb_dev = jax.device_put(emb)
+    self._emb_dev = self.model.put(emb)
     self._transition = 0
     self._since_set = 0
     self.last_input: np.ndarray | None = None  # the last frame as the model saw it (sinks)
@@ -285,7 +314,7 @@ class StreamSession:
     self._since_set = 0
     self.prompt = text
     if self._transition == 0:
-      self._emb_dev = jax.device_put(target)
+      self._emb_dev = self.model.put(target)
 
   def _current_embedding(self) -> np.ndarray:
     """The embedding the last frame used."""
@@ -303,7 +332,7 @@ class StreamSession:
     """The embedding for the next frame, on device (a fresh copy only during a transition)."""
     if self._transition and self._since_set < self._transition:
       self._since_set += 1
-      self._emb_dev = jax.device_put(self._current_embedding())
+      self._emb_dev = self.model.put(self._current_embedding())
     return self._emb_dev
 
   # -- frames ---------------------------------------------------------------------------------
@@ -367,10 +396,10 @@ class StreamSession:
         raise TypeError(f"seed must be an int, got {seed!r}")
       self.seed = int(seed)
       self._initial = initial_state(self.model.cfg, self.seed)
-    self._state = jax.device_put(self._initial)
+    self._state = self.model.put(self._initial)
     self._emb_from = self._emb_to
     self._transition = 0
-    self._emb_dev = jax.device_put(self._emb_to)
+    self._emb_dev = self.model.put(self._emb_to)
 
   def warmup(self, *, profile: bool = False) -> float:
     """Compiles the step (or its profile pieces) on a throwaway copy of the state; returns the
@@ -378,11 +407,11 @@ class StreamSession:
     t0 = time.perf_counter()
     p, fns = self.model.params, self.model.fns
     frame = np.zeros((self.model.height, self.model.width, 3), np.uint8)
-    state, out = fns.step(p, jax.device_put(self._initial), frame, self._emb_dev)
+    state, out = fns.step(p, self.model.put(self._initial), frame, self._emb_dev)
     jax.block_until_ready(out)
     _all_finite(state.ring)  # compiles the per-frame NaN check too
     if profile:
-      _, z = fns.denoise(p, jax.device_put(self._initial), fns.encode(p, frame), self._emb_dev)
+      _, z = fns.denoise(p, self.model.put(self._initial), fns.encode(p, frame), self._emb_dev)
       jax.block_until_ready(fns.decode(p, z))
     return time.perf_counter() - t0
 

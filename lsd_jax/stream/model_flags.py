@@ -1,6 +1,6 @@
 """The model flags of both streaming front ends (lsd-stream and lsd-serve), spelt one way.
 
-  --model_dir=DIR  --steps=S  --tau_inf=T  --kernel_impl=NAME  --seed=N
+  --model_dir=DIR  --steps=S  --tau_inf=T  --kernel_impl=NAME  --seed=N  --mesh=model:M
 
 The spellings of earlier releases stay as aliases: --checkpoint (both tools), --tau-inf and
 --kernel-impl (lsd-stream). Bad values end with a usage message at flag parsing, before anything
@@ -9,6 +9,7 @@ loads or compiles. Importing this module loads neither jax nor the model (so `--
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from absl import flags
@@ -32,6 +33,10 @@ KERNEL_IMPL = flags.DEFINE_enum(
     "Denoiser ops implementation (default: the model's, xla): auto picks Pallas kernels on GPUs; "
     "megastep runs each denoiser step as one Mosaic GPU kernel on a Hopper GPU "
     "(pallas_kernels/megastep_mgpu.py; elsewhere it acts as auto).")
+MESH = flags.DEFINE_string(
+    "mesh", None, "Split the denoiser over this many GPUs of the host (tensor parallelism: each "
+    "block's attention heads and MLP columns; the autoencoder is replicated): model:M or M, e.g. "
+    "model:4. The model's heads and MLP width must divide by M. Default: one device.")
 SEED = flags.DEFINE_integer(
     "seed", 0, "Stream seed: the noise of every frame derives from it (lsd-serve: the first "
     "session's; each next one adds 1).")
@@ -44,10 +49,15 @@ flags.register_validator("steps", lambda v: v is None or 1 <= v <= MAX_STEPS,
                          f"--steps must be in 1..{MAX_STEPS}")
 flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0,
                          "--tau_inf must be in [0, 1)")
+# The syntax of models.parallel.parse_mesh for one stream (no data axis); the device count and
+# the model's heads are checked when the model loads.
+flags.register_validator("mesh", lambda v: v is None or re.fullmatch(r"(model:)?[1-9][0-9]*", v.strip()) is not None,
+                         "--mesh must be model:M or M (M >= 1 devices), e.g. model:4")
 
-NAMES = ("model_dir", "steps", "tau_inf", "kernel_impl", "seed")
+NAMES = ("model_dir", "steps", "tau_inf", "kernel_impl", "seed", "mesh")
 
 
 def model_kwargs() -> dict[str, Any]:
   """engine.StreamModel.load's arguments from the parsed flags."""
-  return {"steps": STEPS.value, "tau_inf": TAU_INF.value, "kernel_impl": KERNEL_IMPL.value}
+  return {"steps": STEPS.value, "tau_inf": TAU_INF.value, "kernel_impl": KERNEL_IMPL.value,
+          "mesh": MESH.value}

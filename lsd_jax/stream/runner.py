@@ -2,7 +2,8 @@
 parses the flags).
 
 Every option is checked before the model loads (`check_options`): an output that is the source,
-an output or stats path that cannot be written, --frames=0. The model's weights are checked at
+an output or stats path that cannot be written, --frames=0, a --mesh this machine's devices
+cannot hold (whether the model's heads split over it is checked as it loads). The model's weights are checked at
 load (NaN/Inf refused), and the source is opened before the step compiles. Whatever ends the
 stream (its end, --frames, Ctrl-C or `stop`, a source, model or sink failure) the stats count
 the frames actually streamed.
@@ -16,7 +17,7 @@ The stats JSON (`run` returns the same dict):
   stages_ms {read, preprocess, encode, denoise, decode, device, write}: per-stage times; encode,
     denoise and decode are null unless `profile` (see realtime.py for what each one covers),
   stage_timing: which of the two it was, in words,
-  model {name, label, trained, checkpoint, size, resolution, steps}, device, source, output,
+  model {name, label, trained, checkpoint, size, resolution, steps, mesh}, device, source, output,
   lossless, seed,
   prompts [{frame, prompt, origin ("flag" | "schedule" | "stdin" | "osc"), effect {name, score,
     weak} (the nearest known effect, control.nearest_effect)}], seeds [{frame, seed}].
@@ -36,6 +37,7 @@ from typing import Any
 from absl import logging
 import jax
 
+from lsd_jax.models import parallel
 from lsd_jax.stream import control as control_lib
 from lsd_jax.stream import engine, io, realtime
 
@@ -60,6 +62,7 @@ class StreamOptions:
   steps: int | None = None
   tau_inf: float | None = None  # history noise at inference (None: the model's own)
   kernel_impl: str | None = None  # pallas_kernels.api implementation (None: the model's own)
+  mesh: str | None = None  # devices the denoiser splits over (models.parallel), e.g. "model:4"
   seed: int = 0
   window: bool = False
   vcam: bool = False
@@ -129,6 +132,10 @@ def check_options(opts: StreamOptions) -> None:
     raise OptionError(f"--transition_frames must be >= 0, got {opts.transition_frames}")
   if opts.steps is not None and not 1 <= opts.steps <= engine.MAX_STEPS:
     raise OptionError(f"--steps must be in 1..{engine.MAX_STEPS}, got {opts.steps}")
+  try:
+    parallel.make_mesh(opts.mesh)
+  except ValueError as e:
+    raise OptionError(f"--mesh={opts.mesh}: {e}") from e
   files = [("--output", opts.output), ("--stats", opts.stats)]
   files = [(flag, path) for flag, path in files if path]
   if _is_path_source(opts.source) and os.path.exists(opts.source):
@@ -247,7 +254,7 @@ def run(opts: StreamOptions, *, stop: threading.Event | None = None,
   check_options(opts)
   schedule = load_schedule(opts.prompt_schedule) if opts.prompt_schedule else []
   model = engine.StreamModel.load(opts.model_dir, steps=opts.steps, tau_inf=opts.tau_inf,
-                                  kernel_impl=opts.kernel_impl)
+                                  kernel_impl=opts.kernel_impl, mesh=opts.mesh)
   logging.info("model: %s", model.info.label)
   session = engine.StreamSession(model, seed=opts.seed, prompt=opts.prompt)
   source = io.open_source(opts.source, height=model.height, width=model.width, seed=opts.seed)
