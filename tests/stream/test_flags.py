@@ -33,7 +33,7 @@ def test_help_lists_the_tools_own_flags(tool):
   assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr[-2000:]  # absl: 1
   own = {"lsd-stream": ["--source", "--output", "--stats", "--osc_port"],
          "lsd-serve": ["--port", "--token", "--idle_timeout", "--vcam"]}[tool]
-  for flag in own + ["--model_dir", "--steps", "--tau_inf", "--kernel_impl", "--seed"]:
+  for flag in own + ["--model_dir", "--steps", "--tau_inf", "--kernel_impl", "--seed", "--mesh"]:
     assert flag in r.stdout, (flag, r.stdout[:3000])
   assert "--helpfull" not in r.stdout.splitlines()[0]  # the docstring comes first, not a bare usage
   assert "--jax_" not in r.stdout  # jax's own flags stay under --helpfull
@@ -44,7 +44,7 @@ def test_model_flags_and_old_spellings_are_the_same_flags(tool):
   for args, says in ((["--tau_inf=1.5"], "--tau_inf must be in [0, 1)"),
                      (["--tau-inf=1.5"], "--tau_inf must be in [0, 1)"),
                      (["--kernel_impl=cuda"], "kernel_impl"), (["--kernel-impl=cuda"], "kernel"),
-                     (["--steps=17"], "--steps must be in 1..16")):
+                     (["--steps=17"], "--steps must be in 1..16"), (["--mesh=gpu:2"], "--mesh must be model:M")):
     r = _as_console_script(tool, *args)
     assert r.returncode == 1 and says in r.stderr, (tool, args, r.stderr[-1000:])
     assert "Traceback" not in r.stderr
@@ -57,6 +57,14 @@ def test_checkpoint_is_an_alias_of_model_dir(tmp_path):
                         f"{flag}={missing}", "--frames=1"], capture_output=True, text=True,
                        timeout=120, cwd=REPO, env=ENV)
     assert r.returncode == 1 and f"{missing}" in r.stderr and "not a model folder" in r.stderr
+
+
+def test_a_mesh_larger_than_the_machine_stops_before_the_model_loads(tmp_path):
+  r = subprocess.run([sys.executable, "-m", "lsd_jax.stream.cli", "--source=procedural", "--frames=1",
+                      f"--model_dir={tmp_path / 'nope'}", "--mesh=model:64"], capture_output=True, text=True,
+                     timeout=120, cwd=REPO, env=ENV)
+  assert r.returncode == 1 and "--mesh=model:64" in r.stderr and "needs 64 devices" in r.stderr, r.stderr[-2000:]
+  assert "not a model folder" not in r.stderr  # checked before the model folder is even looked at
 
 
 def test_no_tpu_probe_noise(tiny_checkpoint):
