@@ -88,6 +88,8 @@ SLOW_END_TO_END = {
     "tests/train/test_loop.py::test_killed_run_resumes_with_the_same_losses",  # three smoke trainings
     "tests/train/test_loop.py::test_sharded_step_matches_one_device",  # two trainings on 1 and 8 fake devices
     "tests/train/test_benchmark_train.py::test_smoke_step_is_timed_and_flops_agree_with_xla",  # the script
+    "tests/train/test_scaling.py::test_benchmark_reports_per_device_throughput_and_efficiency",  # the script, twice
+    "tests/train/test_scaling.py::test_base_config_partitions_data_parallel_and_fsdp_over_8_devices",  # a 70 s compile
     "tests/distill/test_pipeline.py::test_prune_then_distill_end_to_end",  # prune, distill, export
     # evaluate.py three times; the same stop and resume is checked in the library by
     # test_resume.py::test_stopped_and_resumed_stream_equals_uninterrupted (fast)

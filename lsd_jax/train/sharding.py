@@ -16,10 +16,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def make_mesh(axes: dict[str, int]) -> Mesh:
-  """A mesh over all devices; one axis size may be -1 (the rest of the devices)."""
+def make_mesh(axes: dict[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+  """A mesh over all devices (or `devices`, e.g. the first N of them to time scaling); one axis
+  size may be -1 (the rest of the devices)."""
   names, sizes = list(axes), list(axes.values())
-  n = jax.device_count()
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
   if sizes.count(-1) > 1:
     raise ValueError(f"at most one mesh axis may be -1: {axes}")
   known = int(np.prod([s for s in sizes if s != -1]))
@@ -29,8 +31,7 @@ def make_mesh(axes: dict[str, int]) -> Mesh:
     sizes[sizes.index(-1)] = n // known
   if int(np.prod(sizes)) != n:
     raise ValueError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, have {n}")
-  devices = np.asarray(jax.devices()).reshape(sizes)
-  return Mesh(devices, names)
+  return Mesh(np.asarray(devices).reshape(sizes), names)
 
 
 def state_shardings(abstract_boxed_state, mesh: Mesh, rules: Sequence[tuple[str, Any]]):
