@@ -119,3 +119,35 @@ def test_tensor_layout_gives_each_device_the_qkv_kernel_of_its_heads():
       np.testing.assert_array_equal(back[f"block_{i}"][name], params[f"block_{i}"][name])
   assert not np.array_equal(laid["block_0"]["qkv_bias"], params["block_0"]["qkv_bias"])
   assert laid["block_0"]["out_kernel"] is params["block_0"]["out_kernel"]  # rows already in head order
+
+
+@pytest.mark.gpu
+def test_split_on_gpus_with_the_kernel_path():
+  """On a machine with several GPUs (the device script's first stage): the base model's frame at
+  256x256 through the kernel path (the Mosaic attention kernel, under shard_map per device) split
+  over model:2 and model:4 equals one GPU's within bf16 tolerance."""
+  import jax
+
+  from lsd_jax.models import frame
+
+  gpus = [d for d in jax.devices() if d.platform == "gpu"]
+  if len(gpus) < 2:
+    pytest.skip(f"needs 2 or more GPUs, have {len(gpus)}")
+  cfg = lsd.LSDConfig(size="base", height=256, width=256, steps=2, kernel_impl="auto")
+  params = jax.tree.map(lambda p: np.asarray(p, "bfloat16"), lsd.random_params(0, cfg))
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (1, cfg.height, cfg.width, 3), dtype=np.uint8)
+  prompt = rng.standard_normal((1, 384)).astype(np.float32)
+  key = jax.random.key(1)
+  ring1, _ = jax.jit(frame.frame_fn(cfg))(frame.prepare_params(cfg, params), frame.empty_ring(cfg), frames, prompt, key)
+  errs = {}
+  for tp in (2, 4):
+    if tp > len(gpus):
+      continue
+    mesh = parallel.make_mesh(f"model:{tp}")
+    rep = parallel.stream_sharding(mesh)
+    ring, _ = jax.jit(frame.frame_fns(cfg, mesh).frame)(frame.prepare_params(cfg, params, mesh),
+                                                        frame.empty_ring(cfg, 1, mesh), *jax.device_put((frames, prompt, key), rep))
+    a, b = (np.asarray(r.frames_BxKxHxWxC, np.float64) for r in (ring, ring1))
+    errs[tp] = float(np.linalg.norm(a - b) / np.linalg.norm(b))
+  assert all(e < BF16_TOL for e in errs.values()), errs
