@@ -52,6 +52,8 @@ flags.DEFINE_list("streams", ["1"], "Streams per call: > 1 times a batch of inde
                   "over the devices left beside --tp (the throughput mode: frames/s in all).")
 flags.DEFINE_enum("tp_reduce", "bfloat16", ["bfloat16", "float32"], "dtype of the tensor-parallel "
                   "partial sums each all-reduce carries.")
+flags.DEFINE_bool("tp_pad_heads", False, "Where the heads do not divide over --tp (the large model's "
+                  "12 over 8 devices), add zero heads up to the next multiple instead of refusing.")
 flags.DEFINE_integer("tp_chunks", 1, "Token chunks per tensor-parallel reduction (> 1: chunk i's "
                      "all-reduce can overlap chunk i+1's matmul).", lower_bound=1)
 
@@ -65,7 +67,7 @@ def main(argv) -> None:
         iters=FLAGS.iters, warmup=FLAGS.warmup, peak_tflops=FLAGS.peak_tflops, hbm_tbps=FLAGS.hbm_tbps,
         out_dir=FLAGS.out_dir, label=FLAGS.label, resume=FLAGS.resume, profile=FLAGS.profile, model=FLAGS.model,
         tp=tuple(int(v) for v in FLAGS.tp), streams=tuple(int(v) for v in FLAGS.streams),
-        tp_reduce=FLAGS.tp_reduce, tp_chunks=FLAGS.tp_chunks)
+        tp_reduce=FLAGS.tp_reduce, tp_chunks=FLAGS.tp_chunks, tp_pad_heads=FLAGS.tp_pad_heads)
     grid.check()
   except ValueError as e:  # not a number, an unknown name, a shape that does not tile
     raise app.UsageError(f"benchmark_latency: {e} (--sizes={','.join(FLAGS.sizes)} "

@@ -71,6 +71,7 @@ class Grid:
   streams: tuple[int, ...] = (1,)  # streams per call (> 1: the throughput mode, over `data`)
   tp_reduce: str = "bfloat16"  # dtype of the tensor-parallel partial sums (layers.TensorParallel)
   tp_chunks: int = 1  # token chunks per reduction, for overlap (layers.TensorParallel)
+  tp_pad_heads: bool = False  # zero heads where the heads do not divide over tp (layers.TensorParallel)
 
   def check(self) -> None:
     """Every size x resolution x S the grid will visit, checked before anything is built
@@ -87,14 +88,14 @@ class Grid:
       raise ValueError(f"--steps must be integers >= 1, got {list(self.steps)}")
     if self.iters < 1 or self.warmup < 0:
       raise ValueError("--iters must be >= 1 and --warmup >= 0")
-    layers.TensorParallel(self.tp_reduce, self.tp_chunks)  # validates
+    layers.TensorParallel(self.tp_reduce, self.tp_chunks, self.tp_pad_heads)  # validates
     if not self.tp or min(self.tp) < 1 or not self.streams or min(self.streams) < 1:
       raise ValueError(f"--tp and --streams must be integers >= 1, got {list(self.tp)}, {list(self.streams)}")
     for tp in self.tp:
       if tp > jax.device_count():
         raise ValueError(f"--tp={tp} needs {tp} devices, have {jax.device_count()}")
       for name in ([] if self.model else self.sizes):
-        parallel.check(lsd.LSDConfig(size=name), {"model": tp})
+        parallel.check(lsd.LSDConfig(size=name), {"model": tp}, pad_heads=self.tp_pad_heads)
 
   @property
   def meshes(self) -> list[tuple[int, int]]:
@@ -249,11 +250,11 @@ def bench_cell(grid: Grid, size: str, res: str, model=None, skip=frozenset(), sa
     base_cfg = dataclasses.replace(model[0], height=height, width=width, kernel_impl="xla")
     params = jax.tree.map(lambda p: jnp.asarray(p, jnp.bfloat16), model[1])
   mesh = stream_mesh(tp, streams)
-  tensor = layers.TensorParallel(grid.tp_reduce, grid.tp_chunks)
+  tensor = layers.TensorParallel(grid.tp_reduce, grid.tp_chunks, grid.tp_pad_heads)
   on_mesh = {"tp": tp, "streams": streams, "mesh": parallel.format_mesh(mesh),
              "devices": parallel.model_size(mesh) * parallel.data_size(mesh)}
   if tp > 1:
-    on_mesh.update(tp_reduce=grid.tp_reduce, tp_chunks=grid.tp_chunks)
+    on_mesh.update(tp_reduce=grid.tp_reduce, tp_chunks=grid.tp_chunks, tp_pad_heads=grid.tp_pad_heads)
   put = ((lambda x: x) if mesh is None else  # noqa: E731
          (lambda x: jax.device_put(x, parallel.stream_sharding(mesh, batch_axis=True))))
   x = put(step_inputs(base_cfg, jax.random.fold_in(key, 2), streams))
@@ -273,10 +274,10 @@ def bench_cell(grid: Grid, size: str, res: str, model=None, skip=frozenset(), sa
     cfg = dataclasses.replace(base_cfg, kernel_impl=impl)
     if ref_step is None and impl != "xla" and "xla" in skip:  # resumed: the reference again
       xla_cfg = dataclasses.replace(base_cfg, kernel_impl="xla")
-      xla_params = model_frame.prepare_params(xla_cfg, host_params, mesh)
+      xla_params = model_frame.prepare_params(xla_cfg, host_params, mesh, tensor)
       ref_step = step_fn(xla_cfg, mesh, tensor)({k: v for k, v in xla_params.items() if k != "autoencoder"}, x)
     step = step_fn(cfg, mesh, tensor)
-    params = model_frame.prepare_params(cfg, host_params, mesh)
+    params = model_frame.prepare_params(cfg, host_params, mesh, tensor)
     step_params = {k: v for k, v in params.items() if k != "autoencoder"}
     name = impl_name(cfg, impl, mesh)  # what runs, for every row of this implementation
     t0 = time.perf_counter()
@@ -291,6 +292,7 @@ def bench_cell(grid: Grid, size: str, res: str, model=None, skip=frozenset(), sa
            "what": "step", "steps": 1, **st, "rel_err_vs_xla": err, "compile_s": compile_s,
            "impl_requested": impl, "random_weights": model is None, **fl(1), **on_mesh,
            **kernel_profile(grid, step, step_params, x)}
+    row.update(exposed(row))
     logging.info("%s", row)
     rows.append(row)
     for s in grid.steps:
@@ -305,11 +307,22 @@ def bench_cell(grid: Grid, size: str, res: str, model=None, skip=frozenset(), sa
              "impl_requested": impl, **on_mesh, **throughput(grid, streams, ft, frame, params, ring,
                                                               frame_u8, prompt, fkey),
              **kernel_profile(grid, frame, params, ring, frame_u8, prompt, fkey)}
+      row.update(exposed(row))
       logging.info("%s", row)
       rows.append(row)
     if save is not None:
       save(rows)
   return rows
+
+
+def exposed(row: dict) -> dict:
+  """For a profiled row on several devices: the non-NCCL kernel time per device (the kernels of
+  every device summed over their count: all devices run the same program) and p50 minus it, an
+  upper bound on the communication left exposed (launch gaps and host work included)."""
+  if "kernel_sum_ms" not in row or row["devices"] == 1:
+    return {}
+  compute = (row["kernel_sum_ms"] - row["comm_ms"]) / row["devices"]
+  return {"compute_ms_per_device": compute, "exposed_comm_ms_bound": max(0.0, row["p50_ms"] - compute)}
 
 
 def throughput(grid: Grid, streams: int, timed: dict, fn, *args) -> dict:
@@ -381,15 +394,17 @@ def _mesh_markdown(rows: list[dict]) -> str:
   multi = [r for r in rows if r.get("devices", 1) > 1]
   if not multi:
     return ""
-  lines = ["", "Several devices (floors above are per device; comm = NCCL kernels' share of the "
-           "kernel time, summed over devices, from --profile):", "",
+  lines = ["", "Several devices (floors above are per device). With --profile: comm = the NCCL kernels' "
+           "share of the kernel time (all devices' kernels); exposed <= p50 minus the other kernels' time "
+           "per device (launch gaps and host work included):", "",
            "| size | WxH | what | S | impl | mesh | streams | p50 ms | p99 ms | speed-up vs 1 | comm | "
-           "frames/s | frames/s pipelined |", "|" + "---|" * 13]
+           "exposed <= ms | frames/s | frames/s pipelined |", "|" + "---|" * 14]
   fmt = lambda r, k, f: format(r[k], f) if k in r else ""  # noqa: E731
   for r in multi:
     lines.append(f"| {r['size']} | {r['resolution']} | {r['what']} | {r['steps']} | {r['impl']} | "
                  f"{_mesh(r)} | {r.get('streams', 1)} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
                  f"{fmt(r, 'tp_speedup_p50', '.2f')} | {fmt(r, 'comm_share', '.0%')} | "
+                 f"{fmt(r, 'exposed_comm_ms_bound', '.3f')} | "
                  f"{fmt(r, 'frames_per_s', '.0f')} | {fmt(r, 'frames_per_s_pipelined', '.0f')} |")
   return "\n".join(lines) + "\n"
 

@@ -59,7 +59,7 @@ def frame_fns(cfg: lsd.LSDConfig, mesh: Mesh | None = None,
   that mesh: params from `prepare_params(cfg, params, mesh)`; `tensor` sets how the blocks
   reduce (`layers.TensorParallel`: the dtype of the partial sums, token chunks)."""
   if mesh is not None:
-    parallel.check(cfg, mesh)
+    parallel.check(cfg, mesh, pad_heads=bool(tensor and tensor.pad_heads))
   ae, den = lsd.build(cfg, parallel.block_options(mesh, tensor))
 
   def encode(params, frames_BxHxWx3):
@@ -97,12 +97,14 @@ def frame_fn(cfg: lsd.LSDConfig) -> FrameFn:
   return frame_fns(cfg).frame
 
 
-def prepare_params(cfg: lsd.LSDConfig, params: dict[str, Any], mesh: Mesh | None = None) -> dict[str, Any]:
+def prepare_params(cfg: lsd.LSDConfig, params: dict[str, Any], mesh: Mesh | None = None,
+                   tensor: layers.TensorParallel | None = None) -> dict[str, Any]:
   """`params` as the frame function wants them: with the mega kernel's packed weights where
   `cfg.kernel_impl` asks for it and it can run (made once here, never per frame); with a `mesh`,
-  in its tensor layout and placed on it (`parallel.prepare`)."""
+  in its tensor layout (`tensor.pad_heads`: zero heads added) and placed on it
+  (`parallel.prepare`). Pass the same `tensor` to `frame_fns`."""
   if mesh is not None:
-    return parallel.prepare(cfg, params, mesh)
+    return parallel.prepare(cfg, params, mesh, tensor)
   return lsd.with_kernel_params(cfg, params)
 
 

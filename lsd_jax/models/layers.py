@@ -82,10 +82,14 @@ class TensorParallel:
   `reduce_dtype`: the dtype those partial sums travel in (bfloat16 halves the bytes of float32).
   `chunks` > 1: each sub-block's last matmul and its all-reduce run in this many token chunks,
   so that XLA can overlap chunk i's all-reduce with chunk i+1's matmul.
+  `pad_heads`: where the heads do not divide over the devices (the large model's 12 over 8),
+  give each block zero heads up to the next multiple (zero q/k/v columns and out-projection
+  rows: they add exact zeros) instead of refusing the mesh; the attention does that much more work.
   """
 
   reduce_dtype: str = "bfloat16"
   chunks: int = 1
+  pad_heads: bool = False
 
   def __post_init__(self):
     if self.reduce_dtype not in ("bfloat16", "float32"):
@@ -149,9 +153,16 @@ def _reducer(tp: TensorParallel, axis: str) -> Reduce:
   return reduce
 
 
-def _tensor_axis(heads: int, mlp_dim: int) -> str:
-  """The mesh axis the active logical rules split heads, q/k/v and MLP columns over; checks
-  that the split is whole (a clear error rather than a shape mismatch deep in XLA)."""
+def padded_heads(heads: int, devices: int, pad: bool) -> int:
+  """Heads per block on `devices` tensor-parallel devices: `heads`, or with `pad` the next
+  multiple of `devices` (zero heads added)."""
+  return -(-heads // devices) * devices if pad else heads
+
+
+def _tensor_axis(heads: int, mlp_dim: int, pad_heads: bool) -> tuple[str, int]:
+  """The mesh axis the active logical rules split heads, q/k/v and MLP columns over, and the
+  heads per block there (zero-padded with `pad_heads`); checks that the split is whole (a clear
+  error rather than a shape mismatch deep in XLA)."""
   if not nn.get_logical_axis_rules():
     raise ValueError("a tensor-parallel DiT block must be traced under its mesh and logical rules "
                      "(lsd_jax.models.parallel.traced_under)")
@@ -163,10 +174,11 @@ def _tensor_axis(heads: int, mlp_dim: int) -> str:
     if nn.logical_to_mesh_axes((name,))[0] is not None:
       raise ValueError(f"tensor parallelism keeps {name!r} whole on every device; the rules split it")
   size = jax.sharding.get_abstract_mesh().shape[axis]
+  heads = padded_heads(heads, size, pad_heads)
   if heads % size or mlp_dim % size:
     raise ValueError(f"{heads} heads and an MLP of {mlp_dim} do not split over {size} devices "
                      f"(mesh axis {axis!r}): both must be divisible by it")
-  return axis
+  return axis, heads
 
 
 def _sharded(fn, axis_names: tuple[tuple[str, ...], ...], *args):
@@ -188,7 +200,8 @@ class DiTBlock(nn.Module):
   With `tensor_parallel`, each sub-block runs under `shard_map` on this device's heads and MLP
   columns (Megatron-style; the mesh axis comes from the active logical rules) and ends in one
   all-reduce. Each device's q/k/v columns must then be an ordinary q/k/v kernel of its heads:
-  `lsd_jax.models.parallel.to_tensor_layout` reorders them so.
+  `lsd_jax.models.parallel.to_tensor_layout` reorders them so (and adds the zero heads of
+  `pad_heads`, which the parameter shapes then include).
   """
 
   heads: int
@@ -208,6 +221,9 @@ class DiTBlock(nn.Module):
     if self.head_dim is None and d % n:
       raise ValueError(f"width {d} is not divisible by {n} heads")
     hd = self.head_dim or d // n
+    tp_axis = None
+    if self.tensor_parallel is not None:  # n: this block's heads on the mesh (zero-padded or not)
+      tp_axis, n = _tensor_axis(n, f, self.tensor_parallel.pad_heads)
     a = n * hd  # attention width (D unless heads were pruned)
     mod = Dense(6 * d, (sh.COND, sh.MOD), self.dtype, zero_init=True)(nn.silu(cond_BxTxD))
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod.reshape(b * t, 6 * d), 6, axis=-1)
@@ -229,7 +245,7 @@ class DiTBlock(nn.Module):
       x = attn(x, shift1, scale1, gate1, w_qkv, b_qkv, w_out, b_out, reduce=None)
       x = mlp(x, shift2, scale2, gate2, w_fc1, b_fc1, w_fc2, b_fc2, reduce=None)
     else:
-      reduce = _reducer(self.tensor_parallel, _tensor_axis(n, f))
+      reduce = _reducer(self.tensor_parallel, tp_axis)
       rows, vec = (sh.BATCH, sh.TOKEN, sh.EMBED), (sh.BATCH, sh.EMBED)
       x = _sharded(functools.partial(attn, reduce=reduce),
                    (rows, vec, vec, vec, (sh.EMBED, sh.QKV), (sh.QKV,), (sh.QKV, sh.EMBED), (sh.EMBED,)),

@@ -37,6 +37,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -113,20 +114,20 @@ def data_size(mesh: MeshLike) -> int:
   return _axes(mesh)[sh.DATA_AXIS]
 
 
-def check(cfg: lsd.LSDConfig, mesh: MeshLike, batch: int | None = None) -> None:
+def check(cfg: lsd.LSDConfig, mesh: MeshLike, batch: int | None = None, pad_heads: bool = False) -> None:
   """ValueError, naming the block and the divisors that would work, where `cfg` cannot split
-  over `mesh`: every block's heads and MLP width divisible by the `model` size, and `batch`
-  (when given) by the `data` size."""
+  over `mesh`: every block's heads (unless `pad_heads`) and MLP width divisible by the `model`
+  size, and `batch` (when given) by the `data` size."""
   m = model_size(mesh)
   s = cfg.model_size.denoiser
+  splits = lambda k, j: (pad_heads or s.heads_of(j) % k == 0) and s.mlp_of(j) % k == 0  # noqa: E731
   for i in range(s.depth):
-    heads, mlp = s.heads_of(i), s.mlp_of(i)
-    if heads % m or mlp % m:
-      fits = [k for k in range(1, heads + 1) if all(s.heads_of(j) % k == 0 and s.mlp_of(j) % k == 0
-                                                     for j in range(s.depth))]
+    if not splits(m, i):
+      fits = [k for k in range(1, s.heads + 1) if all(splits(k, j) for j in range(s.depth))]
+      pad = "" if pad_heads else " (or zero-pad the heads: TensorParallel(pad_heads=True), --tp_pad_heads)"
       raise ValueError(f"tensor parallelism over {m} devices splits every block's heads and MLP "
-                       f"columns: {cfg.size} block {i} has {heads} heads and an MLP of {mlp}, not "
-                       f"divisible by {m}; this model splits over model:{'|'.join(map(str, fits))}")
+                       f"columns: {cfg.size} block {i} has {s.heads_of(i)} heads and an MLP of {s.mlp_of(i)}, "
+                       f"not divisible by {m}; this model splits over model:{'|'.join(map(str, fits))}{pad}")
   d = data_size(mesh)
   if batch is not None and batch % d:
     raise ValueError(f"a batch of {batch} streams does not split over data:{d}")
@@ -153,26 +154,56 @@ def _qkv_order(x, groups: int, heads: int, forward: bool):
   return x.reshape(*lead, *split).transpose(perm).reshape(*lead, width)
 
 
-def _relayout(den_params, cfg: lsd.LSDConfig, groups: int, forward: bool):
+def _xp(x):
+  """numpy for host arrays (loaded or random weights), jax.numpy for device arrays."""
+  return np if isinstance(x, np.ndarray) else jnp
+
+
+def _qkv_padded(x, heads: int, padded: int):
+  """q/k/v columns (3, heads, head_dim) -> (3, padded, head_dim): the new heads' columns zero,
+  or (padded < heads) the zero heads dropped again."""
+  if padded == heads:
+    return x
+  lead, hd = x.shape[:-1], x.shape[-1] // (3 * heads)
+  x = x.reshape(*lead, 3, heads, hd)
+  if padded < heads:
+    x = x[..., :padded, :]
+  else:
+    x = _xp(x).concatenate([x, _xp(x).zeros((*lead, 3, padded - heads, hd), x.dtype)], axis=-2)
+  return x.reshape(*lead, 3 * padded * hd)
+
+
+def _relayout(den_params, cfg: lsd.LSDConfig, groups: int, forward: bool, pad_heads: bool):
   s = cfg.model_size.denoiser
   out = dict(den_params)
   for i in range(s.depth):
     block = dict(out[f"block_{i}"])
+    heads = s.heads_of(i)
+    padded = layers.padded_heads(heads, groups, pad_heads)
     for name in ("qkv_kernel", "qkv_bias"):
-      block[name] = _qkv_order(block[name], groups, s.heads_of(i), forward)
+      if forward:
+        block[name] = _qkv_order(_qkv_padded(block[name], heads, padded), groups, padded, True)
+      else:
+        block[name] = _qkv_padded(_qkv_order(block[name], groups, padded, False), padded, heads)
+    if padded > heads:  # the out-projection's rows of the zero heads (heads come in order)
+      w, hd = block["out_kernel"], s.head_dim
+      block["out_kernel"] = (_xp(w).concatenate([w, _xp(w).zeros(((padded - heads) * hd, w.shape[1]), w.dtype)])
+                             if forward else w[:heads * hd])
     out[f"block_{i}"] = block
   return out
 
 
-def to_tensor_layout(den_params, cfg: lsd.LSDConfig, groups: int):
+def to_tensor_layout(den_params, cfg: lsd.LSDConfig, groups: int, pad_heads: bool = False):
   """The denoiser's params with every block's q/k/v columns in the layout of `groups`
-  tensor-parallel devices (same shapes; `groups` = 1 changes nothing)."""
-  return den_params if groups == 1 else _relayout(den_params, cfg, groups, True)
+  tensor-parallel devices (same shapes; `groups` = 1 changes nothing). With `pad_heads`, blocks
+  whose heads do not divide by `groups` get zero heads up to the next multiple (q/k/v columns
+  and out-projection rows: the shapes grow)."""
+  return den_params if groups == 1 else _relayout(den_params, cfg, groups, True, pad_heads)
 
 
-def from_tensor_layout(den_params, cfg: lsd.LSDConfig, groups: int):
+def from_tensor_layout(den_params, cfg: lsd.LSDConfig, groups: int, pad_heads: bool = False):
   """The inverse of `to_tensor_layout`: the one-device layout (what export and training use)."""
-  return den_params if groups == 1 else _relayout(den_params, cfg, groups, False)
+  return den_params if groups == 1 else _relayout(den_params, cfg, groups, False, pad_heads)
 
 
 def param_shardings(cfg: lsd.LSDConfig, mesh: Mesh, rules=sh.TENSOR_RULES) -> dict[str, Any]:
@@ -182,16 +213,17 @@ def param_shardings(cfg: lsd.LSDConfig, mesh: Mesh, rules=sh.TENSOR_RULES) -> di
 
 
 def prepare(cfg: lsd.LSDConfig, params: Mapping[str, Any], mesh: Mesh,
-            rules=sh.TENSOR_RULES) -> dict[str, Any]:
+            tensor: layers.TensorParallel | None = None, rules=sh.TENSOR_RULES) -> dict[str, Any]:
   """`params` ({"autoencoder", "denoiser"}, host or device, one-device layout) in the tensor
-  layout of `mesh`, placed on it per `rules` (each device holds its heads' and MLP columns'
-  slices and a copy of everything else). The mega kernel has no tensor-parallel form: a
-  `megastep` config runs per op here (logged once)."""
-  check(cfg, mesh)
+  layout of `mesh` (zero heads added where `tensor.pad_heads` asks), placed on it per `rules`
+  (each device holds its heads' and MLP columns' slices and a copy of everything else). The
+  mega kernel has no tensor-parallel form: a `megastep` config runs per op here (logged once)."""
+  pad = bool(tensor and tensor.pad_heads)
+  check(cfg, mesh, pad_heads=pad)
   if cfg.kernel_impl == "megastep":
     api.warn_fallback_once("megastep", f"no tensor-parallel mega kernel (mesh {format_mesh(mesh)})")
   params = {"autoencoder": params["autoencoder"],
-            "denoiser": to_tensor_layout(params["denoiser"], cfg, model_size(mesh))}
+            "denoiser": to_tensor_layout(params["denoiser"], cfg, model_size(mesh), pad)}
   return jax.device_put(params, param_shardings(cfg, mesh, rules))
 
 

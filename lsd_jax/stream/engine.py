@@ -40,6 +40,7 @@ import numpy as np
 from lsd_jax.diffusion import sampler
 from lsd_jax.models import export, lsd, parallel, sizes
 from lsd_jax.models import frame as model_frame
+from lsd_jax.models.layers import TensorParallel
 from lsd_jax.stream import preprocess
 
 DEFAULT_CHECKPOINT = "checkpoints/lsd_small"  # relative to the repository root
@@ -131,12 +132,13 @@ class StepFns(NamedTuple):
 
 
 @functools.lru_cache(maxsize=8)
-def make_step_fns(cfg: lsd.LSDConfig, mesh: Mesh | None = None) -> StepFns:
+def make_step_fns(cfg: lsd.LSDConfig, mesh: Mesh | None = None, tensor: TensorParallel | None = None) -> StepFns:
   """The model's frame function (`models.frame`) jitted for one config, around the stream's
   state; cached, so models of one config share their compilations (the parameters are
   arguments, not constants). With a `mesh`, the frame function of that mesh, every output
-  replicated on it (the state comes back where it went in: no recompilation, no transfer)."""
-  fns = model_frame.frame_fns(cfg, mesh)
+  replicated on it (the state comes back where it went in: no recompilation, no transfer);
+  `tensor` sets how its blocks split and reduce (`models.layers.TensorParallel`)."""
+  fns = model_frame.frame_fns(cfg, mesh, tensor)
 
   def key_of(state: StreamState):  # frame i (= state.index) samples with fold_in(stream_key, i + 1)
     return model_frame.frame_key(jax.random.wrap_key_data(state.key_data), state.index)
@@ -175,7 +177,8 @@ class StreamModel:
 
   def __init__(self, cfg: lsd.LSDConfig, params, info: ModelInfo, *, steps: int | None = None,
                tau_inf: float | None = None, param_dtype=None, text_encoder=None,
-               kernel_impl: str | None = None, mesh: str | Mapping[str, int] | Mesh | None = None):
+               kernel_impl: str | None = None, mesh: str | Mapping[str, int] | Mesh | None = None,
+               tensor: TensorParallel | None = None):
     if steps is not None and not (isinstance(steps, (int, np.integer)) and 1 <= steps <= MAX_STEPS):
       raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
     if steps is not None and steps != cfg.steps:
@@ -197,8 +200,8 @@ class StreamModel:
     if self.mesh is None:
       self.params = jax.device_put(model_frame.prepare_params(cfg, params))
     else:  # in the tensor layout, each device its slices (parallel.prepare checks the split)
-      self.params = model_frame.prepare_params(cfg, params, self.mesh)
-    self.fns = make_step_fns(cfg, self.mesh)
+      self.params = model_frame.prepare_params(cfg, params, self.mesh, tensor)
+    self.fns = make_step_fns(cfg, self.mesh, tensor if self.mesh is not None else None)
     self._text_encoder = text_encoder
     self._embeddings: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
     self._lock = threading.Lock()

@@ -7,6 +7,7 @@ tests/models/test_parallel.py (which starts it with the XLA flag that makes the 
   with 8 heads per block on one device and split over model:2, model:4 and model:8: relative
   error of the new latent; the same on model:4 with the q/k/v columns not reordered (the layout
   the test must catch); the collectives XLA compiled for model:4.
+- `padded`: the small model's 6 heads over model:4, zero-padded to 8 (`pad_heads`).
 - `attention`: the same, attention history mode (frame-causal), model:2.
 - `streams`: the whole frame function on a batch of 2 streams over data:2,model:2 (f32 partial
   sums, reductions in 2 token chunks) against one device.
@@ -51,10 +52,10 @@ def _denoise_inputs(cfg, batch=1):
   return ring, c_lat, prompt, jax.random.key(5)
 
 
-def _denoise(cfg, params, mesh, args, place=True):
+def _denoise(cfg, params, mesh, args, place=True, tensor=None):
   ring, c_lat, prompt, key = args
-  p = frame.prepare_params(cfg, params, mesh) if place else params
-  fn = jax.jit(frame.frame_fns(cfg, mesh).denoise)
+  p = frame.prepare_params(cfg, params, mesh, tensor) if place else params
+  fn = jax.jit(frame.frame_fns(cfg, mesh, tensor).denoise)
   if mesh is not None:
     rep = parallel.stream_sharding(mesh)
     ring, c_lat, prompt, key = jax.device_put((ring, c_lat, prompt, key), rep)
@@ -86,6 +87,16 @@ def split() -> dict:
       z_bad, _, _ = _denoise(SPLIT8, unordered, mesh, args, place=False)
       out["rel_err_unordered"] = _rel(z_bad, one)
   return out
+
+
+def padded() -> dict:
+  cfg = lsd.LSDConfig(size="small", height=32, width=32, steps=1)
+  params = lsd.random_params(0, cfg)
+  args = _denoise_inputs(cfg)
+  one, _, _ = _denoise(cfg, params, None, args)
+  z, _, placed = _denoise(cfg, params, parallel.make_mesh("model:4"), args, tensor=layers.TensorParallel(pad_heads=True))
+  out_kernel = placed[0]["denoiser"]["block_0"]["out_kernel"]
+  return {"rel_err": _rel(z, one), "out_kernel_shape": list(out_kernel.shape)}
 
 
 def attention() -> dict:
@@ -160,7 +171,7 @@ def stream_on_mesh() -> dict:
 
 def main() -> None:
   assert jax.device_count() == 8, jax.devices()
-  print(json.dumps({"split": split(), "attention": attention(), "streams": streams(),
+  print(json.dumps({"split": split(), "padded": padded(), "attention": attention(), "streams": streams(),
                     "engine": stream_on_mesh()}))
 
 

@@ -41,6 +41,11 @@ def test_one_all_reduce_per_sub_block_and_no_other_collective(probe):
   assert split["qkv_shard_shape"] == [split["qkv_shape"][0], split["qkv_shape"][1] // 4]  # each device its heads
 
 
+def test_heads_zero_padded_to_split(probe):
+  """small's 6 heads over 4 devices: 2 zero heads added (out-projection 8 x 64 rows), same output."""
+  assert probe["padded"]["rel_err"] < BF16_TOL and probe["padded"]["out_kernel_shape"] == [512, 384], probe["padded"]
+
+
 def test_attention_history_mode_splits_too(probe):
   assert probe["attention"]["rel_err"] < BF16_TOL
 
@@ -94,8 +99,10 @@ def test_mesh_specs():
 
 def test_heads_that_do_not_divide_are_a_clear_error():
   parallel.check(lsd.LSDConfig(size="small"), {"model": 3})  # 6 heads, MLP 1536
-  with pytest.raises(ValueError, match=r"small block 0 has 6 heads .* not divisible by 4; .*model:1\|2\|3\|6"):
+  with pytest.raises(ValueError, match=r"small block 0 has 6 heads .* not divisible by 4; .*model:1\|2\|3\|6 .*pad_heads"):
     parallel.check(lsd.LSDConfig(size="small"), {"model": 4})
+  parallel.check(lsd.LSDConfig(size="small"), {"model": 4}, pad_heads=True)  # zero heads make 8
+  parallel.check(lsd.LSDConfig(size="large"), {"model": 8}, pad_heads=True)  # 12 heads -> 16
   pruned = lsd.LSDConfig(size="small", block_heads=(6, 6, 4, 6, 6, 6), block_mlp=(1536,) * 6)
   with pytest.raises(ValueError, match="block 2 has 4 heads"):
     parallel.check(pruned, {"model": 3})
@@ -119,6 +126,21 @@ def test_tensor_layout_gives_each_device_the_qkv_kernel_of_its_heads():
       np.testing.assert_array_equal(back[f"block_{i}"][name], params[f"block_{i}"][name])
   assert not np.array_equal(laid["block_0"]["qkv_bias"], params["block_0"]["qkv_bias"])
   assert laid["block_0"]["out_kernel"] is params["block_0"]["out_kernel"]  # rows already in head order
+
+
+def test_zero_padded_layout_adds_empty_heads_and_drops_them_again():
+  cfg = lsd.LSDConfig(size="small")  # 6 heads of 64 over 4 devices: 8 heads, 2 a device
+  params = lsd.random_params(0, cfg)["denoiser"]
+  laid = parallel.to_tensor_layout(params, cfg, 4, pad_heads=True)
+  b0, p0 = laid["block_0"], params["block_0"]
+  assert b0["qkv_kernel"].shape == (384, 3 * 8 * 64) and b0["out_kernel"].shape == (8 * 64, 384)
+  last = np.split(b0["qkv_kernel"], 4, axis=1)[3].reshape(384, 3, 2, 64)  # device 3: heads 6, 7
+  assert not last.any() and not b0["out_kernel"][6 * 64:].any()
+  np.testing.assert_array_equal(np.split(b0["qkv_kernel"], 4, axis=1)[0].reshape(384, 3, 2, 64),
+                                p0["qkv_kernel"].reshape(384, 3, 6, 64)[:, :, :2])  # device 0: heads 0, 1
+  back = parallel.from_tensor_layout(laid, cfg, 4, pad_heads=True)
+  for name in ("qkv_kernel", "qkv_bias", "out_kernel"):
+    np.testing.assert_array_equal(back["block_0"][name], p0[name])
 
 
 @pytest.mark.gpu

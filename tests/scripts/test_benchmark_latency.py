@@ -91,3 +91,40 @@ def test_kernel_profiles_render(tmp_path):
   assert "### small 256x256 step, xla: kernels 0.300 ms of 0.500 ms host p50" in md
   assert "| gemm | 0.200 | 67% |" in md
   assert "| `nvjet_hsh_128x256` | 24 | 0.200 | gemm |" in md
+
+
+def test_tensor_parallel_rows_on_fake_devices(tmp_path):
+  """--tp on 8 fake CPU devices: rows per mesh, per-device floors, the speed-up column."""
+  cmd = [sys.executable, "experiments/benchmark_latency.py", "--sizes=tiny", "--resolutions=64x64", "--steps=1",
+         "--impls=xla", "--tp=1,2", "--iters=2", "--warmup=1", f"--out_dir={tmp_path}", "--label=t"]
+  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
+  rows = json.load(open(tmp_path / "latency_t.json"))["rows"]
+  assert [(r["mesh"], r["what"]) for r in rows] == [("1", "step"), ("1", "frame"), ("model:2", "step"),
+                                                    ("model:2", "frame")]
+  one, two = rows[0], rows[2]
+  assert two["devices"] == 2 and two["tp_reduce"] == "bfloat16" and "tp_speedup_p50" in two
+  assert two["step_flop_floor_ms"] == pytest.approx(one["step_flop_floor_ms"] / 2)  # the denoiser split in two
+  assert one["step_byte_floor_ms"] / 2 < two["step_byte_floor_ms"] < one["step_byte_floor_ms"]  # conditioning replicated
+  md = (tmp_path / "latency_t.md").read_text()
+  assert "| tiny | 64x64 | 16 | frame | 1 | xla | model:2 |" in md and "Several devices" in md
+
+
+def test_several_devices_table_renders(tmp_path):
+  """Rows measured on GPUs elsewhere (a profiled TP row, a throughput row): the table of several
+  devices with speed-up, NCCL share, the exposed-communication bound and frames/s."""
+  run = _measured_elsewhere(tmp_path)
+  base = run["rows"][1]
+  tp = {**base, "mesh": "model:2", "tp": 2, "devices": 2, "streams": 1, "p50_ms": 0.5, "p99_ms": 0.6,
+        "impl_requested": "xla", "kernel_sum_ms": 1.6, "comm_ms": 0.4, "comm_share": 0.25,
+        "compute_ms_per_device": 0.3, "exposed_comm_ms_bound": 0.2}
+  many = {**base, "mesh": "data:8", "tp": 1, "devices": 8, "streams": 8, "p50_ms": 2.0, "p99_ms": 2.5,
+          "frames_per_s": 4000.0, "frames_per_s_pipelined": 5000.0}
+  run["rows"] += [{**run["rows"][0], "mesh": "model:2", "tp": 2, "devices": 2}, tp,
+                  {**run["rows"][0], "mesh": "data:8", "streams": 8, "devices": 8}, many]
+  with open(tmp_path / "latency_t.json", "w") as f:
+    json.dump(run, f)
+  _run(tmp_path, "xla", "--resume")  # nothing left on one device: only re-rendered
+  md = (tmp_path / "latency_t.md").read_text()
+  assert "| small | 256x256 | frame | 1 | xla | model:2 | 1 | 0.500 | 0.600 | 3.00 | 25% | 0.200 |  |  |" in md
+  assert "| small | 256x256 | frame | 1 | xla | data:8 | 8 | 2.000 | 2.500 |  |  |  | 4000 | 5000 |" in md
