@@ -38,3 +38,21 @@ def add_efficiency(timed: list[dict], baseline: Iterable[dict] = ()) -> None:
       r["scaling_efficiency"] = r["samples_per_s_per_device"] / base["samples_per_s_per_device"]
       r["scaling_reference"] = {"from": source, "batch": base["batch"],
                                 "samples_per_s_per_device": base["samples_per_s_per_device"]}
+
+
+def loop_rate(metrics_jsonl: str, devices: int, batch: int, skip: int = 1) -> dict:
+  """A training loop's throughput from its train_metrics.jsonl: the median of its logged
+  steps/s after the first `skip` logs (compilation and warm-up), with samples/s in all and per
+  device, for `devices` devices at global batch `batch` (the input pipeline included: what the
+  loop, not the step alone, sustains)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from lsd_jax.train import writers  # pylint: disable=import-outside-toplevel
+
+  rates = [r for r in writers.read_jsonl(metrics_jsonl).get("steps_per_sec", []) if r is not None][skip:]
+  rates = [r for r in rates if np.isfinite(r)]
+  if not rates:
+    raise ValueError(f"{metrics_jsonl}: no steps/s logged after the first {skip} logs")
+  steps_s = float(np.median(rates))
+  return {"devices": devices, "batch": batch, "steps_per_s": steps_s, "logs": len(rates),
+          "samples_per_s": batch * steps_s, "samples_per_s_per_device": batch * steps_s / devices}

@@ -24,7 +24,7 @@ def test_bash_syntax(script):
 
 
 @pytest.mark.parametrize("script", ["scripts/gpu_distill.sh", "scripts/gpu_eval.sh", "scripts/gpu_train.sh",
-                                    "scripts/gpu_ablation.sh"])
+                                    "scripts/gpu_ablation.sh", "scripts/gpu_multi.sh"])
 def test_unknown_stage_is_refused(script, tmp_path):
   proc = subprocess.run(["bash", script, "no_such_stage"], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
                         timeout=60)
@@ -64,3 +64,22 @@ def test_stages_find_the_model_in_the_tree_or_staged(tmp_path):
   (tree / ".carry" / "library" / "manifest.json").write_text("{}")
   moved = subprocess.run(["bash", "-c", show], cwd=tree, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
   assert moved.stdout.split() == ["/tmp/teacher", ".carry/library/manifest.json"], moved.stdout + moved.stderr
+
+
+@pytest.mark.parametrize("gpus,tp,counts", [("8", "1,2,4,8", "1,4,8"), ("4", "1,2,4", "1,4"), ("2", "1,2", "1")])
+def test_multi_gpu_stages_keep_to_the_machine(tmp_path, gpus, tp, counts):
+  """scripts/gpu_multi.sh on an x8, x4 or x2 machine (DRY=1: the commands, not run): the TP sizes,
+  the streams and the training device counts fit the GPUs there are."""
+  proc = subprocess.run(["bash", "scripts/gpu_multi.sh", "tp", "overlap_chunks", "streams", "train", "train_loop"],
+                        cwd=ROOT, env=_env(tmp_path, DRY="1", GPUS=gpus), capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  lines = proc.stdout.splitlines()
+  tp_line, chunks_line, streams_line, train_line = (next(ln for ln in lines if f"--label={label}" in ln)
+                                                    for label in ("tp_auto", "tp4_chunks2", "streams", "base_scaling"))
+  assert f"--tp={tp} " in tp_line and "--sizes=large --resolutions=832x480 --steps=2" in tp_line
+  assert "--profile" in tp_line and "--tp_pad_heads" in tp_line  # TP = 8 zero-pads the 12 heads
+  assert f"--tp={tp.split(',')[-1] if int(gpus) <= 4 else 4} " in chunks_line and "--tp_chunks=2" in chunks_line
+  assert streams_line.endswith(f"--tp={tp} --streams={gpus}")
+  assert f"--device_counts={counts} " in train_line
+  loops = [ln for ln in lines if "experiments/main.py" in ln]
+  assert len(loops) == len(counts.split(",")) and all("decoded_cache" in ln for ln in loops)

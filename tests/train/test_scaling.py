@@ -100,3 +100,16 @@ def test_base_config_partitions_data_parallel_and_fsdp_over_8_devices():
   assert res["fc1"] == [[768, 3072], [192, 3072]]  # FSDP: each device a quarter of the embed rows
   assert res["all_gathers"] > 0  # the weights gathered per use
   assert res["argument_mb"] < 0.6 * 4 * 4 * 134e6 / 2**20  # well under the whole f32 state (params, EMA, Adam)
+
+
+def test_loop_rate_skips_the_compiling_logs(tmp_path):
+  path = tmp_path / "train_metrics.jsonl"
+  path.write_text("\n".join(json.dumps({"step": s, "loss": 1.0, "steps_per_sec": r})
+                            for s, r in ((10, 0.5), (20, 4.0), (30, 5.0), (40, 6.0))) + "\n")
+  r = scaling.loop_rate(str(path), devices=4, batch=64)
+  assert r["steps_per_s"] == 5.0 and r["logs"] == 3 and r["samples_per_s_per_device"] == 80.0
+  runs = [{**scaling.loop_rate(str(path), devices=1, batch=16)}, r]
+  scaling.add_efficiency(runs)
+  assert runs[1]["scaling_efficiency"] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="no steps/s"):
+    scaling.loop_rate(str(path), devices=1, batch=16, skip=4)
