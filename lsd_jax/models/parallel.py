@@ -19,7 +19,9 @@ same frame function (`frame.frame_fns(cfg, mesh)`) runs on 1, 2, 4 or 8 devices:
 
 Each device's q/k/v columns must be an ordinary q/k/v kernel of its own heads, so `prepare`
 reorders the columns from (q, k, v) x heads to devices x (q, k, v) x its heads
-(`to_tensor_layout`; `from_tensor_layout` is its inverse). Numerics: the reductions sum partial
+(`to_tensor_layout`; `from_tensor_layout` is its inverse). A model whose heads do not divide
+over the mesh (the large model's 12 over 8) is refused, or with `TensorParallel(pad_heads=True)`
+given zero heads up to the next multiple (exact: they add zeros). Numerics: the reductions sum partial
 products in another order than one device does (and, with `reduce_dtype="bfloat16"`, round them
 to bf16 first), so outputs agree within bf16 tolerance, not bit for bit
 (tests/models/test_parallel.py).
