@@ -143,12 +143,23 @@ def _mlp(x, shift, scale, gate, w_fc1, b_fc1, w_fc2, b_fc2, *, dtype, impl: str,
 
 
 def _reducer(tp: TensorParallel, axis: str) -> Reduce:
-  """fn(x) summed over the `axis` devices: one psum, or one per token chunk (`tp.chunks`)."""
+  """fn(x) summed over the `axis` devices: one psum, or one per token chunk (`tp.chunks`).
+
+  Chunk i+1's partial sums pass an optimization barrier together with chunk i's reduced sums:
+  its matmul may still run while chunk i's all-reduce is in flight, but its own all-reduce comes
+  after, so XLA's all-reduce combiner cannot merge the chunks' reductions into one that waits for
+  every matmul (it does, without the barrier), which would leave nothing to overlap."""
 
   def reduce(fn, x_BxLxF):
-    parts = jnp.array_split(x_BxLxF, tp.chunks, axis=1) if tp.chunks > 1 else [x_BxLxF]
-    outs = [jax.lax.psum(fn(p).astype(tp.reduce_dtype), axis) for p in parts]
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+    if tp.chunks == 1:
+      return jax.lax.psum(fn(x_BxLxF).astype(tp.reduce_dtype), axis)
+    outs = []
+    for part in jnp.array_split(x_BxLxF, tp.chunks, axis=1):
+      y = fn(part).astype(tp.reduce_dtype)
+      if outs:
+        outs[-1], y = jax.lax.optimization_barrier((outs[-1], y))
+      outs.append(jax.lax.psum(y, axis))
+    return jnp.concatenate(outs, axis=1)
 
   return reduce
 

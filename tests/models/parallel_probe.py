@@ -6,13 +6,15 @@ tests/models/test_parallel.py (which starts it with the XLA flag that makes the 
 - `split`: the denoiser piece of the frame function (S shortcut steps + ring push) of a model
   with 8 heads per block on one device and split over model:2, model:4 and model:8: relative
   error of the new latent; the same on model:4 with the q/k/v columns not reordered (the layout
-  the test must catch); the collectives XLA compiled for model:4.
+  the test must catch), and with the reductions in 2 token chunks; the collectives XLA compiled
+  for model:4, with and without chunks.
 - `padded`: the small model's 6 heads over model:4, zero-padded to 8 (`pad_heads`).
 - `attention`: the same, attention history mode (frame-causal), model:2.
 - `streams`: the whole frame function on a batch of 2 streams over data:2,model:2 (f32 partial
   sums, reductions in 2 token chunks) against one device.
 - `engine`: a stream of frames through `StreamModel(mesh="model:2")` against one device: uint8
-  differences, compilations, lowerings after the warm-up, where the state lives.
+  differences, compilations, lowerings after the warm-up, where the state lives; and the error
+  for a stream on a `data` axis.
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ def split() -> dict:
       unordered = jax.device_put(params, parallel.param_shardings(SPLIT8, mesh))  # no q/k/v reordering
       z_bad, _, _ = _denoise(SPLIT8, unordered, mesh, args, place=False)
       out["rel_err_unordered"] = _rel(z_bad, one)
+      z2, fn2, placed2 = _denoise(SPLIT8, params, mesh, args, tensor=layers.TensorParallel(chunks=2))
+      out["rel_err_chunks2"] = _rel(z2, one)
+      out["collectives_chunks2"] = _collectives(fn2, placed2)
   return out
 
 

@@ -41,6 +41,14 @@ def test_one_all_reduce_per_sub_block_and_no_other_collective(probe):
   assert split["qkv_shard_shape"] == [split["qkv_shape"][0], split["qkv_shape"][1] // 4]  # each device its heads
 
 
+def test_chunked_reductions_stay_apart(probe):
+  """--tp_chunks=2: two all-reduces per sub-block, not merged back into one by XLA's combiner
+  (which would leave no matmul to overlap them with), and the same output."""
+  split = probe["split"]
+  assert split["collectives_chunks2"]["all-reduce"] == 2 * 2 * split["depth"] * split["steps"], split
+  assert split["rel_err_chunks2"] < BF16_TOL
+
+
 def test_heads_zero_padded_to_split(probe):
   """small's 6 heads over 4 devices: 2 zero heads added (out-projection 8 x 64 rows), same output."""
   assert probe["padded"]["rel_err"] < BF16_TOL and probe["padded"]["out_kernel_shape"] == [512, 384], probe["padded"]
