@@ -26,6 +26,8 @@ from pallas_kernels import bench
     ("attention_mgpu_mosaic_gpu_kernel", "attention kernel"),  # as CUPTI names ours (H200)
     ("triton_softmax_fusion", "elementwise fusion"),
     ("some_new_kernel", "other"),
+    ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL", "communication"),  # NCCL's names hold "reduce"
+    ("ncclDevKernel_AllGather_RING_LL", "communication"),
 ])
 def test_kernel_category(name, category):
   assert bench.kernel_category(name) == category
