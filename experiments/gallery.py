@@ -59,7 +59,7 @@ def main(argv):
                f"tau_inf {cfg.tau_inf}: held-out frame {_FRAMES.value}", fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  fig.savefig(_OUT.value, dpi=110)
+  fig.savefig(_OUT.value, dpi=80)
   print(_OUT.value)
 
 
