@@ -26,7 +26,7 @@ DEC=--config.data.sources.library.decoded_cache=/tmp/lsd_decoded
 END=${END:-520}
 T0=$(date +%s)
 left() { echo $(( END - ($(date +%s) - T0) )); }  # seconds left in this stage's budget
-minutes() { python3 -c "print(max(0.5, ($1) / 60))"; }
+minutes() { python3 -m experiments.device_tools minutes "$(( $1 ))"; }
 quiet() { grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion|^W1201|jax_cuda|TfrtCpu"; }
 train() {  # train NAME CONFIG ARGS...: one run in the background, its log in $W/NAME.log
   local name=$1 config=$2; shift 2
@@ -57,14 +57,10 @@ for stage in "$@"; do
       whl=$(ls .carry/av/*.whl .carry/wheels/*.whl 2>/dev/null)
       if [ -n "$whl" ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $whl || exit 1; fi
       for d in library teacher_ae ae_light_init; do if [ -d ".carry/$d" ]; then rm -rf "/tmp/$d" && cp -r ".carry/$d" "/tmp/$d"; fi; done
-      python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"
-      python3 -c "import grain, ml_collections, av, skimage; print('grain', grain.__version__ if hasattr(grain, '__version__') else 'ok', 'av', av.__version__)" 2>&1 | tail -1 ;;
+      python3 -m experiments.device_tools versions grain ml_collections av skimage ;;
     cache)
-      setsid nohup python3 -c "
-from lsd_jax.datasets import sources
-for split in ('train', 'heldout'):
-  sources.VideoClipSource.from_manifest('$LIB', split, height=256, width=256, num_frames=6, decoded_cache='/tmp/lsd_decoded')
-print('cache ready')" > "$W/cache.log" 2>&1 < /dev/null & ;;
+      setsid nohup python3 -m experiments.device_tools decode_cache $LIB /tmp/lsd_decoded train heldout \
+        > "$W/cache.log" 2>&1 < /dev/null & ;;
     sweep)
       for _ in $(seq 90); do grep -q "cache ready" "$W/cache.log" 2>/dev/null && break; sleep 2; done
       grep -q "cache ready" "$W/cache.log" || { echo "no decoded cache after 180 s:"; tail -5 "$W/cache.log"; }
@@ -120,7 +116,7 @@ print('cache ready')" > "$W/cache.log" 2>&1 < /dev/null & ;;
       (cd "$W" && tar czf "$OUT/runs.tgz" --exclude='checkpoints' --exclude='export' --exclude='*.pid' \
          $(ls -d */ *.log *.json 2>/dev/null) 2>/dev/null)
       if [ -f "$W/v3/export/params.safetensors" ]; then
-        mkdir -p "$OUT/v3"; cp "$W/v3/export/config.json" "$OUT/v3/"; split -b 15m "$W/v3/export/params.safetensors" "$OUT/v3/params.part_"; fi
+        mkdir -p "$OUT/v3"; cp "$W/v3/export/config.json" "$OUT/v3/"; split -b ${PART_MB:-15}m "$W/v3/export/params.safetensors" "$OUT/v3/params.part_"; fi
       if [ -d "$AE/autoencoder" ]; then tar czf "$OUT/ae_light.tgz" -C "$W" ae_light/autoencoder; fi
       find "$OUT" -type f | wc -l; du -sh "$OUT" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
