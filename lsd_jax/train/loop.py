@@ -22,9 +22,10 @@ from lsd_jax.datasets import pipeline
 from lsd_jax.train import checkpoint, heldout, sharding, tasks, writers
 
 
-def prompt_table(split: str, effect_names: str = "") -> pipeline.PromptTable:
+def prompt_table(split: str, effect_names: str = "", strengths: str = "") -> pipeline.PromptTable:
   """The precomputed prompts of `split`; with `effect_names` ("thermal" or "sepia,echo"), only
-  the rows whose effect is one of them (a single-effect capacity check, a subset study)."""
+  the rows whose effect is one of them (a single-effect capacity check, a subset study); with
+  `strengths` ("1.0" or "0.85,1.0"), only rows whose effect strength is one of them."""
   from lsd_jax.datasets import effects, prompts
 
   t = prompts.load_embedding_table(split)
@@ -37,6 +38,11 @@ def prompt_table(split: str, effect_names: str = "") -> pipeline.PromptTable:
       raise ValueError(f"data.effects names {unknown}, which no {split} prompt has; known: "
                        f"{sorted(set(names) - {effects.spec_name(effects.make_spec())})[:40]}")
     rows = np.asarray([i for i in rows if names[i] in wanted])
+  levels = [float(v) for v in strengths.split(",") if v]
+  if levels:
+    rows = np.asarray([i for i in rows if any(abs(float(t.params[i][0]) - v) < 1e-6 for v in levels)])
+    if not len(rows):
+      raise ValueError(f"data.strengths {levels}: no {split} prompt{' of ' + effect_names if wanted else ''} has one")
   return pipeline.PromptTable(tuple(t.texts[i] for i in rows), t.embeddings[rows], t.frame_ids[rows],
                               t.temporal_ids[rows], t.params[rows])
 
@@ -50,7 +56,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     f.write(config.to_json_best_effort(indent=2))
   mesh = sharding.make_mesh(dict(config.mesh))
   rules = [(r[0], tuple(r[1]) if isinstance(r[1], (list, tuple)) else r[1]) for r in config.rules]
-  table = prompts or prompt_table(config.data.prompt_split, config.data.get("effects", ""))
+  table = prompts or prompt_table(config.data.prompt_split, config.data.get("effects", ""),
+                                  config.data.get("strengths", ""))
   task = tasks.build(config, table)
   state, shardings = sharding.sharded_init(task.init, mesh, rules)
   data_iter = pipeline.make_iterator(config.data, table)

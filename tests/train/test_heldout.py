@@ -38,6 +38,10 @@ def test_prompt_table_keeps_only_the_named_effects():
   assert len(both) > len(t)
   with pytest.raises(ValueError, match="no train prompt has"):
     loop.prompt_table("train", "watercolour")
+  strong = loop.prompt_table("train", "thermal", "1.0")
+  assert 0 < len(strong) < len(t) and set(np.round(strong.params[:, 0], 2).tolist()) == {1.0}
+  with pytest.raises(ValueError, match="strengths"):
+    loop.prompt_table("train", "thermal", "0.3")
 
 
 def test_batched_probe_rollout_matches_the_fidelity_eval():
