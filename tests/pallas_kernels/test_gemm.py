@@ -1,0 +1,183 @@
+"""The epilogue-fused GEMM (`gemm_mgpu.linear`) against the f32 reference of
+`pallas_kernels/reference.py`.
+
+On the CPU: Mosaic GPU interpret mode at the denoiser's GEMM shapes (small 256x384->1536, base
+256x768->3072, large 1560 rows at a narrower N; the full large shape is `-m slow`), ragged M,
+both warpgroup splits, several tiles per CTA; every output element must be written (the
+interpreter's fresh memory reads as NaN, which fails `rel_err`); inputs are fresh random draws
+per case. Lowering: every denoiser shape lowers through Mosaic GPU's layout inference and
+dialect lowering for an abstract H200 (what can be checked without a GPU). `-m gpu`: compiled,
+on a Hopper GPU. Errors are relative Frobenius norms; bf16 operands get 1e-2.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.experimental.pallas.mosaic_gpu as plgpu
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AbstractDevice, AbstractMesh, AxisType, use_abstract_mesh
+
+from pallas_kernels import api, bench, gemm_mgpu, reference, xla
+from tests.pallas_kernels.test_kernels import BF16_TOL, _grad_err, _mlp_args, _normal
+
+G = gemm_mgpu.TuningConfig
+M, N = gemm_mgpu.Dim.M, gemm_mgpu.Dim.N
+
+MODEL_SHAPES = gemm_mgpu.MODEL_SHAPES  # the denoiser's GEMMs per block: qkv, out-projection, fc1, fc2
+
+
+def _linear_args(lead, k, n, bias=True):
+  return (_normal((*lead, k)), _normal((k, n), 1 / np.sqrt(k)), _normal((n,), 0.5) if bias else None)
+
+
+def _check_linear(lead, k, n, activation, bias, config):
+  x, w, b = _linear_args(lead, k, n, bias)
+  out = gemm_mgpu.linear(x, w, b, activation=activation, config=config)
+  assert out.shape == (*lead, n) and out.dtype == x.dtype
+  assert bench.rel_err(out, reference.linear_reference(x, w, b, activation=activation)) < BF16_TOL
+
+
+@pytest.mark.parametrize("lead,k,n,activation,bias,config", [
+    pytest.param((256,), 384, 1536, "gelu_tanh", True, None, id="small-fc1-auto"),
+    pytest.param((256,), 768, 3072, "gelu_tanh", True, G(num_ctas=4), id="base-fc1-128x128"),
+    pytest.param((256,), 1536, 384, None, True, G(tile_m=64, num_ctas=3, wgmma_in_flight=1), id="small-fc2-N384"),
+    # the large model's 1560 tokens: 12 full row tiles and one of 24 rows; N narrowed from 6144
+    pytest.param((1560,), 1536, 384, "gelu_tanh", True, G(num_ctas=5, wgmma_in_flight=1), id="large-M1560-N384"),
+    # two frames of 50 tokens (M = 100) split along M: the last tile's second warpgroup reads and
+    # writes only rows past the end; no bias
+    pytest.param((2, 50), 128, 192, None, False, G(tile_m=64, tile_n=64, wg_dimension=M, num_ctas=2),
+                 id="ragged-wgM-nobias"),
+    pytest.param((1, 200), 192, 512, "gelu_tanh", True,
+                 G(tile_m=64, tile_n=128, max_concurrent_steps=2, epi_tile_n=64, grid_minor_dim=M,
+                   grid_tile_width=2, num_ctas=3), id="snakeM-epi-pieces"),
+])
+def test_linear_interpret(interpret, lead, k, n, activation, bias, config):
+  _check_linear(lead, k, n, activation, bias, config)
+
+
+@pytest.mark.slow
+def test_linear_interpret_large_fc1_full_shape(interpret):
+  """The large model's fc1 at its full shape, 1560x1536->6144 (about 3.5 minutes on 2 cores)."""
+  _check_linear((1, 1560), 1536, 6144, "gelu_tanh", True, G(num_ctas=8))
+
+
+def test_linear_catches_a_dropped_bias_and_activation(interpret):
+  """The check can fail: the kernel without the bias, or without the GELU, is far off."""
+  x, w, b = _linear_args((128,), 128, 256)
+  ref = reference.linear_reference(x, w, b, activation="gelu_tanh")
+  cfg = G(tile_m=64, tile_n=64, num_ctas=2)
+  assert bench.rel_err(gemm_mgpu.linear(x, w, b, activation="gelu_tanh", config=cfg), ref) < BF16_TOL
+  assert bench.rel_err(gemm_mgpu.linear(x, w, None, activation="gelu_tanh", config=cfg), ref) > 0.1
+  assert bench.rel_err(gemm_mgpu.linear(x, w, b, config=cfg), ref) > 0.1
+
+
+def test_linear_grad_interpret(interpret):
+  x, w, b = _linear_args((64,), 128, 128)
+  fn = functools.partial(gemm_mgpu.linear, activation="gelu_tanh", config=G(tile_m=64, tile_n=64, num_ctas=2))
+  ref = functools.partial(reference.linear_reference, activation="gelu_tanh")
+  assert _grad_err(fn, ref, (x, w, b)) < BF16_TOL
+
+
+@pytest.mark.parametrize("bad", [dict(tile_m=96), dict(tile_n=320), dict(tile_n=256), dict(tile_k=128),
+                                 dict(max_concurrent_steps=1),
+                                 dict(wgmma_in_flight=2), dict(max_concurrent_steps=2, wgmma_in_flight=2),
+                                 dict(epi_tile_n=96), dict(tile_m=64, epi_tile_m=128), dict(num_ctas=0)])
+def test_config_validates(bad):
+  with pytest.raises(ValueError):
+    G(**bad)
+
+
+def test_fit_and_auto_config():
+  fit = gemm_mgpu.fit_config(384, 1536, G())  # CTA tile 128x256 does not divide N = 384
+  assert fit.tile_n == 64 and fit.cta_tile == (128, 128) and 384 % fit.cta_tile[1] == 0
+  assert gemm_mgpu.fit_config(192, 128, G(tile_n=64)).wg_dimension == M  # 128 columns do not divide 192
+  assert gemm_mgpu.fit_config(384, 64, G(wgmma_in_flight=1)).wgmma_in_flight == 0  # one K step
+  for bad in [(100, 384), (384, 100)]:
+    with pytest.raises(ValueError):
+      gemm_mgpu.fit_config(*bad, G())
+  with pytest.raises(ValueError):  # 8 stages of (128 + 512) x 64 bf16 do not fit shared memory
+    gemm_mgpu.fit_config(512, 512, G(tile_m=64, tile_n=256, wg_dimension=M, max_concurrent_steps=8))
+  # on 132 SMs: the small shapes take 64x128 CTA tiles (more tiles), the large ones 128x256
+  assert gemm_mgpu.auto_config(256, 1536, 384, num_ctas=132).cta_tile == (64, 128)
+  assert gemm_mgpu.auto_config(1560, 6144, 1536, num_ctas=132).cta_tile == (128, 256)
+  for shapes in MODEL_SHAPES.values():
+    for m, k, n, _ in shapes:
+      cfg = gemm_mgpu.auto_config(m, n, k, num_ctas=132)
+      assert n % cfg.cta_tile[1] == 0 and cfg.smem_bytes() <= 227 * 1024
+
+
+# ------------------------------------------------------------------- lowering (CPU, no GPU)
+
+def _lower_for_h200(fn, *avals):
+  """Lowers `fn` for CUDA with an abstract H200 (132 SMs): Pallas traces the kernel, Mosaic GPU
+  runs layout inference and lowers its dialect (what fails there fails here); the C++ passes
+  and ptxas, which run when XLA compiles on a GPU, do not run."""
+  device = AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="gpu")
+  mesh = AbstractMesh((1,), ("x",), (AxisType.Explicit,), abstract_device=device)
+  with use_abstract_mesh(mesh):
+    return jax.jit(fn).trace(*avals).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_kernels_lower_at_the_model_shapes(monkeypatch):
+  import jax.experimental.mosaic.gpu.core as mgpu_core
+
+  inferred = []
+  infer = mgpu_core.layout_inference.infer_layout
+  monkeypatch.setattr(mgpu_core.layout_inference, "infer_layout", lambda *a, **k: (inferred.append(1), infer(*a, **k))[1])
+  bf16 = lambda *s: jax.ShapeDtypeStruct(s, jnp.bfloat16)  # noqa: E731
+  count = 0
+  for shapes in MODEL_SHAPES.values():
+    for m, k, n, act in shapes:
+      hlo = _lower_for_h200(functools.partial(gemm_mgpu.linear, activation=act), bf16(1, m, k), bf16(k, n), bf16(n))
+      assert hlo.count("custom_call @mosaic_gpu") == 1
+      count += 1
+  assert len(inferred) == count  # layout inference ran for every kernel
+  # a tuning that the benchmark sweeps: one wgmma in flight, split along M
+  hlo = _lower_for_h200(functools.partial(gemm_mgpu.linear, config=G(wg_dimension=M, wgmma_in_flight=1)),
+                        bf16(1560, 1536), bf16(1536, 1536), bf16(1536))
+  assert hlo.count("custom_call @mosaic_gpu") == 1
+
+
+# ------------------------------------------------------------------------------ dispatch
+
+def test_api_linear_reaches_the_gemm(interpret):
+  """`linear` enabled for mosaic: the api hands out the registered GEMM kernel (the module
+  function under the registry's jit); by default it stays on XLA."""
+  assert api._pick("linear", "mosaic", xla.linear_xla) is xla.linear_xla  # pylint: disable=protected-access
+  with api.kernel_ops({"linear"}, backends=("mosaic",)):
+    fn = api._pick("linear", "mosaic", xla.linear_xla)  # pylint: disable=protected-access
+    assert fn is api.registry("mosaic")["linear"] and fn.__wrapped__ is gemm_mgpu.linear
+    x, w, b = _linear_args((1, 64), 128, 128)
+    out = api.linear(x, w, b, activation="gelu_tanh", implementation="mosaic")
+    assert bench.rel_err(out, reference.linear_reference(x, w, b, activation="gelu_tanh")) < BF16_TOL
+  x, w, b = _linear_args((1, 8), 64, 64)
+  assert bench.rel_err(api.linear(x, w, b), reference.linear_reference(x, w, b)) < BF16_TOL  # XLA
+  with api.kernel_ops({"linear"}, backends=("triton",)):  # no Triton GEMM: XLA
+    assert api._pick("linear", "triton", xla.linear_xla) is xla.linear_xla  # pylint: disable=protected-access
+
+
+# ------------------------------------------------------------------ GPU: the model's shapes
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n,act", [pytest.param(*s, id=f"{size}-{s[0]}x{s[1]}x{s[2]}")
+                                       for size, shapes in MODEL_SHAPES.items() for s in shapes])
+def test_linear_gpu(hopper, m, k, n, act):
+  fn = jax.jit(functools.partial(gemm_mgpu.linear, activation=act))
+  for _ in range(2):  # fresh inputs twice: stale output memory would not match the second
+    x, w, b = _linear_args((m,), k, n)
+    assert bench.rel_err(fn(x, w, b), reference.linear_reference(x, w, b, activation=act)) < BF16_TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", [G(wgmma_in_flight=1), G(tile_m=64, tile_n=64, wg_dimension=M),
+                                    G(tile_m=64, tile_n=256, max_concurrent_steps=3, grid_minor_dim=M, grid_tile_width=4)],
+                         ids=["in-flight", "64x64-wgM", "64x256-snakeM"])
+def test_linear_gpu_configs(hopper, config):
+  for lead in ((1560,), (2, 1560), (1, 100)):  # ragged M, two frames
+    x, w, b = _linear_args(lead, 1536, 1536)
+    out = gemm_mgpu.linear(x, w, b, activation="gelu_tanh", config=config)
+    assert bench.rel_err(out, reference.linear_reference(x, w, b, activation="gelu_tanh")) < BF16_TOL
