@@ -43,8 +43,8 @@ IMPLEMENTATIONS = ("auto", "xla", "mosaic", "triton", "megastep")
 # Ops whose kernel a backend runs by default. Measured on one H100 (pallas_kernels/NOTES.md): the
 # Mosaic and the Triton attention kernels beat XLA at every shape timed; the ln_modulate_linear
 # and mlp kernels of both backends are slower than XLA's cuBLAS path at the model's shapes, so
-# they are opt-in (`kernel_ops`). The Mosaic GEMM with the fused epilogue (`linear`) is not timed
-# yet: opt-in until it has been measured.
+# they are opt-in (`kernel_ops`). The Mosaic GEMM with the fused epilogue (`linear`, and `mlp` on
+# it) is not timed yet: opt-in until `gemm_bench.py` has measured it.
 DEFAULT_KERNEL_OPS: Mapping[str, frozenset[str]] = types.MappingProxyType(
     {"mosaic": frozenset({"attention"}), "triton": frozenset({"attention"})})
 
@@ -71,11 +71,11 @@ def resolve(implementation: str) -> str:
 
 def _kernels_of(backend: str) -> dict[str, Callable]:
   """Every kernel of `backend`, by op (the op's signature; keyword-only arguments static)."""
-  if backend == "mosaic":
-    from pallas_kernels import attention_mgpu, gemm_mgpu, ln_modulate_linear_mgpu, mlp_mgpu
+  if backend == "mosaic":  # mlp: two epilogue-fused GEMMs (mlp_mgpu, hidden on chip, lost 4-8x)
+    from pallas_kernels import attention_mgpu, gemm_mgpu, ln_modulate_linear_mgpu, mlp_gemm_mgpu
 
     return {"attention": attention_mgpu.attention, "ln_modulate_linear": ln_modulate_linear_mgpu.ln_modulate_linear,
-            "linear": gemm_mgpu.linear, "mlp": mlp_mgpu.mlp}
+            "linear": gemm_mgpu.linear, "mlp": mlp_gemm_mgpu.mlp}
   if backend == "triton":
     from pallas_kernels import attention_triton, ln_modulate_linear_triton, mlp_triton
 

@@ -1,5 +1,5 @@
-"""The epilogue-fused GEMM (`gemm_mgpu.linear`) against the f32 reference of
-`pallas_kernels/reference.py`.
+"""The epilogue-fused GEMM (`gemm_mgpu.linear`) and the MLP on it (`mlp_gemm_mgpu`) against the
+f32 references of `pallas_kernels/reference.py`.
 
 On the CPU: Mosaic GPU interpret mode at the denoiser's GEMM shapes (small 256x384->1536, base
 256x768->3072, large 1560 rows at a narrower N; the full large shape is `-m slow`), ragged M,
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractDevice, AbstractMesh, AxisType, use_abstract_mesh
 
-from pallas_kernels import api, bench, gemm_mgpu, reference, xla
+from pallas_kernels import api, bench, gemm_mgpu, mlp_gemm_mgpu, reference, xla
 from tests.pallas_kernels.test_kernels import BF16_TOL, _grad_err, _mlp_args, _normal
 
 G = gemm_mgpu.TuningConfig
@@ -136,21 +136,67 @@ def test_kernels_lower_at_the_model_shapes(monkeypatch):
       assert hlo.count("custom_call @mosaic_gpu") == 1
       count += 1
   assert len(inferred) == count  # layout inference ran for every kernel
+  for d in (384, 768, 1536):
+    hlo = _lower_for_h200(mlp_gemm_mgpu.mlp, bf16(1, 1560, d), bf16(d, 4 * d), bf16(4 * d), bf16(4 * d, d), bf16(d))
+    assert hlo.count("custom_call @mosaic_gpu") == 2
   # a tuning that the benchmark sweeps: one wgmma in flight, split along M
   hlo = _lower_for_h200(functools.partial(gemm_mgpu.linear, config=G(wg_dimension=M, wgmma_in_flight=1)),
                         bf16(1560, 1536), bf16(1536, 1536), bf16(1536))
   assert hlo.count("custom_call @mosaic_gpu") == 1
 
 
+# ------------------------------------------------------------------------- the MLP on it
+
+@pytest.mark.parametrize("b,l,d,f,config", [
+    pytest.param(1, 256, 384, 1536, mlp_gemm_mgpu.TuningConfig(fc2=G(tile_m=64, num_ctas=3)), id="small"),
+    pytest.param(2, 100, 192, 256, mlp_gemm_mgpu.TuningConfig(G(tile_m=64, tile_n=64, num_ctas=3),
+                                                              G(tile_m=64, tile_n=64, wg_dimension=M, num_ctas=2)),
+                 id="ragged-two-frames"),
+])
+def test_mlp_gemm_interpret(interpret, b, l, d, f, config):
+  args = _mlp_args(b, l, d, f)
+  out = mlp_gemm_mgpu.mlp(*args, config=config)
+  assert out.shape == (b, l, d) and out.dtype == args[0].dtype
+  assert bench.rel_err(out, reference.mlp_reference(*args)) < BF16_TOL
+  assert bench.rel_err(out, xla.mlp_xla(*args)) < BF16_TOL
+
+
+def test_mlp_gemm_rounds_the_hidden_like_xla(interpret):
+  """fc1's output is rounded to bf16 once, as `xla.mlp_xla` does: the kernel is nearer to XLA
+  than either is to the f32 reference."""
+  args = _mlp_args(1, 128, 128, 256)
+  out = mlp_gemm_mgpu.mlp(*args, config=mlp_gemm_mgpu.TuningConfig(G(tile_m=64, num_ctas=2), G(tile_m=64, num_ctas=2)))
+  ref, via_xla = reference.mlp_reference(*args), xla.mlp_xla(*args)
+  assert bench.rel_err(out, via_xla) < 0.5 * bench.rel_err(via_xla, ref)
+
+
+def test_mlp_gemm_grad_interpret(interpret):
+  args = _mlp_args(1, 64, 128, 128)
+  fn = functools.partial(mlp_gemm_mgpu.mlp, config=mlp_gemm_mgpu.TuningConfig(G(tile_m=64, num_ctas=2),
+                                                                               G(tile_m=64, tile_n=64, num_ctas=2)))
+  assert _grad_err(fn, reference.mlp_reference, args) < BF16_TOL
+
+
+def test_mlp_gemm_supports_and_falls_back():
+  assert mlp_gemm_mgpu.supports(1536, 6144)  # the large model, which the on-chip kernel cannot take
+  assert not mlp_gemm_mgpu.supports(96, 384)
+  args = _mlp_args(1, 16, 96, 384)  # D = 96: XLA, which runs on the CPU without interpret mode
+  assert bench.rel_err(mlp_gemm_mgpu.mlp(*args), reference.mlp_reference(*args)) < BF16_TOL
+  with pytest.raises(ValueError):
+    mlp_gemm_mgpu.TuningConfig(fc1=dict(tile_m=64))
+
+
 # ------------------------------------------------------------------------------ dispatch
 
-def test_api_linear_reaches_the_gemm(interpret):
-  """`linear` enabled for mosaic: the api hands out the registered GEMM kernel (the module
-  function under the registry's jit); by default it stays on XLA."""
+def test_api_linear_and_mlp_reach_the_gemm(interpret):
+  """`linear` and `mlp` enabled for mosaic: the api hands out the registered GEMM kernels (the
+  module functions under the registry's jit); by default they stay on XLA."""
   assert api._pick("linear", "mosaic", xla.linear_xla) is xla.linear_xla  # pylint: disable=protected-access
-  with api.kernel_ops({"linear"}, backends=("mosaic",)):
+  assert api._pick("mlp", "mosaic", xla.mlp_xla) is xla.mlp_xla  # pylint: disable=protected-access
+  with api.kernel_ops({"linear", "mlp"}, backends=("mosaic",)):
     fn = api._pick("linear", "mosaic", xla.linear_xla)  # pylint: disable=protected-access
     assert fn is api.registry("mosaic")["linear"] and fn.__wrapped__ is gemm_mgpu.linear
+    assert api.registry("mosaic")["mlp"].__wrapped__ is mlp_gemm_mgpu.mlp
     x, w, b = _linear_args((1, 64), 128, 128)
     out = api.linear(x, w, b, activation="gelu_tanh", implementation="mosaic")
     assert bench.rel_err(out, reference.linear_reference(x, w, b, activation="gelu_tanh")) < BF16_TOL
@@ -181,3 +227,12 @@ def test_linear_gpu_configs(hopper, config):
     x, w, b = _linear_args(lead, 1536, 1536)
     out = gemm_mgpu.linear(x, w, b, activation="gelu_tanh", config=config)
     assert bench.rel_err(out, reference.linear_reference(x, w, b, activation="gelu_tanh")) < BF16_TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("l,d", [(256, 384), (256, 768), (1560, 1536)])
+def test_mlp_gemm_gpu(hopper, l, d):
+  fn = jax.jit(mlp_gemm_mgpu.mlp)
+  for _ in range(2):
+    args = _mlp_args(1, l, d, 4 * d)
+    assert bench.rel_err(fn(*args), reference.mlp_reference(*args)) < BF16_TOL
