@@ -1,5 +1,5 @@
-"""The epilogue-fused GEMM (`gemm_mgpu.linear`) and the MLP on it (`mlp_gemm_mgpu`) against the
-f32 references of `pallas_kernels/reference.py`.
+"""The epilogue-fused GEMM (`gemm_mgpu.linear`), the MLP on it (`mlp_gemm_mgpu`) and the FP8 path
+(`fp8`) against the f32 references of `pallas_kernels/reference.py`.
 
 On the CPU: Mosaic GPU interpret mode at the denoiser's GEMM shapes (small 256x384->1536, base
 256x768->3072, large 1560 rows at a narrower N; the full large shape is `-m slow`), ragged M,
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractDevice, AbstractMesh, AxisType, use_abstract_mesh
 
-from pallas_kernels import api, bench, gemm_mgpu, mlp_gemm_mgpu, reference, xla
+from pallas_kernels import api, bench, fp8, gemm_mgpu, mlp_gemm_mgpu, reference, xla
 from tests.pallas_kernels.test_kernels import BF16_TOL, _grad_err, _mlp_args, _normal
 
 G = gemm_mgpu.TuningConfig
@@ -204,6 +204,37 @@ def test_api_linear_and_mlp_reach_the_gemm(interpret):
   assert bench.rel_err(api.linear(x, w, b), reference.linear_reference(x, w, b)) < BF16_TOL  # XLA
   with api.kernel_ops({"linear"}, backends=("triton",)):  # no Triton GEMM: XLA
     assert api._pick("linear", "triton", xla.linear_xla) is xla.linear_xla  # pylint: disable=protected-access
+
+
+# ----------------------------------------------------------------------------------- FP8
+
+def test_fp8_linear_error_against_bf16():
+  """Per-tensor e4m3 at the large model's contraction depth: the error is what 3 mantissa bits
+  give (~20x bf16's), bounded; a scale applied twice, or left out, is far off."""
+  x, w, b = _linear_args((512,), 1536, 1024)
+  ref = reference.linear_reference(x, w, b, activation="gelu_tanh")
+  bf16_err = bench.rel_err(xla.linear_xla(x, w, b, activation="gelu_tanh"), ref)
+  w_q, w_scale = fp8.quantize_weight(w)
+  assert w_q.dtype == jnp.float8_e4m3fn and w_scale.dtype == jnp.bfloat16
+  assert 400 < float(jnp.max(jnp.abs(w_q.astype(jnp.float32)))) <= fp8.F8_MAX  # the range is used
+  err = bench.rel_err(fp8.linear_fp8(x, w_q, w_scale, b, activation="gelu_tanh"), ref)
+  assert bf16_err < 3e-3 and 1e-2 < err < 6e-2 and err > 5 * bf16_err
+  assert bench.rel_err(fp8.linear_fp8(x, w_q, w_scale * w_scale, b, activation="gelu_tanh"), ref) > 0.5
+  assert bench.rel_err(fp8.linear_fp8(x, w_q, jnp.bfloat16(1), b, activation="gelu_tanh"), ref) > 0.5
+
+
+def test_fp8_mlp_error_and_calibrated_scale():
+  args = _mlp_args(1, 256, 384, 1536)
+  x, w1, b1, w2, b2 = args
+  ref = reference.mlp_reference(*args)
+  (w1_q, s1), (w2_q, s2) = fp8.quantize_weight(w1), fp8.quantize_weight(w2)
+  err = bench.rel_err(fp8.mlp_fp8(x, w1_q, s1, b1, w2_q, s2, b2), ref)
+  assert 1e-2 < err < 8e-2
+  # a fixed activation scale (calibrated once) gives the same numbers as the per-call amax
+  sx = fp8.scale_of(x)
+  a = fp8.linear_fp8(x, w1_q, s1, b1, x_scale=sx)
+  assert bench.rel_err(a, fp8.linear_fp8(x, w1_q, s1, b1)) == 0.0
+  assert float(fp8.scale_of(jnp.zeros((4, 4)))) == 1.0
 
 
 # ------------------------------------------------------------------ GPU: the model's shapes
