@@ -267,3 +267,45 @@ def test_mlp_gemm_gpu(hopper, l, d):
   for _ in range(2):
     args = _mlp_args(1, l, d, 4 * d)
     assert bench.rel_err(fn(*args), reference.mlp_reference(*args)) < BF16_TOL
+
+
+# ------------------------------------------------- the device script (gemm_bench) on the CPU
+
+def test_gemm_bench_rows_and_table(tmp_path, monkeypatch):
+  """What the next GPU call runs, minus CUPTI: rows are checked against the reference (a wrong
+  function is a row with a large error, an exception a row with its error), written as they
+  come, and tabled with ratios to XLA."""
+  from pallas_kernels import gemm_bench
+
+  monkeypatch.setattr(gemm_bench, "_times", lambda fn, args, iters: {
+      "p50_ms": 0.02 if "xla" in str(fn) else 0.01, "p99_ms": 0.03, "back_to_back_ms": 0.04,
+      "kernels": [("k", 1, 0.01)]})
+  rows = gemm_bench.Rows(str(tmp_path), budget_s=60)
+  args = lambda key: gemm_bench._inputs(key, 64, 64, 128)  # noqa: E731
+  ref = functools.partial(reference.linear_reference, activation="gelu_tanh")
+  gemm_bench._measure(rows, "gemm", "s", "xla", jax.jit(functools.partial(xla.linear_xla, activation="gelu_tanh")),
+                      args, ref, 2)
+  gemm_bench._measure(rows, "gemm", "s", "kernel", jax.jit(lambda x, w, b: xla.linear_xla(x, w, b)), args, ref, 2,
+                      config="no-gelu")
+  gemm_bench._measure(rows, "gemm", "s", "kernel", lambda x, w, b: x @ w[:3], args, ref, 2, config="broken")
+  xla_row, wrong, broken = rows.rows
+  assert xla_row["rel_err"] < BF16_TOL and wrong["rel_err"] > 0.1 and "error" in broken
+  assert len((tmp_path / "gemm_bench.jsonl").read_text().splitlines()) == 3
+  md = gemm_bench.table(rows.rows)
+  assert "| s | kernel | no-gelu | 0.0100 |" in md and "| 2.00 |" in md and "fastest kernel" in md
+  gemm_bench.Rows(str(tmp_path), budget_s=0)  # a spent budget starts no row
+  spent = gemm_bench.Rows(str(tmp_path), budget_s=0)
+  gemm_bench._measure(spent, "gemm", "s", "xla", None, args, ref, 2)
+  assert spent.rows == []
+
+
+def test_gemm_bench_sweep_configs_fit_every_shape():
+  from pallas_kernels import gemm_bench
+
+  for shapes in MODEL_SHAPES.values():
+    for m, k, n, _ in shapes:
+      auto = gemm_mgpu.auto_config(m, n, k, num_ctas=132)
+      sweep = gemm_bench.sweep_configs(auto, n, k)
+      assert len(sweep) == len(set(sweep)) >= 3 and auto not in sweep
+      for cfg in sweep:
+        assert gemm_mgpu.supports(n, k, cfg)
