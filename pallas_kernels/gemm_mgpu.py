@@ -45,6 +45,7 @@ import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
 
+from pallas_kernels import device
 from pallas_kernels import xla
 from pallas_kernels.reference import linear_reference
 
@@ -344,8 +345,6 @@ def linear(x_BxLxK, w_KxN, b_N=None, *, activation: Activation = None,
   """`api.linear` on Mosaic GPU: act(x @ w + b) in x's dtype, the tile picked by shape
   (`auto_config`) unless `config` is given; XLA where no tile fits."""
   if not supports(w_KxN.shape[1], x_BxLxK.shape[-1], config):
-    from pallas_kernels import device
-
     device.warn_fallback_once("linear", f"mosaic (K={x_BxLxK.shape[-1]}, N={w_KxN.shape[1]})")
     return xla.linear_xla(x_BxLxK, w_KxN, b_N, activation=activation)
   return _linear(x_BxLxK, w_KxN, b_N, activation, config)
