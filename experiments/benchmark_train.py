@@ -44,8 +44,8 @@ import numpy as np
 from ml_collections import config_flags
 
 from lsd_jax.datasets import pipeline
-from lsd_jax.models import export, sizes
-from lsd_jax.train import loop, scaling, sharding
+from lsd_jax.models import export, lsd, sizes
+from lsd_jax.train import loop, scaling, sharding, tasks
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "experiments/configs/lsd.py:base", "An LSD experiment config.")
@@ -84,12 +84,12 @@ def model_flops(config, batch: int) -> dict[str, float]:
 
 
 def _random_autoencoder(config, directory: str) -> None:
-  cfg = loop.lsd_config(config)
+  cfg = lsd.LSDConfig.from_config(config)
   from lsd_jax.models.autoencoder import Autoencoder
   ae = Autoencoder(cfg.model_size.autoencoder)
   params = nn.meta.unbox(ae.init(jax.random.key(0), jnp.zeros((1, cfg.height, cfg.width, 3)))["params"])
-  export.save_params(os.path.join(directory, loop.AE_FILE), params, dtype="float32")
-  with open(os.path.join(directory, loop.AE_META), "w") as f:
+  export.save_params(os.path.join(directory, tasks.AE_FILE), params, dtype="float32")
+  with open(os.path.join(directory, tasks.AE_META), "w") as f:
     json.dump({"size": config.model.size, "kind": cfg.autoencoder, "latent_scale": 1.0, "steps": 0}, f)
 
 
@@ -104,14 +104,14 @@ def time_batch(config, batch_size: int, devices=None) -> dict[str, float]:
     mesh = sharding.make_mesh(dict(config.mesh), devices)
     rules = [(r[0], tuple(r[1]) if isinstance(r[1], (list, tuple)) else r[1]) for r in config.rules]
     table = loop.prompt_table(config.data.prompt_split)
-    models, init_fn, step_fn, extra_names = loop._build(config, tmp, table)  # pylint: disable=protected-access
-    state, shardings = sharding.sharded_init(init_fn, mesh, rules)
+    task = tasks.build(config, table)
+    state, shardings = sharding.sharded_init(task.init, mesh, rules)
     it = pipeline.make_iterator(config.data, table)
     batch_sh = sharding.batch_sharding(mesh)
     batch = pipeline.to_global_batch(next(it), mesh, batch_sh.spec)
     repl = sharding.replicated(mesh)
-    extras = {n: jax.device_put(models[n], repl) for n in extra_names}
-    jitted = jax.jit(lambda s, b, k, ex: step_fn(s, b, k, **ex), in_shardings=(shardings, batch_sh, repl, repl),
+    extras = jax.device_put(task.frozen, repl)
+    jitted = jax.jit(lambda s, b, k, ex: task.step(s, b, k, **ex), in_shardings=(shardings, batch_sh, repl, repl),
                      out_shardings=(shardings, repl), donate_argnums=0)
     key = jax.random.key(1)
     with sharding.activate(mesh, rules):

@@ -46,9 +46,9 @@ def main(argv):
   from lsd_jax.eval import metrics
   from lsd_jax.models import lsd, sizes
   from lsd_jax.models.autoencoder import Autoencoder
-  from lsd_jax.train import loop
+  from lsd_jax.train import tasks
 
-  params, meta = loop.load_autoencoder(_AE.value)
+  params, meta = tasks.load_autoencoder(_AE.value)
   size = sizes.get_size(meta["size"]).with_autoencoder(meta["kind"])
   ae = Autoencoder(size.autoencoder, latent_scale=meta["latent_scale"])
   src = sources.VideoClipSource.from_manifest(_MANIFEST.value, _SPLIT.value, height=_H.value, width=_W.value,

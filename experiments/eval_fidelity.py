@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 
-import numpy as np
 from absl import app, flags, logging
 
 _MODEL = flags.DEFINE_string("model", "checkpoints/lsd_small", "exported model folder")
@@ -35,7 +34,7 @@ def main(argv):
                                               num_frames=_FRAMES.value, seed=7, strides=(1,))
   clips = [src[i] for i in range(_CLIPS.value)]
   table = prompts.load_embedding_table()
-  chosen = fidelity.pick_prompts(table)
+  chosen = prompts.pick_val_prompts(table)
   if not _COMPOSITIONS.value:
     chosen = {k: v for k, v in chosen.items() if "+" not in k}
   steps = tuple(int(s) for s in _STEPS.value)

@@ -52,7 +52,7 @@ def main(argv):
   from experiments.configs import ablations as ablation_configs
   from experiments.configs import autoencoder as ae_configs
   from lsd_jax.eval import ablation, loading
-  from lsd_jax.train import loop
+  from lsd_jax.train import loop, tasks
 
   base = _CONFIG.value
   ablations = ablation_configs.get_config(_ABLATIONS.value)
@@ -61,7 +61,7 @@ def main(argv):
   ae_dir = _AE_DIR.value
   if not ae_dir:
     ae_dir = os.path.join(_WORKDIR.value, "autoencoder")
-    if not os.path.isfile(os.path.join(ae_dir, loop.AE_META)):
+    if not os.path.isfile(os.path.join(ae_dir, tasks.AE_META)):
       ae_cfg = ae_configs.get_config(base.name.split(":")[-1])
       ae_cfg.total_steps = base.total_steps
       ae_cfg.max_minutes = base.max_minutes

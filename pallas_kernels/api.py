@@ -30,20 +30,21 @@ from typing import Callable, Iterator, Mapping
 import jax
 
 from pallas_kernels.device import is_hopper, warn_fallback_once
-from pallas_kernels.xla import (attention_xla, frame_causal_mask, ln_modulate_linear_xla, ln_modulate_xla,
-                                mlp_xla)
+from pallas_kernels.xla import (attention_xla, frame_causal_mask, linear_xla, ln_modulate_linear_xla,
+                                ln_modulate_xla, mlp_xla)
 
 __all__ = ["IMPLEMENTATIONS", "DEFAULT_KERNEL_OPS", "resolve", "registry", "kernel_ops", "enabled_ops",
-           "attention", "ln_modulate_linear", "mlp", "megastep_check", "megastep_trunk", "is_hopper",
-           "warn_fallback_once", "attention_xla", "frame_causal_mask", "ln_modulate_xla",
-           "ln_modulate_linear_xla", "mlp_xla"]
+           "attention", "ln_modulate_linear", "linear", "mlp", "megastep_check", "megastep_trunk",
+           "is_hopper", "warn_fallback_once", "attention_xla", "frame_causal_mask", "ln_modulate_xla",
+           "ln_modulate_linear_xla", "linear_xla", "mlp_xla"]
 
 IMPLEMENTATIONS = ("auto", "xla", "mosaic", "triton", "megastep")
 
 # Ops whose kernel a backend runs by default. Measured on one H100 (pallas_kernels/NOTES.md): the
 # Mosaic and the Triton attention kernels beat XLA at every shape timed; the ln_modulate_linear
 # and mlp kernels of both backends are slower than XLA's cuBLAS path at the model's shapes, so
-# they are opt-in (`kernel_ops`).
+# they are opt-in (`kernel_ops`). The Mosaic GEMM with the fused epilogue (`linear`, and `mlp` on
+# it) is not timed yet: opt-in until `gemm_bench.py` has measured it.
 DEFAULT_KERNEL_OPS: Mapping[str, frozenset[str]] = types.MappingProxyType(
     {"mosaic": frozenset({"attention"}), "triton": frozenset({"attention"})})
 
@@ -70,11 +71,11 @@ def resolve(implementation: str) -> str:
 
 def _kernels_of(backend: str) -> dict[str, Callable]:
   """Every kernel of `backend`, by op (the op's signature; keyword-only arguments static)."""
-  if backend == "mosaic":
-    from pallas_kernels import attention_mgpu, ln_modulate_linear_mgpu, mlp_mgpu
+  if backend == "mosaic":  # mlp: two epilogue-fused GEMMs (mlp_mgpu, hidden on chip, lost 4-8x)
+    from pallas_kernels import attention_mgpu, gemm_mgpu, ln_modulate_linear_mgpu, mlp_gemm_mgpu
 
     return {"attention": attention_mgpu.attention, "ln_modulate_linear": ln_modulate_linear_mgpu.ln_modulate_linear,
-            "mlp": mlp_mgpu.mlp}
+            "linear": gemm_mgpu.linear, "mlp": mlp_gemm_mgpu.mlp}
   if backend == "triton":
     from pallas_kernels import attention_triton, ln_modulate_linear_triton, mlp_triton
 
@@ -147,6 +148,13 @@ def ln_modulate_linear(x_BxLxD, shift_BxD, scale_BxD, w_DxF, b_F=None, *, eps: f
   """(LN(x) * (1 + scale) + shift) @ w + b (`xla.ln_modulate_linear_xla`)."""
   fn = _pick("ln_modulate_linear", implementation, ln_modulate_linear_xla)
   return fn(x_BxLxD, shift_BxD, scale_BxD, w_DxF, b_F, eps=eps)
+
+
+def linear(x_BxLxK, w_KxN, b_N=None, *, activation: str | None = None, implementation: str = "xla"):
+  """act(x @ w + b), activation None or "gelu_tanh" (`xla.linear_xla`); a Mosaic GEMM with the
+  bias and GELU in its epilogue, bf16 out (`gemm_mgpu`), where enabled."""
+  fn = _pick("linear", implementation, linear_xla)
+  return fn(x_BxLxK, w_KxN, b_N, activation=activation)
 
 
 def mlp(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D, *, implementation: str = "xla"):

@@ -220,9 +220,9 @@ def main(_) -> None:
       logging.info(f"L={length} N={heads} H={head_dim} frame_len={frame_len} window={window} {config}: "
                    f"p50 {t['p50_ms'] * 1e3:.1f} us  kernel {bench.kernel_time_ms(fn, q, k, v)} ms  "
                    f"rel_err {err:.2e}")
-    xla = jax.jit(functools.partial(xla.attention_xla, **mask_kw))
-    logging.info(f"  xla: p50 {bench.time_fn(xla, q, k, v)['p50_ms'] * 1e3:.1f} us  "
-                 f"kernels {bench.kernel_time_ms(xla, q, k, v)} ms")
+    xla_fn = jax.jit(functools.partial(xla.attention_xla, **mask_kw))
+    logging.info(f"  xla: p50 {bench.time_fn(xla_fn, q, k, v)['p50_ms'] * 1e3:.1f} us  "
+                 f"kernels {bench.kernel_time_ms(xla_fn, q, k, v)} ms")
     if mosaic is not None:
       fn = jax.jit(functools.partial(mosaic.attention, **mask_kw))
       logging.info(f"  mosaic: p50 {bench.time_fn(fn, q, k, v)['p50_ms'] * 1e3:.1f} us  "

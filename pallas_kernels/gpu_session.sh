@@ -5,7 +5,8 @@
 # The kernels' benchmark main()s report through absl logging; the stages keep those lines.
 # Stages: tests (the Mosaic kernels' GPU tests; the Triton and mega-kernel ones have their own
 # stages, each a call's worth), kernels, bench_small_base, bench_large, bench_cmdbuf, triton (= triton_tests,
-# triton_kernels), megablock, megastep, megastep_bench, grid, profile. Logs and results go to $OUT.
+# triton_kernels), megablock, megastep, megastep_bench, grid, profile, gemm, gemm_step. Logs and
+# results go to $OUT.
 export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 # A persistent compilation cache in /tmp, kept on a warm machine between calls (grid, profile).
@@ -76,6 +77,23 @@ for stage in "$@"; do
       timeout ${PROFILE_S:-500} python3 experiments/benchmark_latency.py --sizes=small,large \
         --resolutions=256x256,832x480 --steps=2 --impls=xla,auto --iters=50 --profile \
         --out_dir="$OUT" --label=profile 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -12;;
+    # gemm: the epilogue-fused GEMM (gemm_mgpu), the MLP on it (mlp_gemm_mgpu) and the FP8 path:
+    # their GPU tests, then gemm_bench (XLA / bare cuBLAS / kernel / FP8 at the denoiser's GEMM
+    # shapes, CUPTI p50/p99, rows in $OUT/gemm_bench.{jsonl,json,md} as they come); at most 300 s.
+    gemm) JAX_PLATFORMS=cuda timeout ${GEMM_TESTS_S:-110} python3 -m pytest -q -rs -m gpu \
+        tests/pallas_kernels/test_gemm.py 2>&1 | tail -40 > "$OUT/gemm_tests.log"; tail -5 "$OUT/gemm_tests.log"
+      timeout ${GEMM_BENCH_S:-185} python3 -m pallas_kernels.gemm_bench --out_dir="$OUT" \
+        --budget_s=${GEMM_BUDGET_S:-150} 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -70;;
+    # gemm_step: what the GEMM MLP does to whole steps (S = 1; `--frame_only=none:0x0:0` skips the
+    # frames): small at 256x256 and large at 832x480, the kernel path with attention only, then
+    # with attention and mlp, one process each (a separate call: up to 4 x 130 s).
+    gemm_step) persistent_cache
+      for cell in small:256x256 large:832x480; do for ops in attention attention,mlp; do
+        timeout ${GEMM_STEP_S:-130} python3 experiments/benchmark_latency.py --sizes=${cell%%:*} \
+          --resolutions=${cell##*:} --steps=1 --impls=mosaic --kernel_ops=$ops --iters=50 \
+          --frame_only=none:0x0:0 --out_dir="$OUT" --label=gemm_step_${cell%%:*}_${ops/,/_} 2>&1 \
+          | grep -v -E "^[IW][0-9]{4}" | tail -6
+      done; done;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

@@ -40,3 +40,11 @@ def mlp_reference(x, w1, b1, w2, b2):
   h = x.astype(jnp.float32) @ w1.astype(jnp.float32) + b1.astype(jnp.float32)
   h = jax.nn.gelu(h, approximate=True)
   return h @ w2.astype(jnp.float32) + b2.astype(jnp.float32)
+
+
+def linear_reference(x, w, b=None, *, activation=None):
+  """Plain-jnp f32 reference of act(x @ w + b) (activation None or "gelu_tanh", tanh GELU)."""
+  out = x.astype(jnp.float32) @ w.astype(jnp.float32)
+  if b is not None:
+    out = out + b.astype(jnp.float32)
+  return jax.nn.gelu(out, approximate=True) if activation == "gelu_tanh" else out

@@ -52,6 +52,19 @@ def ln_modulate_linear_xla(x_BxLxD, shift_BxD, scale_BxD, w_DxF, b_F=None, *, ep
   return out.astype(x_BxLxD.dtype)
 
 
+def linear_xla(x_BxLxK, w_KxN, b_N=None, *, activation: str | None = None):
+  """act(x @ w + b) in x's dtype: f32 accumulation, bias and activation (None or "gelu_tanh")
+  in f32, one rounding at the end (what XLA's GEMM plus its convert fusion compute)."""
+  out = jnp.einsum("...k,kn->...n", x_BxLxK, w_KxN.astype(x_BxLxK.dtype), preferred_element_type=jnp.float32)
+  if b_N is not None:
+    out = out + b_N.astype(jnp.float32)
+  if activation == "gelu_tanh":
+    out = jax.nn.gelu(out, approximate=True)
+  elif activation is not None:
+    raise ValueError(f"unknown activation {activation!r}")
+  return out.astype(x_BxLxK.dtype)
+
+
 def mlp_xla(x_BxLxD, w1_DxF, b1_F, w2_FxD, b2_D):
   """gelu(x @ w1 + b1) @ w2 + b2 (tanh GELU), f32 accumulation."""
   h = jnp.einsum("bld,df->blf", x_BxLxD, w1_DxF.astype(x_BxLxD.dtype),

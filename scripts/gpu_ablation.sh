@@ -35,7 +35,7 @@ common() {
     --ablations=$ABLATION --workdir=$WORKDIR --manifest=$LIB
 }
 arms() {  # the ablation's arm labels, one per line
-  python3 -c "import sys; from experiments.configs import ablations as a; print('\n'.join(x['label'] for x in a.get_config(sys.argv[1])[sys.argv[1]]))" "$ABLATION"
+  python3 -m experiments.device_tools arms "$ABLATION"
 }
 for stage in "$@"; do
   case "$stage" in

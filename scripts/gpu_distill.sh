@@ -43,7 +43,7 @@ ONDEMAND=XLA_PYTHON_CLIENT_PREALLOCATE=false
 # file comes back; rejoin with cat params.part_* > params.safetensors).
 export_model() { local d; d=$(folder "$1"); [ -f "$d/config.json" ] || { echo "no $1 model at $d"; return 0; }
   mkdir -p "$OUT/$1"; cp "$d/config.json" "$OUT/$1/"; [ -f "$d/prune.json" ] && cp "$d/prune.json" "$OUT/$1/"
-  split -b 15m "$d/params.safetensors" "$OUT/$1/params.part_"; }
+  split -b ${PART_MB:-15}m "$d/params.safetensors" "$OUT/$1/params.part_"; }
 # The two evaluations of a model (folder $2, label $1), as experiments/ scripts and their flags:
 # held-out fidelity, and the procedural stream at S = $3 (drift ratio, stream PSNR, flicker).
 fid_job() { echo "eval_fidelity.py --model=$2 --manifest=$LIB --clips=$FID_CLIPS --frames=24 --steps=1,2,4 --out=$OUT/$1/fidelity"; }
@@ -53,12 +53,12 @@ folder() { case "$1" in teacher) echo "$TEACHER" ;; pruned) echo "$PRUNED" ;; st
 for stage in "$@"; do
   case "$stage" in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
-         python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())" ;;
+         python3 -m experiments.device_tools versions ;;
     prune) timeout 300 python3 experiments/prune.py --config=experiments/configs/distill.py:pruned --model=$TEACHER \
              --out=$PRUNED --config.data.sources.library.manifest=$LIB --config.data.worker_count=12 $DISTILL_EXTRA \
              2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -15
            cp $PRUNED/prune.json "$OUT/prune.json" ;;
-    distill) timeout $(python3 -c "print(int(60 * $DISTILL_MIN + 240))") python3 experiments/main.py \
+    distill) timeout $(awk "BEGIN {print int(60 * $DISTILL_MIN + 240)}") python3 experiments/main.py \
              --config=experiments/configs/distill.py:$DISTILL_CONFIG --workdir=$DISTILL_WORKDIR \
              --config.distill.teacher=$TEACHER --config.init_from=$( [ "$DISTILL_CONFIG" = pruned ] && echo $PRUNED || echo $TEACHER ) \
              --config.data.sources.library.manifest=$LIB --config.max_minutes=$DISTILL_MIN --config.data.worker_count=${DISTILL_WORKERS:-14} $DECODED \
@@ -86,12 +86,7 @@ for stage in "$@"; do
                  o=${j##*--out=}; mkdir -p "$o"
                  ( env $ONDEMAND timeout ${JOB_TIMEOUT:-300} python3 experiments/$j > "$o/log.txt" 2>&1; echo "exit $? (124: timed out): $o" ) &
                done; wait
-               python3 -c "
-import sys
-from lsd_jax.eval import frontier
-for m in sys.argv[2:]:
-  print(m, ' '.join(f'S={s}: {frontier.fidelity_psnr(sys.argv[1], m, s):.2f} dB, drift {frontier.drift_ratio(sys.argv[1], m, s):.4f}' for s in (1, 2, 4)))
-" "$OUT" $MODELS ;;
+               python3 -m experiments.device_tools frontier "$OUT" $MODELS ;;
     report) args=""; for m in $MODELS; do d=$(folder $m); [ -f $d/config.json ] && args="$args,$m=$d"; done
             python3 experiments/distill_prune_report.py --models=${args#,} --results="$OUT" --out="$OUT/distill_prune.md" \
               2>&1 | grep -v -E "^[IW][0-9]{4}" ;;

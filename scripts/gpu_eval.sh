@@ -28,20 +28,14 @@ QUIET="^W[0-9]{4}|^I[0-9]{4}.*(cpp|xla_bridge)|TfrtCpuClient"
 for stage in "$@"; do
   case "$stage" in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
-         python3 -c "import jax, cv2, tqdm, matplotlib; print(jax.__version__, jax.devices())" ;;
+         python3 -m experiments.device_tools versions cv2 tqdm matplotlib ;;
     drift) D="${DRIFT_DIR:-$OUT/drift}"; mkdir -p "$D"
            if [ -n "${DRIFT_STATE:-}" ]; then cp -r "$DRIFT_STATE"/. "$D"/ || exit 1; fi
            XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s KILL "$DRIFT_KILL_S" python3 experiments/evaluate.py --model="$CKPT" --steps="$DRIFT_STEPS" \
              --stream_frames="$DRIFT_FRAMES" --switch_every=1250 --chunk="$DRIFT_CHUNK" --clips=0 --render_workers="$DRIFT_WORKERS" \
              --checkpoint_every=5000 --max_minutes="$DRIFT_MIN" --effects="$DRIFT_EFFECTS" --out="$D" ${DRIFT_TAU:+--tau_inf=$DRIFT_TAU} \
              --title="Drift: $DRIFT_FRAMES frames of $CKPT${DRIFT_TAU:+, tau_inf $DRIFT_TAU}" 2>&1 | grep -v -E "$QUIET" | tee -a "$D/log.txt" | tail -40
-           python3 -c "
-import json, sys
-s = json.load(open(sys.argv[1]))['stream']
-print('drift:', 'COMPLETE' if s['complete'] else 'PARTIAL', s['frames'], 'of', s['planned_frames'], 'frames;',
-      'psnr ratio', round(s['drift']['psnr_ratio'], 4), '| pipeline frames/s', round(s['latency'].get('pipeline_frames_per_s', 0), 1))
-for e, r in s['drift']['per_effect'].items(): print(f'  {e:14s} ratio {r[\"psnr_ratio\"]:.4f}  curve', [round(c, 2) for c in r['psnr_curve']])
-" "$D/eval.json" || echo "drift: no report yet (killed before the first one); resume from $D/resume" ;;
+           python3 -m experiments.device_tools drift_summary "$D/eval.json" || echo "drift: no report yet (killed before the first one); resume from $D/resume" ;;
     fidelity) F="$OUT/fidelity"; mkdir -p "$F"
               XLA_PYTHON_CLIENT_PREALLOCATE=false python3 experiments/eval_fidelity.py --model="$CKPT" --manifest="$LIB" --clips=4 --frames=24 \
                 --out="$F" 2>&1 | grep -v -E "$QUIET" | tail -30 ;;

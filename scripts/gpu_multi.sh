@@ -65,7 +65,7 @@ for stage in "$@"; do
   case "$stage" in
     env) run nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv
          run nvidia-smi topo -m
-         run python3 -c "import jax; print(jax.__version__, jax.devices())" ;;
+         run python3 -m experiments.device_tools versions ;;
     check) run env JAX_PLATFORMS=cuda timeout 300 python3 -m pytest -q -rs -m gpu -p no:cacheprovider \
              tests/models/test_parallel.py -k gpus 2>&1 | tail -15 ;;
     tp) large tp_auto --impls=auto --tp="$(upto)" --profile ;;
@@ -83,24 +83,22 @@ for stage in "$@"; do
              --device_counts="$counts" --per_device_batch=16 --iters=20 --repeats=5 --out_dir="$OUT" \
              --label=base_scaling 2>&1 | grep -v -E "$QUIET" | tail -12 ;;
     train_loop) wheels
-           run python3 -c "from experiments import benchmark_train as b; from experiments.configs import lsd; \
-c = lsd.get_config('base'); import os; os.makedirs('/tmp/ae_base', exist_ok=True); b._random_autoencoder(c, '/tmp/ae_base')"
+           lib=${LIBRARY:-/tmp/library/manifest.json}
+           run python3 -m experiments.device_tools random_autoencoder base /tmp/ae_base
+           run python3 -m experiments.device_tools decode_cache "$lib" /tmp/lsd_decoded train  # before the loops time it
            for n in $LOOP_COUNTS; do
              [ "$n" -le "$(gpus)" ] || continue
              rm -rf "/tmp/loop_$n"
              run env CUDA_VISIBLE_DEVICES="$(seq -s, 0 $((n - 1)))" timeout 240 python3 experiments/main.py \
                --config=experiments/configs/lsd.py:base --workdir="/tmp/loop_$n" --config.autoencoder_dir=/tmp/ae_base \
-               --config.data.sources.library.manifest="${LIBRARY:-/tmp/library/manifest.json}" \
+               --config.data.sources.library.manifest="$lib" \
                --config.data.sources.library.decoded_cache=/tmp/lsd_decoded \
                --config.data.global_batch_size=$((16 * n)) --config.data.worker_count=$(workers "$n") \
                --config.max_minutes="$LOOP_MIN" --config.log_every=10 --config.checkpoint_every=1000000 \
                --config.export_on_stop=False 2>&1 | grep -v -E "$QUIET" | tail -4
-             run python3 -c "import json; from lsd_jax.train import scaling; \
-print(json.dumps(scaling.loop_rate('/tmp/loop_$n/train_metrics.jsonl', $n, $((16 * n)))))" | tee -a /tmp/train_loop.jsonl
+             run python3 -m experiments.device_tools loop_rate "/tmp/loop_$n" "$n" $((16 * n)) /tmp/train_loop.jsonl
            done
-           [ "${DRY:-}" = 1 ] || python3 -c "import json; from lsd_jax.train import scaling; \
-runs = [json.loads(l) for l in open('/tmp/train_loop.jsonl')]; scaling.add_efficiency(runs); \
-json.dump(runs, open('$OUT/train_loop.json', 'w'), indent=1); print(json.dumps(runs, indent=1))" ;;
+           run python3 -m experiments.device_tools loop_scaling /tmp/train_loop.jsonl "$OUT/train_loop.json" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

@@ -14,7 +14,7 @@ DECODED=--config.data.sources.library.decoded_cache=/tmp/lsd_decoded  # decode t
 for stage in "$@"; do
   case "$stage" in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
-         python3 -c "import jax, flax, optax, orbax.checkpoint as o, grain, av; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())" ;;
+         python3 -m experiments.device_tools versions orbax.checkpoint grain av ;;
     ae) python3 experiments/main.py --config=experiments/configs/autoencoder.py:small --workdir=workdirs/ae_small \
           --config.data.sources.library.manifest=$LIB --config.max_minutes=$AE_MIN --config.data.worker_count=12 $DECODED \
           2>&1 | grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion" | tee -a workdirs/ae.log
@@ -30,7 +30,7 @@ for stage in "$@"; do
     eval_fid) timeout ${FID_TIMEOUT:-150} python3 experiments/eval_fidelity.py --model=workdirs/lsd_small/export --manifest=$LIB \
           --clips=4 --frames=24 --out="$OUT/fidelity" 2>&1 | grep -v -E "^W1124|^I1124" | tail -30 ;;
     export) mkdir -p "$OUT/export"; cp workdirs/lsd_small/export/config.json "$OUT/export/";
-            split -b 15m workdirs/lsd_small/export/params.safetensors "$OUT/export/params.part_" ;;
+            split -b ${PART_MB:-15}m workdirs/lsd_small/export/params.safetensors "$OUT/export/params.part_" ;;
     mfu) for c in small base; do timeout 240 python3 experiments/benchmark_train.py \
           --config=experiments/configs/lsd.py:$c --batch_sizes=${MFU_BATCHES:-32,64} --out_dir="$OUT" \
           2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -6; done ;;

@@ -12,6 +12,13 @@
 #   sweep2   the second stretch's: the light autoencoder continued beside a thermal pair that isolates
 #            the x0 loss weighting, then the v3 run
 #   v3       continue (or start) the v3 run alone, until END seconds after the stage starts
+# The next stretch (reports/model_v3/README.md, "the plan"), each stage bounded by END:
+#   ae       the light autoencoder alone for AE_MIN minutes from checkpoints/ae_small_light, then
+#            its PSNR and its time with the weights on the device (the teacher's beside it)
+#   capacity thermal from scratch with CONFIG (default v3b), at strength 1.0 only and at all three
+#   run      the all-effects CONFIG run (INIT_FROM: warm start), beside the capacity runs
+#   wait     until every started run ends; diagnose: diagnose.py (+ eval_fidelity) on each export
+#   collect_runs  metrics, the autoencoder and the all-effects run's weights into $OUT
 #   eval     export, held-out fidelity at S = 1, 2, 4, autoencoder PSNR at 256x256 and 832x480
 #   latency  the light autoencoder's and the v3 frame's latency, train-step MFU
 #   collect  metrics, curves, logs and the v3 export into $OUT (at most 8 files)
@@ -26,7 +33,7 @@ DEC=--config.data.sources.library.decoded_cache=/tmp/lsd_decoded
 END=${END:-520}
 T0=$(date +%s)
 left() { echo $(( END - ($(date +%s) - T0) )); }  # seconds left in this stage's budget
-minutes() { python3 -c "print(max(0.5, ($1) / 60))"; }
+minutes() { python3 -m experiments.device_tools minutes "$(( $1 ))"; }
 quiet() { grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion|^W1201|jax_cuda|TfrtCpu"; }
 train() {  # train NAME CONFIG ARGS...: one run in the background, its log in $W/NAME.log
   local name=$1 config=$2; shift 2
@@ -57,14 +64,10 @@ for stage in "$@"; do
       whl=$(ls .carry/av/*.whl .carry/wheels/*.whl 2>/dev/null)
       if [ -n "$whl" ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $whl || exit 1; fi
       for d in library teacher_ae ae_light_init; do if [ -d ".carry/$d" ]; then rm -rf "/tmp/$d" && cp -r ".carry/$d" "/tmp/$d"; fi; done
-      python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"
-      python3 -c "import grain, ml_collections, av, skimage; print('grain', grain.__version__ if hasattr(grain, '__version__') else 'ok', 'av', av.__version__)" 2>&1 | tail -1 ;;
+      python3 -m experiments.device_tools versions grain ml_collections av skimage ;;
     cache)
-      setsid nohup python3 -c "
-from lsd_jax.datasets import sources
-for split in ('train', 'heldout'):
-  sources.VideoClipSource.from_manifest('$LIB', split, height=256, width=256, num_frames=6, decoded_cache='/tmp/lsd_decoded')
-print('cache ready')" > "$W/cache.log" 2>&1 < /dev/null & ;;
+      setsid nohup python3 -m experiments.device_tools decode_cache $LIB /tmp/lsd_decoded train heldout \
+        > "$W/cache.log" 2>&1 < /dev/null & ;;
     sweep)
       for _ in $(seq 90); do grep -q "cache ready" "$W/cache.log" 2>/dev/null && break; sleep 2; done
       grep -q "cache ready" "$W/cache.log" || { echo "no decoded cache after 180 s:"; tail -5 "$W/cache.log"; }
@@ -101,6 +104,43 @@ print('cache ready')" > "$W/cache.log" 2>&1 < /dev/null & ;;
       for r in t3_x0 t4_velocity v3; do wait_run $r; done
       cut -c1-120 "$W/ae_eval.log"
       for r in t3_x0 t4_velocity v3; do echo "-- $r"; grep -E "held-out PSNR|steps/s" "$W/$r.log" | tail -2 | cut -c1-200; done ;;
+    ae)  # the light autoencoder alone on the GPU, from the committed one (or this machine's), then its
+         # held-out PSNR at 256x256 and 832x480 and its time with the weights on the device
+      from=checkpoints/ae_small_light; [ -f "$AE/autoencoder/meta.json" ] && from=$AE
+      rm -rf "$W/ae_from" && cp -r "$from" "$W/ae_from" && rm -rf "$AE"
+      train ae_light experiments/configs/autoencoder.py:small_light --config.teacher_autoencoder=$TEACHER \
+        --config.data.worker_count=12 --config.max_minutes=${AE_MIN:-3.0} --config.init_from=$W/ae_from
+      wait_run ae_light; tail -1 "$W/ae_light.log" | cut -c1-200; mkdir -p "$W/latency"
+      for hw in 256x256 480x832; do h=${hw%x*}; w=${hw#*x}
+        python3 experiments/eval_autoencoder.py --autoencoder_dir=$AE --manifest=$LIB --height=$h --width=$w --clips=32 \
+          --time_iters=${TIME_ITERS:-2000} --out="$W/latency/ae_light_${hw}.json" 2>&1 | tail -1 | cut -c1-220; done
+      python3 experiments/eval_autoencoder.py --autoencoder_dir=$TEACHER --manifest=$LIB --clips=32 --time_iters=${TIME_ITERS:-2000} \
+        --out="$W/latency/ae_teacher_256x256.json" 2>&1 | tail -1 | cut -c1-220 ;;
+    capacity)  # thermal from scratch with CONFIG's recipe (default v3b), at one strength and at all three, kept
+      c=${CONFIG:-v3b}
+      thermal cap_${c}_strong $c --config.train.prompt_repeats=1 --config.data.strengths=1.0 --config.export_on_stop=True
+      thermal cap_${c}_all $c --config.train.prompt_repeats=1 --config.export_on_stop=True ;;
+    run)  # the all-effects run of CONFIG (default v3b) on the light autoencoder, beside whatever runs
+      c=${CONFIG:-v3b}; init=""; [ -n "${INIT_FROM:-}" ] && init=--config.init_from=$INIT_FROM
+      train run_$c experiments/configs/lsd.py:$c --config.autoencoder_dir=$AE --config.data.worker_count=${RUN_WORKERS:-8} \
+        --config.max_minutes="$(minutes "$(left) - ${RUN_TAIL:-60}")" $init ${RUN_EXTRA:-} ;;
+    wait) for p in "$W"/*.pid; do wait_run "$(basename "$p" .pid)"; done
+          for l in "$W"/cap_*.log "$W"/run_*.log; do [ -f "$l" ] || continue; echo "-- $(basename "$l")"
+            grep -E "held-out PSNR|steps/s" "$l" | tail -2 | cut -c1-200; done ;;
+    diagnose)  # every finished run's export: the three-condition diagnosis and, for all-effects runs, eval_fidelity
+      for d in "$W"/cap_* "$W"/run_*; do [ -f "$d/export/config.json" ] || continue; n=$(basename "$d")
+        e=thermal; case $n in run_*) e=thermal,grayscale,negative,identity,cartoon,pencil_sketch;; esac
+        python3 experiments/diagnose.py --model="$d/export" --manifest=$LIB --effects=$e --clips=2 --frames=8 \
+          --out="$W/diagnose_$n" 2>&1 | grep "^| \*\*mean\|^| thermal"
+        case $n in run_*) python3 experiments/eval_fidelity.py --model="$d/export" --manifest=$LIB --clips=4 --frames=24 \
+          --out="$W/fidelity_$n" 2>&1 | grep "mean";; esac; done ;;
+    collect_runs)  # metrics of everything, the light autoencoder and the all-effects run's weights
+      (cd "$W" && tar czf "$OUT/runs.tgz" --exclude='checkpoints' --exclude='export' --exclude='*.pid' \
+         $(ls -d */ *.log *.json 2>/dev/null) 2>/dev/null)
+      for d in "$W"/run_*; do [ -f "$d/export/params.safetensors" ] || continue; n=$(basename "$d"); mkdir -p "$OUT/$n"
+        cp "$d/export/config.json" "$OUT/$n/"; split -b ${PART_MB:-15}m "$d/export/params.safetensors" "$OUT/$n/params.part_"; done
+      [ -d "$AE/autoencoder" ] && tar czf "$OUT/ae_light.tgz" -C "$W" ae_light/autoencoder
+      find "$OUT" -type f | wc -l; du -sh "$OUT" ;;
     v3) v3; wait_run v3; grep -E "held-out PSNR|steps/s" "$W/v3.log" | tail -3 | cut -c1-220 ;;
     eval)
       python3 experiments/eval_fidelity.py --model=$W/v3/export --manifest=$LIB --clips=4 --frames=24 \
@@ -109,7 +149,7 @@ print('cache ready')" > "$W/cache.log" 2>&1 < /dev/null & ;;
       mkdir -p "$W/latency"
       for hw in 256x256 480x832; do h=${hw%x*}; w=${hw#*x}
         python3 experiments/eval_autoencoder.py --autoencoder_dir=$AE --manifest=$LIB --height=$h --width=$w --clips=4 \
-          --time_iters=2000 --out="$W/latency/ae_light_${hw}.json" 2>&1 | tail -1 | cut -c1-160; done
+          --time_iters=${TIME_ITERS:-2000} --out="$W/latency/ae_light_${hw}.json" 2>&1 | tail -1 | cut -c1-160; done
       python3 experiments/eval_autoencoder.py --autoencoder_dir=$TEACHER --manifest=$LIB --clips=4 --time_iters=2000 \
         --out="$W/latency/ae_teacher_256x256.json" 2>&1 | tail -1 | cut -c1-160
       python3 experiments/benchmark_stream.py --checkpoint=$W/v3/export --sizes=small --soak_size= --iters=2000 \
@@ -120,7 +160,7 @@ print('cache ready')" > "$W/cache.log" 2>&1 < /dev/null & ;;
       (cd "$W" && tar czf "$OUT/runs.tgz" --exclude='checkpoints' --exclude='export' --exclude='*.pid' \
          $(ls -d */ *.log *.json 2>/dev/null) 2>/dev/null)
       if [ -f "$W/v3/export/params.safetensors" ]; then
-        mkdir -p "$OUT/v3"; cp "$W/v3/export/config.json" "$OUT/v3/"; split -b 15m "$W/v3/export/params.safetensors" "$OUT/v3/params.part_"; fi
+        mkdir -p "$OUT/v3"; cp "$W/v3/export/config.json" "$OUT/v3/"; split -b ${PART_MB:-15}m "$W/v3/export/params.safetensors" "$OUT/v3/params.part_"; fi
       if [ -d "$AE/autoencoder" ]; then tar czf "$OUT/ae_light.tgz" -C "$W" ae_light/autoencoder; fi
       find "$OUT" -type f | wc -l; du -sh "$OUT" ;;
     *) echo "unknown stage $stage"; exit 2 ;;

@@ -22,7 +22,7 @@ import hashlib
 import json
 import pathlib
 import re
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from absl import logging
 import numpy as np
@@ -449,3 +449,18 @@ def parse_name(name: str) -> tuple[str, str]:
   if name in effects.TEMPORAL_EFFECTS:
     return "identity", name
   return name, "none"
+
+
+def pick_val_prompts(table: EmbeddingTable, names: Sequence[str] | None = None) -> dict[str, tuple[str, np.ndarray, effects.EffectSpec]]:
+  """One val prompt per effect name ("sepia", "identity+snowfall"...): text, embedding, spec; the
+  first of each effect in table order, as every evaluation (eval_fidelity, evaluate, the
+  training probe) picks them."""
+  out = {}
+  for i, text in enumerate(table.texts):
+    if table.splits[i] != "val" or not text:
+      continue
+    spec = table.spec(i)
+    name = effects.spec_name(spec)
+    if (names is None or name in names) and name not in out:
+      out[name] = (text, table.embeddings[i], spec)
+  return out

@@ -40,19 +40,6 @@ def ae_roundtrip_fn(cfg: lsd.LSDConfig):
   return jax.jit(lambda p, x: lsd.decode(ae, p, lsd.encode(ae, p, x)))
 
 
-def pick_prompts(table, names: Sequence[str] | None = None) -> dict[str, tuple[str, np.ndarray, effects.EffectSpec]]:
-  """One val prompt per effect name ("sepia", "identity+snowfall"...): text, embedding, spec."""
-  out = {}
-  for i, text in enumerate(table.texts):
-    if table.splits[i] != "val" or not text:
-      continue
-    spec = table.spec(i)
-    name = effects.spec_name(spec)
-    if (names is None or name in names) and name not in out:
-      out[name] = (text, table.embeddings[i], spec)
-  return out
-
-
 def evaluate(cfg: lsd.LSDConfig, params, clips: Sequence[np.ndarray], prompts: dict, *,
              steps_list=(1, 2, 4), seed: int = 0) -> dict[str, Any]:
   """PSNR per effect and S, averaged over clips and frames (frames after the first K+1, so the

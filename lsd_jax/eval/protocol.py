@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import logging
 
-from lsd_jax.eval import chunks, fidelity, resume, runner, summary
+from lsd_jax.eval import chunks, resume, runner, summary
 from lsd_jax.eval import frames as frames_lib
 from lsd_jax.eval.runner import Prompt
 from lsd_jax.models import lsd
@@ -25,7 +25,7 @@ class EvalConfig:
   """The evaluation protocol (the same for every model and ablation arm). The last three fields
   change how a run is carried out, not its numbers."""
   steps: int = 2  # S at inference
-  effects: tuple[str, ...] | None = None  # effect names (fidelity.pick_prompts keys); None: all single effects
+  effects: tuple[str, ...] | None = None  # effect names (prompts.pick_val_prompts keys); None: all single effects
   clips: int = 4  # held-out clips
   clip_frames: int = 32
   stream_frames: int = 2_000  # procedural stream length (100_000 for the drift run)
@@ -55,7 +55,7 @@ def choose_prompts(effect_names: Sequence[str] | None) -> dict[str, Prompt]:
   """One val prompt per effect name (None: every single effect), from the precomputed table."""
   from lsd_jax.datasets import prompts as prompts_lib
 
-  chosen = fidelity.pick_prompts(prompts_lib.load_embedding_table(), effect_names)
+  chosen = prompts_lib.pick_val_prompts(prompts_lib.load_embedding_table(), effect_names)
   if effect_names is None:
     return {k: v for k, v in chosen.items() if "+" not in k}
   missing = [e for e in effect_names if e not in chosen]

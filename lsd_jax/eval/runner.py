@@ -27,7 +27,7 @@ from lsd_jax.eval import resume
 from lsd_jax.models import frame as model_frame
 from lsd_jax.models import lsd
 
-Prompt = tuple[str, np.ndarray, effects.EffectSpec]  # text, embedding, spec (fidelity.pick_prompts)
+Prompt = tuple[str, np.ndarray, effects.EffectSpec]  # text, embedding, spec (prompts.pick_val_prompts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -73,6 +73,16 @@ class LSDConfig:
     return dataclasses.asdict(self)
 
   @classmethod
+  def from_config(cls, config, latent_scale: float = 1.0, autoencoder: str | None = None) -> "LSDConfig":
+    """The model a training config (`config.model`, `config.data`) describes. `latent_scale`
+    and `autoencoder` (the kind) come from the autoencoder actually loaded, when there is one."""
+    m = config.model
+    return cls(size=m.size, height=config.data.height, width=config.data.width, history_mode=m.history_mode,
+               history_len=m.history_len, tau_inf=m.tau_inf, steps=m.steps, latent_scale=latent_scale,
+               kernel_impl=m.kernel_impl, residual=bool(m.get("residual", False)),
+               autoencoder=autoencoder or m.get("autoencoder", "conv"))
+
+  @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "LSDConfig":
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - known

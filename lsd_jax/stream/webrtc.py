@@ -3,7 +3,7 @@ as one, prompts and per-frame stats travel over a data channel named "control".
 
   POST /offer  {"sdp", "type": "offer"} -> {"sdp", "type": "answer"}   (non-trickle ICE)
 
-Access rules are the WebSocket's (server.access_denied); a session counts against
+Access rules are the WebSocket's (access.access_denied); a session counts against
 --max_sessions. Incoming frames go to a SessionWorker: the newest is processed, the rest are
 dropped and counted. Output frames carry their own timestamps (the time they were ready), so the
 browser shows them as they come; the data channel carries the server's per-frame stats
@@ -27,7 +27,7 @@ from absl import logging
 from aiohttp import web
 import numpy as np
 
-from lsd_jax.stream import server, session_worker
+from lsd_jax.stream import access, session_worker
 
 MAX_SDP_CHARS = 64 * 1024
 CONNECT_TIMEOUT_S = 20.0  # an offer whose connection never carries a frame is dropped after this
@@ -115,7 +115,7 @@ def _frame_to_rgb(frame: Any) -> np.ndarray:
 class _Peer:
   """One WebRTC session: the peer connection, its worker, its tracks and channel."""
 
-  def __init__(self, st: server.ServerState, pc: Any, peers: set):
+  def __init__(self, st: access.ServerState, pc: Any, peers: set):
     self.st, self.pc, self.peers = st, pc, peers
     self.loop = asyncio.get_running_loop()
     self.out = OutputTrack.make()
@@ -173,7 +173,7 @@ class _Peer:
       return
 
     async def reply():
-      self.send(await server.prompt_reply(self.st, self.worker, raw))
+      self.send(await access.prompt_reply(self.st, self.worker, raw))
 
     self.tasks.append(asyncio.ensure_future(reply()))
 
@@ -191,8 +191,8 @@ class _Peer:
 
 
 async def _offer(request: web.Request) -> web.Response:
-  st = request.app[server.STATE_KEY]
-  denied = server.access_denied(request)
+  st = request.app[access.STATE_KEY]
+  denied = access.access_denied(request)
   if denied is not None:
     return denied
   try:
@@ -215,7 +215,7 @@ async def _offer(request: web.Request) -> web.Response:
   pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: nothing leaves the host
   peer = _Peer(st, pc, request.app[PEERS_KEY])
   try:
-    peer.worker = await peer.loop.run_in_executor(None, server.new_worker, st, _frame_to_rgb,
+    peer.worker = await peer.loop.run_in_executor(None, access.new_worker, st, _frame_to_rgb,
                                                   peer.deliver, "lsd-rtc")
 
     @pc.on("datachannel")
@@ -223,9 +223,9 @@ async def _offer(request: web.Request) -> web.Response:
       peer.channel = channel
       channel.on("message", peer.on_message)
       if channel.readyState == "open":
-        peer.send(server.hello(st, "webrtc"))
+        peer.send(access.hello(st, "webrtc"))
       else:
-        channel.on("open", lambda: peer.send(server.hello(st, "webrtc")))
+        channel.on("open", lambda: peer.send(access.hello(st, "webrtc")))
 
     @pc.on("track")
     def on_track(track):

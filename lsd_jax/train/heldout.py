@@ -63,17 +63,8 @@ def heldout_clips(data_config, n: int, frames: int, height: int, width: int) -> 
 def single_effect_prompts(names: Sequence[str] | None = None) -> dict[str, tuple[str, np.ndarray, effects.EffectSpec]]:
   """One val paraphrase per single effect (no compositions), as `eval.fidelity` picks them;
   restricted to `names` when given."""
-  table = prompts.load_embedding_table()
-  out = {}
-  for i, text in enumerate(table.texts):
-    if table.splits[i] != "val" or not text:
-      continue
-    spec = table.spec(i)
-    name = effects.spec_name(spec)
-    if "+" in name or name in out or (names and name not in names):
-      continue
-    out[name] = (text, np.asarray(table.embeddings[i], np.float32), spec)
-  return out
+  chosen = prompts.pick_val_prompts(prompts.load_embedding_table(), names or None)
+  return {n: (t, np.asarray(e, np.float32), spec) for n, (t, e, spec) in chosen.items() if "+" not in n}
 
 
 def make_probe(cfg: lsd.LSDConfig, ae_params, clips: Sequence[np.ndarray], chosen: dict) -> Probe:

@@ -21,7 +21,7 @@ from absl import logging
 
 from lsd_jax.datasets import pipeline
 from lsd_jax.models import export, lsd, prune, sizes
-from lsd_jax.train import loop, steps
+from lsd_jax.train import loop, steps, tasks
 
 REPORT_FILE = "prune.json"
 
@@ -53,7 +53,7 @@ def calibrate_and_prune(config: ml_collections.ConfigDict, model_dir: str, out_d
     raise ValueError(f"data {config.data.height}x{config.data.width} != model {cfg.height}x{cfg.width}")
   pc = prune_config(config)
   ae, den = lsd.build(cfg)
-  step_cfg = dataclasses.replace(loop.step_config(config, cfg), augment=())
+  step_cfg = dataclasses.replace(tasks.step_config(config, cfg), augment=())
 
   def loss_fn(den_params, batch_key):
     batch, key = batch_key

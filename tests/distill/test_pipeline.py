@@ -9,7 +9,7 @@ import pytest
 
 from experiments.configs import distill as distill_config
 from lsd_jax.models import export, lsd
-from lsd_jax.train import loop, pruning, writers
+from lsd_jax.train import loop, pruning, tasks, writers
 from tests.conftest import randomize
 from tests.train.conftest import small_prompt_table
 
@@ -54,4 +54,4 @@ def test_student_must_share_the_teachers_latent_space(teacher, tmp_path):
   cfg = distill_config.get_config("smoke")
   cfg.distill.teacher, cfg.init_from = teacher, folder
   with pytest.raises(ValueError, match="history_len"):
-    loop.student_config(cfg, export.load_config(teacher))
+    tasks.student_config(cfg, export.load_config(teacher))

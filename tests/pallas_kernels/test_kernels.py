@@ -25,7 +25,7 @@ import pytest
 from jax.sharding import AbstractDevice, AbstractMesh, AxisType, use_abstract_mesh
 
 from pallas_kernels import api, bench, reference, xla
-from pallas_kernels import attention_mgpu, ln_modulate_linear_mgpu, mlp_mgpu
+from pallas_kernels import attention_mgpu, gemm_mgpu, ln_modulate_linear_mgpu, mlp_gemm_mgpu, mlp_mgpu
 from pallas_kernels import attention_triton, ln_modulate_linear_triton, mlp_triton
 
 # jax 0.11.2 deprecates the Pallas Triton backend (pallas_kernels/NOTES.md, Triton path).
@@ -59,9 +59,9 @@ class Backend:
 
 BACKENDS = {
     "mosaic": Backend("mosaic", {"attention": attention_mgpu, "ln_modulate_linear": ln_modulate_linear_mgpu,
-                                 "mlp": mlp_mgpu}, {},
+                                 "mlp": mlp_gemm_mgpu}, {},
                       {"attention": attention_mgpu.TuningConfig, "ln_modulate_linear": ln_modulate_linear_mgpu.TuningConfig,
-                       "mlp": mlp_mgpu.TuningConfig}),
+                       "mlp": mlp_gemm_mgpu.TuningConfig}),
     "triton": Backend("triton", {"attention": attention_triton, "ln_modulate_linear": ln_modulate_linear_triton,
                                  "mlp": mlp_triton}, {"interpret": True},
                       {"attention": attention_triton.TuningConfig,
@@ -246,10 +246,13 @@ def test_triton_ln_modulate_linear_config():
 
 # ------------------------------------------------------------------------------------ MLP
 
+_GEMM = gemm_mgpu.TuningConfig
+
+
 @pytest.mark.parametrize("backend,shape,tuning", _cases(  # backend, (B, L, D, F), tuning
-    ("mosaic", (1, 64, 128, 256), dict(tile_n=64)),
-    ("mosaic", (2, 100, 192, 128), dict(tile_n=64)),
-    ("mosaic", (1, 64, 128, 128), dict(tile_n=128)),
+    ("mosaic", (1, 64, 128, 256), dict(fc1=_GEMM(tile_m=64, num_ctas=2), fc2=_GEMM(tile_m=64, tile_n=64, num_ctas=2))),
+    ("mosaic", (2, 100, 192, 128), dict(fc1=_GEMM(tile_m=64, tile_n=64, num_ctas=3))),  # ragged; fc2 picked by shape
+    ("mosaic", (1, 64, 128, 128), {}),
     ("triton", (1, 64, 64, 128), dict(tile_m=32, tile_n=32, block_k=32, block_f=32)),  # several hidden, K chunks
     ("triton", (2, 50, 96, 160), dict(tile_m=32, tile_n=64, block_k=64, block_f=64)),  # ragged; blocks shrunk
 ), indirect=["backend"])
@@ -262,7 +265,7 @@ def test_mlp_interpret(backend, shape, tuning):
 
 
 @pytest.mark.parametrize("backend,shape,tuning", _cases(
-    ("mosaic", (1, 64, 128, 128), dict(tile_n=64)),
+    ("mosaic", (1, 64, 128, 128), dict(fc1=_GEMM(tile_m=64, tile_n=64, num_ctas=2))),
     ("triton", (1, 32, 32, 64), dict(tile_m=32, tile_n=32, block_k=32, block_f=32)),
 ), indirect=["backend"])
 def test_mlp_grad_interpret(backend, shape, tuning):
@@ -270,8 +273,19 @@ def test_mlp_grad_interpret(backend, shape, tuning):
   assert _grad_err(backend.kernel("mlp", **tuning), reference.mlp_reference, args) < BF16_TOL
 
 
+@pytest.mark.parametrize("shape,tile_n", [((1, 64, 128, 256), 64), ((2, 100, 192, 128), 64), ((1, 64, 128, 128), 128)])
+def test_mosaic_mlp_on_chip_interpret(interpret, shape, tile_n):
+  """`mlp_mgpu`, the MLP kernel that keeps the hidden on chip (not registered: 4-8x slower than
+  XLA on the H100; the registered Mosaic `mlp` is two epilogue-fused GEMMs, `mlp_gemm_mgpu`)."""
+  b, l, d, f = shape
+  args = _mlp_args(b, l, d, f)
+  out = mlp_mgpu.mlp(*args, config=mlp_mgpu.TuningConfig(tile_n=tile_n))
+  assert out.shape == (b, l, d) and bench.rel_err(out, reference.mlp_reference(*args)) < BF16_TOL
+
+
 def test_mosaic_mlp_falls_back_when_too_wide():
   assert mlp_mgpu.supports(768, 3072) and not mlp_mgpu.supports(1536, 6144)
+  assert mlp_gemm_mgpu.supports(1536, 6144)  # the GEMM MLP takes the large model
 
 
 def test_triton_mlp_config():

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from lsd_jax.stream import client as client_lib
-from lsd_jax.stream import server
+from lsd_jax.stream import access, server
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -237,7 +237,7 @@ def test_wrong_token_is_refused_in_constant_time(model, monkeypatch):
     calls.append((len(a), len(b)))
     return real(a, b)
 
-  monkeypatch.setattr(server.hmac, "compare_digest", spy)
+  monkeypatch.setattr(access.hmac, "compare_digest", spy)
   with live_server(model, token=TOKEN) as (url, _):
     for wrong in ("x", TOKEN[:-1], TOKEN + "x", "b" * len(TOKEN)):
       with pytest.raises(client_lib.ServerError, match="401"):

@@ -38,6 +38,10 @@ def test_prompt_table_keeps_only_the_named_effects():
   assert len(both) > len(t)
   with pytest.raises(ValueError, match="no train prompt has"):
     loop.prompt_table("train", "watercolour")
+  strong = loop.prompt_table("train", "thermal", "1.0")
+  assert 0 < len(strong) < len(t) and set(np.round(strong.params[:, 0], 2).tolist()) == {1.0}
+  with pytest.raises(ValueError, match="strengths"):
+    loop.prompt_table("train", "thermal", "0.3")
 
 
 def test_batched_probe_rollout_matches_the_fidelity_eval():
@@ -104,10 +108,10 @@ def test_training_logs_heldout_psnr_and_per_effect_losses(tmp_path):
 def test_prompt_repeats_train_each_clip_under_several_prompts():
   """R prompts per host clip: the clips are encoded once and tiled; the extra prompts come from
   the bank; with R = 1 nothing changes."""
-  from lsd_jax.train import loop as loop_lib
+  from lsd_jax.train import tasks as tasks_lib
 
   table = small_prompt_table()
-  bank = {k: jnp.asarray(v) for k, v in loop_lib.prompt_bank(table).items()}
+  bank = {k: jnp.asarray(v) for k, v in tasks_lib.prompt_bank(table).items()}
   rng = np.random.default_rng(0)
   batch = {"clip": jnp.asarray(rng.integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)),
            "effect_frame_id": jnp.array([6, 8], jnp.int32), "effect_temporal_id": jnp.zeros(2, jnp.int32),

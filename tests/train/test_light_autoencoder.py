@@ -10,7 +10,7 @@ import pytest
 from experiments.configs import autoencoder as ae_config
 from experiments.configs import lsd as lsd_config
 from lsd_jax.models import export
-from lsd_jax.train import loop, writers
+from lsd_jax.train import loop, tasks, writers
 from tests.train.conftest import small_prompt_table
 
 
@@ -27,9 +27,9 @@ def test_light_autoencoder_learns_the_teachers_latent_space(conv_teacher, tmp_pa
   cfg.total_steps = 30
   work = str(tmp_path / "light")
   loop.train(cfg, work, small_prompt_table())
-  with open(os.path.join(work, loop.AE_META)) as f:
+  with open(os.path.join(work, tasks.AE_META)) as f:
     meta = json.load(f)
-  with open(os.path.join(conv_teacher, loop.AE_META)) as f:
+  with open(os.path.join(conv_teacher, tasks.AE_META)) as f:
     teacher = json.load(f)
   assert meta["kind"] == "light" and teacher["kind"] == "conv"
   assert meta["latent_scale"] == teacher["latent_scale"] and meta["teacher"]["dir"] == conv_teacher
@@ -48,7 +48,7 @@ def test_light_autoencoder_learns_the_teachers_latent_space(conv_teacher, tmp_pa
 def test_light_autoencoder_alone_measures_its_latent_scale(tmp_path):
   work = str(tmp_path / "light")
   loop.train(ae_config.get_config("smoke_light"), work, small_prompt_table())
-  with open(os.path.join(work, loop.AE_META)) as f:
+  with open(os.path.join(work, tasks.AE_META)) as f:
     meta = json.load(f)
   assert meta["kind"] == "light" and meta["latent_scale"] > 0 and "teacher" not in meta
 

@@ -11,7 +11,7 @@ import pytest
 
 from experiments.configs import autoencoder as ae_config
 from experiments.configs import lsd as lsd_config
-from lsd_jax.train import loop, writers
+from lsd_jax.train import loop, tasks, writers
 from tests.train.conftest import small_prompt_table
 
 
@@ -32,7 +32,7 @@ def test_autoencoder_smoke(trained_ae):
   assert summary["end_step"] == 20 and summary["latent_scale"] > 0
   hist = _losses(workdir)
   assert hist["loss"][-1] < hist["loss"][0]
-  assert os.path.isfile(os.path.join(workdir, loop.AE_FILE))
+  assert os.path.isfile(os.path.join(workdir, tasks.AE_FILE))
   assert os.path.isfile(os.path.join(workdir, "train_curves.png"))
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "train")))
 
@@ -92,7 +92,7 @@ def test_sharded_step_matches_one_device(trained_ae, tmp_path):
 import json, sys
 sys.path.insert(0, {os.getcwd()!r})
 from experiments.configs import lsd as lsd_config
-from lsd_jax.train import loop, writers
+from lsd_jax.train import loop, tasks, writers
 from tests.train.conftest import small_prompt_table
 import jax
 mesh = json.loads(sys.argv[1])

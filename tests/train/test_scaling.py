@@ -57,7 +57,7 @@ import jax
 from experiments import benchmark_train
 from experiments.configs import lsd as lsd_config
 from lsd_jax.datasets import pipeline
-from lsd_jax.train import loop, sharding
+from lsd_jax.train import loop, sharding, tasks
 
 config = lsd_config.get_config("base")
 config.data.height = config.data.width = 32
@@ -71,16 +71,16 @@ with tempfile.TemporaryDirectory() as tmp:
   mesh = sharding.make_mesh(dict(config.mesh))
   rules = [(r[0], tuple(r[1]) if isinstance(r[1], (list, tuple)) else r[1]) for r in config.rules]
   table = loop.prompt_table(config.data.prompt_split)
-  models, init_fn, step_fn, extra_names = loop._build(config, tmp, table)
-  shardings = sharding.state_shardings(jax.eval_shape(init_fn), mesh, rules)
+  task = tasks.build(config, table)
+  shardings = sharding.state_shardings(jax.eval_shape(task.init), mesh, rules)
   state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                       jax.eval_shape(lambda: nn.meta.unbox(init_fn())), shardings)
+                       jax.eval_shape(lambda: nn.meta.unbox(task.init())), shardings)
   batch_sh = sharding.batch_sharding(mesh)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
            for k, v in next(pipeline.make_iterator(config.data, table)).items()}
   repl = sharding.replicated(mesh)
-  extras = {n: jax.device_put(models[n], repl) for n in extra_names}
-  jitted = jax.jit(lambda s, b, k, ex: step_fn(s, b, k, **ex), in_shardings=(shardings, batch_sh, repl, repl),
+  extras = jax.device_put(task.frozen, repl)
+  jitted = jax.jit(lambda s, b, k, ex: task.step(s, b, k, **ex), in_shardings=(shardings, batch_sh, repl, repl),
                    out_shardings=(shardings, repl), donate_argnums=0)
   with sharding.activate(mesh, rules):
     compiled = jitted.lower(state, batch, jax.random.key(1), extras).compile()

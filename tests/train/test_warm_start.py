@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lsd_jax.models import export, lsd
-from lsd_jax.train import loop
+from lsd_jax.train import tasks
 from lsd_jax.train import state as state_lib
 from tests.conftest import randomize
 
@@ -20,14 +20,14 @@ def exported(tmp_path):
 def test_autoencoder_from_an_exported_model(exported):
   directory, cfg = exported
   _, params, _ = export.load(directory)
-  ae, meta = loop.load_autoencoder(directory)
+  ae, meta = tasks.load_autoencoder(directory)
   assert meta["size"] == "tiny" and meta["latent_scale"] == pytest.approx(1.7)
   jax.tree.map(np.testing.assert_array_equal, ae, params["autoencoder"])
 
 
 def test_load_autoencoder_rejects_other_folders(tmp_path):
   with pytest.raises(FileNotFoundError, match="neither"):
-    loop.load_autoencoder(str(tmp_path))
+    tasks.load_autoencoder(str(tmp_path))
 
 
 def test_warm_start_copies_the_denoiser_into_params_and_ema(exported):
@@ -35,7 +35,7 @@ def test_warm_start_copies_the_denoiser_into_params_and_ema(exported):
   _, params, _ = export.load(directory)
   fresh = lsd.init_params(jax.random.key(5), cfg)["denoiser"]
   tx = state_lib.make_optimizer(1e-3, 10, 2)
-  state = loop.warm_start(state_lib.create(fresh, tx), directory)
+  state = tasks.warm_start_denoiser(state_lib.create(fresh, tx), directory)
   assert int(state.step) == 0
   jax.tree.map(np.testing.assert_array_equal, state.params, params["denoiser"])
   jax.tree.map(np.testing.assert_array_equal, state.ema_params, params["denoiser"])
@@ -47,4 +47,4 @@ def test_warm_start_rejects_another_architecture(exported):
   fresh = lsd.init_params(jax.random.key(5), other)["denoiser"]
   state = state_lib.create(fresh, state_lib.make_optimizer(1e-3, 10, 2))
   with pytest.raises(ValueError, match="init_from"):
-    loop.warm_start(state, directory)
+    tasks.warm_start_denoiser(state, directory)
