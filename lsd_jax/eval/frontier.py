@@ -21,12 +21,13 @@ def _read(path: str) -> Any:
 
 
 def latency_ms(results: str, label: str, steps: int, resolution: str) -> tuple[float, str]:
-  """Fastest p50 of a whole frame at S = steps over the timed implementations, and its device."""
+  """Fastest p50 of a whole frame at S = steps over the timed implementations, and its device;
+  one stream on one device (rows of a tensor-parallel or many-streams run are left out)."""
   doc = _read(os.path.join(results, "latency", f"latency_{label}.json"))
   if not doc:
     return NA, ""
   rows = [r for r in doc["rows"] if r["label"] == label and r["what"] == "frame" and r["steps"] == steps
-          and r["resolution"] == resolution]
+          and r["resolution"] == resolution and r.get("devices", 1) == 1 and r.get("streams", 1) == 1]
   return (min(r["p50_ms"] for r in rows), doc.get("device", "")) if rows else (NA, doc.get("device", ""))
 
 
