@@ -28,21 +28,26 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}; W=/tmp/w; mkdir -p "$OUT" "$W"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache TF_CPP_MIN_LOG_LEVEL=1
-LIB=/tmp/library/manifest.json; TEACHER=/tmp/teacher_ae; AE=$W/ae_light
+LIB=/tmp/library/manifest.json; TEACHER=${TEACHER:-/tmp/teacher_ae}; AE=$W/ae_light
 DEC=--config.data.sources.library.decoded_cache=/tmp/lsd_decoded
 END=${END:-520}
 T0=$(date +%s)
 left() { echo $(( END - ($(date +%s) - T0) )); }  # seconds left in this stage's budget
 minutes() { python3 -m experiments.device_tools minutes "$(( $1 ))"; }
 quiet() { grep -v -E "orbax|Renaming|async|save_finalize|Finalize|ocdbt|tensorstore|ArrayMetadata|checkpoint_manager|Deleted step|deletion|^W1201|jax_cuda|TfrtCpu"; }
-train() {  # train NAME CONFIG ARGS...: one run in the background, its log in $W/NAME.log
+train() {  # train NAME CONFIG ARGS...: one run in the background, its log in $W/NAME.log; detached
+  # (setsid), so it outlives the call that started it and a later call on the warm machine waits on it
   local name=$1 config=$2; shift 2
-  (python3 -m experiments.main --config="$config" --workdir="$W/$name" --config.data.sources.library.manifest=$LIB \
-     $DEC "$@" ${ALL_EXTRA:-} 2>&1 \
-     | quiet > "$W/$name.log") &
+  setsid nohup python3 -m experiments.main --config="$config" --workdir="$W/$name" \
+    --config.data.sources.library.manifest=$LIB $DEC "$@" ${ALL_EXTRA:-} > "$W/$name.raw" 2>&1 < /dev/null &
   echo $! > "$W/$name.pid"
 }
-wait_run() { while kill -0 "$(cat "$W/$1.pid")" 2>/dev/null; do sleep 2; done; }
+progress() {  # the last held-out and rate lines of every run
+  for r in "$W"/*.raw; do [ -f "$r" ] || continue; n=$(basename "$r" .raw); quiet < "$r" > "$W/$n.log"
+    echo "-- $n $(kill -0 "$(cat "$W/$n.pid")" 2>/dev/null && echo running || echo ended)"
+    grep -E "held-out PSNR|steps/s|Error|error:" "$W/$n.log" | tail -2 | cut -c1-220; done
+}
+wait_run() { while kill -0 "$(cat "$W/$1.pid")" 2>/dev/null; do sleep 2; done; quiet < "$W/$1.raw" > "$W/$1.log"; }
 thermal() {  # a thermal-only capacity run from scratch
   local name=$1 config=$2; shift 2
   train "$name" experiments/configs/lsd.py:$config --config.data.effects=thermal \
@@ -61,9 +66,12 @@ for stage in "$@"; do
   case "$stage" in
     setup)
       nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader; nproc
-      whl=$(ls .carry/av/*.whl .carry/wheels/*.whl 2>/dev/null)
-      if [ -n "$whl" ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $whl || exit 1; fi
-      for d in library teacher_ae ae_light_init; do if [ -d ".carry/$d" ]; then rm -rf "/tmp/$d" && cp -r ".carry/$d" "/tmp/$d"; fi; done
+      # each wheel once (a later call on the warm machine may still see an earlier call's carry)
+      whl=$(for f in .carry/av/*.whl .carry/wheels/*.whl; do [ -f "$f" ] && [ ! -f "/tmp/site/.done_$(basename "$f")" ] && echo "$f"; done)
+      if [ -n "$whl" ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $whl || exit 1
+        for f in $whl; do touch "/tmp/site/.done_$(basename "$f")"; done; fi
+      # staged once: a second copy would pull the library from under the cache being decoded
+      for d in library teacher_ae ae_light_init; do if [ -d ".carry/$d" ] && [ ! -d "/tmp/$d" ]; then cp -r ".carry/$d" "/tmp/$d"; fi; done
       python3 -m experiments.device_tools versions grain ml_collections av skimage ;;
     cache)
       setsid nohup python3 -m experiments.device_tools decode_cache $LIB /tmp/lsd_decoded train heldout \
@@ -124,6 +132,44 @@ for stage in "$@"; do
       c=${CONFIG:-v3b}; init=""; [ -n "${INIT_FROM:-}" ] && init=--config.init_from=$INIT_FROM
       train run_$c experiments/configs/lsd.py:$c --config.autoencoder_dir=$AE --config.data.worker_count=${RUN_WORKERS:-8} \
         --config.max_minutes="$(minutes "$(left) - ${RUN_TAIL:-60}")" $init ${RUN_EXTRA:-} ;;
+    v2)  # the shipped model v2 (carried in the tree): the warm start and the teacher autoencoder
+      rm -rf /tmp/v2 /tmp/ae_committed && cp -r checkpoints/lsd_small /tmp/v2 && cp -r checkpoints/ae_small_light /tmp/ae_committed
+      ls -la /tmp/v2 ;;
+    start)  # the third stretch's runs, detached, each bounded by its own minutes (one run per purpose):
+            # the all-effects v3b run warm-started from v2 on the committed light autoencoder, the v3b
+            # thermal capacity check at strength 1.0, and the light autoencoder continued
+      run_c=${CONFIG:-v3b}
+      for _ in $(seq 120); do grep -q "cache ready" "$W/cache.log" 2>/dev/null && break; sleep 2; done
+      grep -q "cache ready" "$W/cache.log" || { echo "no decoded cache after 240 s:"; tail -5 "$W/cache.log"; }
+      train run_$run_c experiments/configs/lsd.py:$run_c --config.autoencoder_dir=/tmp/ae_committed \
+        --config.init_from=${INIT_FROM:-/tmp/v2} --config.data.worker_count=${RUN_WORKERS:-8} \
+        --config.max_minutes=${RUN_MIN:-16} ${RUN_EXTRA:-}
+      [ "${CAP_MIN:-6}" != 0 ] && train cap_${run_c}_strong experiments/configs/lsd.py:$run_c --config.data.effects=thermal \
+        --config.model.tau_inf=0.5 --config.heldout.every=250 --config.total_steps=${CAP_STEPS:-6000} \
+        --config.autoencoder_dir=$TEACHER --config.data.worker_count=3 --config.train.prompt_repeats=1 \
+        --config.data.strengths=1.0 --config.max_minutes=${CAP_MIN:-6}
+      if [ "${AE_MIN:-3}" != 0 ]; then rm -rf "$W/ae_from" && cp -r /tmp/ae_committed "$W/ae_from" && rm -rf "$AE"
+        train ae_light experiments/configs/autoencoder.py:small_light --config.teacher_autoencoder=$TEACHER \
+          --config.data.worker_count=3 --config.max_minutes=${AE_MIN:-3} --config.init_from=$W/ae_from; fi
+      sleep 5; progress ;;
+    watch)  # report progress every 60 s until END seconds into the call or every run has ended
+      while [ "$(left)" -gt 0 ]; do alive=0
+        for p in "$W"/*.pid; do kill -0 "$(cat "$p")" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break; sleep $(( $(left) < 60 ? ($(left) > 0 ? $(left) : 1) : 60 ))
+        echo "[$(( $(date +%s) - T0 )) s]"; progress; done ;;
+    ae_eval)  # the light autoencoder's held-out PSNR (256x256, 832x480), beside the teacher's
+      for hw in 256x256 480x832; do h=${hw%x*}; w=${hw#*x}
+        python3 experiments/eval_autoencoder.py --autoencoder_dir=$AE --manifest=$LIB --height=$h --width=$w --clips=32 \
+          --out="$W/ae_eval_${hw}.json" 2>&1 | tail -1 | cut -c1-220; done
+      python3 experiments/eval_autoencoder.py --autoencoder_dir=$TEACHER --manifest=$LIB --clips=32 \
+        --out="$W/ae_eval_teacher_256x256.json" 2>&1 | tail -1 | cut -c1-220 ;;
+    ae_time)  # on a quiet GPU: encode + decode time with the weights on the device, light and teacher
+      mkdir -p "$W/latency"
+      for hw in 256x256 480x832; do h=${hw%x*}; w=${hw#*x}
+        python3 experiments/eval_autoencoder.py --autoencoder_dir=$AE --manifest=$LIB --height=$h --width=$w --clips=2 \
+          --time_iters=${TIME_ITERS:-2000} --out="$W/latency/ae_light_${hw}.json" 2>&1 | tail -1 | cut -c1-220; done
+      python3 experiments/eval_autoencoder.py --autoencoder_dir=$TEACHER --manifest=$LIB --clips=2 --time_iters=${TIME_ITERS:-2000} \
+        --out="$W/latency/ae_teacher_256x256.json" 2>&1 | tail -1 | cut -c1-220 ;;
     wait) for p in "$W"/*.pid; do wait_run "$(basename "$p" .pid)"; done
           for l in "$W"/cap_*.log "$W"/run_*.log; do [ -f "$l" ] || continue; echo "-- $(basename "$l")"
             grep -E "held-out PSNR|steps/s" "$l" | tail -2 | cut -c1-200; done ;;
