@@ -24,7 +24,7 @@ flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0, messa
 def main(argv):
   del argv
   from lsd_jax.datasets import prompts, sources
-  from lsd_jax.eval import fidelity
+  from lsd_jax.eval import bar, fidelity
   from lsd_jax.models import export
 
   cfg, params, meta = export.load(_MODEL.value)
@@ -48,6 +48,13 @@ def main(argv):
     f.write(md + "\n")
   logging.info("\n%s", md)
   print(md)
+  # The model issue's bar, on the model's own S (its other parts have their own tools).
+  checked = bar.check(results, steps=cfg.steps if cfg.steps in steps else steps[0])
+  with open(os.path.join(_OUT.value, "bar.json"), "w") as f:
+    json.dump(checked, f, indent=2)
+  with open(os.path.join(_OUT.value, "bar.md"), "w") as f:
+    f.write(bar.markdown(checked) + "\n")
+  print(bar.markdown(checked))
 
 
 if __name__ == "__main__":

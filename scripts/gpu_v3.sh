@@ -4,7 +4,7 @@
 # Stages, in the order one stretch of device calls runs them (calls chained on one warm machine;
 # everything lives in /tmp/w between calls):
 #   setup    install the carried wheels (.carry/av, .carry/wheels) into /tmp/site; stage a carried
-#            clip library (.carry/library) and teacher autoencoder (.carry/teacher_ae) in /tmp
+#            clip library (.carry/library) in /tmp (the teacher autoencoder is checkpoints/ae_small_conv)
 #   cache    decode the library once into /tmp/lsd_decoded, detached (it outlives the call)
 #   sweep    the light autoencoder (distilled from the teacher's latent space) beside three
 #            thermal-only capacity runs from scratch (baseline recipe, its history changed, the
@@ -28,7 +28,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}; W=/tmp/w; mkdir -p "$OUT" "$W"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache TF_CPP_MIN_LOG_LEVEL=1
-LIB=/tmp/library/manifest.json; TEACHER=${TEACHER:-/tmp/teacher_ae}; AE=$W/ae_light
+LIB=/tmp/library/manifest.json; TEACHER=${TEACHER:-$PWD/checkpoints/ae_small_conv}; AE=$W/ae_light
 DEC=--config.data.sources.library.decoded_cache=/tmp/lsd_decoded
 END=${END:-520}
 T0=$(date +%s)
@@ -132,8 +132,8 @@ for stage in "$@"; do
       c=${CONFIG:-v3b}; init=""; [ -n "${INIT_FROM:-}" ] && init=--config.init_from=$INIT_FROM
       train run_$c experiments/configs/lsd.py:$c --config.autoencoder_dir=$AE --config.data.worker_count=${RUN_WORKERS:-8} \
         --config.max_minutes="$(minutes "$(left) - ${RUN_TAIL:-60}")" $init ${RUN_EXTRA:-} ;;
-    v2)  # the shipped model v2 (carried in the tree): the warm start and the teacher autoencoder
-      rm -rf /tmp/v2 /tmp/ae_committed && cp -r checkpoints/lsd_small /tmp/v2 && cp -r checkpoints/ae_small_light /tmp/ae_committed
+    v2)  # the warm start: the shipped model in the tree (model v2 in stretch 3; V2_DIR: another folder)
+      rm -rf /tmp/v2 /tmp/ae_committed && cp -r ${V2_DIR:-checkpoints/lsd_small} /tmp/v2 && cp -r checkpoints/ae_small_light /tmp/ae_committed
       ls -la /tmp/v2 ;;
     start)  # the third stretch's runs, detached, each bounded by its own minutes (one run per purpose):
             # the all-effects v3b run warm-started from v2 on the committed light autoencoder, the v3b

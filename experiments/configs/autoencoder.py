@@ -8,11 +8,12 @@ few thousand steps on one H100 (see BENCHMARKS.md for what it reached). `smoke` 
 at 32x32 that runs in seconds on a CPU (tests and CI). A `_light` suffix (`small_light`,
 `smoke_light`) trains the light kind (space-to-depth stem, no full-resolution convolution: 3.6
 instead of 25 GFLOPs a 256x256 frame at the small size); with
-`--config.teacher_autoencoder=checkpoints/lsd_small` it learns that model's latent space, so
-the shipped denoiser (and any trained on those latents) runs on it unchanged:
+`--config.teacher_autoencoder=checkpoints/ae_small_conv` (the conv autoencoder of models v1 and
+v2) it learns that latent space, so v2's denoiser (and any trained on those latents, the shipped
+v3 among them) runs on it unchanged:
 
-  python experiments/main.py --config=experiments/configs/autoencoder.py:small_light \
-      --config.teacher_autoencoder=checkpoints/lsd_small --workdir=workdirs/ae_small_light
+  python -m experiments.main --config=experiments/configs/autoencoder.py:small_light \
+      --config.teacher_autoencoder=checkpoints/ae_small_conv --workdir=workdirs/ae_small_light
 """
 
 from experiments.configs import defaults
