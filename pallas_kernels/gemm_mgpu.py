@@ -19,9 +19,10 @@ What is added here:
   while the tile's K loop runs), GELU, cast, TMA store through a double-buffered SMEM slot;
 - M that is not a multiple of the tile (the large model's 1560 tokens): the last row tile
   reads past the end of x, which TMA fills with zeros, and stores past the end of out, which
-  TMA drops; no padding copies. Mosaic GPU skips its bounds check for TMA copies for exactly
-  this (`launch_context.async_copy`), and its interpret mode models both (zero fill, clipped
-  stores), so the ragged tiles are tested on the CPU;
+  TMA drops; no padding copy, except M rounded up to a multiple of 8 (`tma_rows`). Mosaic GPU
+  skips its bounds check for TMA copies for exactly this (`launch_context.async_copy`), and its
+  interpret mode models both (zero fill, clipped stores), so the ragged tiles are tested on the
+  CPU;
 - leading batch dimensions are flattened into M (the GEMM does not care where frames end).
 Not carried over: thread-block clusters (collective TMA; interpret mode cannot model them).
 K and N must be multiples of 64; `fit_config` shrinks tile_n (and switches the warpgroup split)
@@ -291,6 +292,9 @@ def _forward(x, w, b, *, activation: Activation, config: TuningConfig | None):
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
   config = auto_config(m, n, k) if config is None else fit_config(n, k, config)
   x2 = x.reshape(m, k)
+  m_rows = tma_rows(m)
+  if m_rows != m:  # at most 7 zero rows, sliced off below
+    x2 = jnp.pad(x2, ((0, m_rows - m), (0, 0)))
   w = w.astype(x.dtype)
   grid = config.num_ctas or num_sms()
   cta_m, cta_n = config.cta_tile
@@ -302,7 +306,7 @@ def _forward(x, w, b, *, activation: Activation, config: TuningConfig | None):
 
   out = plgpu.kernel(
       gemm_mgpu,
-      out_type=jax.ShapeDtypeStruct((m, n), x.dtype),
+      out_type=jax.ShapeDtypeStruct((m_rows, n), x.dtype),
       grid=(grid,),
       grid_names=("cta",),
       num_threads=3,
@@ -310,7 +314,16 @@ def _forward(x, w, b, *, activation: Activation, config: TuningConfig | None):
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup,
                                            approx_math=True),
   )(x2, w, *(() if b is None else (b,)))
-  return out.reshape(*lead, n)
+  return out[:m].reshape(*lead, n)
+
+
+def tma_rows(m: int) -> int:
+  """The rows the kernel runs for M rows. TMA tiles the row dimension of x and out by 8 in
+  global memory, so more than 8 rows must be a multiple of 8 (on an H200 an M of 100 failed to
+  lower: "dimension 0 must have size smaller or a multiple of its tiling 8"); interpret mode does
+  not model it. The ragged last row tile (rows past M, up to the CTA tile) is still TMA's zero fill
+  and dropped stores; only this remainder of 8 is padded."""
+  return m if m <= 8 else -(-m // 8) * 8
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))

@@ -58,6 +58,16 @@ def test_linear_interpret(interpret, lead, k, n, activation, bias, config):
   _check_linear(lead, k, n, activation, bias, config)
 
 
+def test_tma_rows_rounds_m_to_a_multiple_of_8():
+  # TMA tiles x's and out's rows by 8: on an H200, M = 100 failed to lower before this rounding
+  assert [gemm_mgpu.tma_rows(m) for m in (1, 8, 9, 100, 256, 1560, 1561)] == [1, 8, 16, 104, 256, 1560, 1568]
+
+
+def test_linear_interpret_pads_rows_not_a_multiple_of_8(interpret):
+  """M = 3 x 33 = 99 rows runs as 104 and comes back as 99, equal to the reference."""
+  _check_linear((3, 33), 128, 128, "gelu_tanh", True, G(tile_m=64, tile_n=64, wg_dimension=M, num_ctas=2))
+
+
 @pytest.mark.slow
 def test_linear_interpret_large_fc1_full_shape(interpret):
   """The large model's fc1 at its full shape, 1560x1536->6144 (about 3.5 minutes on 2 cores)."""
