@@ -136,18 +136,21 @@ for stage in "$@"; do
       rm -rf /tmp/v2 /tmp/ae_committed && cp -r ${V2_DIR:-checkpoints/lsd_small} /tmp/v2 && cp -r checkpoints/ae_small_light /tmp/ae_committed
       ls -la /tmp/v2 ;;
     start)  # the third stretch's runs, detached, each bounded by its own minutes (one run per purpose):
-            # the all-effects v3b run warm-started from v2 on the committed light autoencoder, the v3b
-            # thermal capacity check at strength 1.0, and the light autoencoder continued
+            # the all-effects v3b run warm-started from the shipped model (v2 then; v3 now) on the
+            # committed light autoencoder, the v3b thermal capacity check (CAP_STRENGTHS), and the light
+            # autoencoder continued (AE_MIN=0: not); the next stretch: CAP_STRENGTHS=all AE_MIN=0
       run_c=${CONFIG:-v3b}
       for _ in $(seq 120); do grep -q "cache ready" "$W/cache.log" 2>/dev/null && break; sleep 2; done
       grep -q "cache ready" "$W/cache.log" || { echo "no decoded cache after 240 s:"; tail -5 "$W/cache.log"; }
       train run_$run_c experiments/configs/lsd.py:$run_c --config.autoencoder_dir=/tmp/ae_committed \
         --config.init_from=${INIT_FROM:-/tmp/v2} --config.data.worker_count=${RUN_WORKERS:-8} \
         --config.max_minutes=${RUN_MIN:-16} ${RUN_EXTRA:-}
-      [ "${CAP_MIN:-6}" != 0 ] && train cap_${run_c}_strong experiments/configs/lsd.py:$run_c --config.data.effects=thermal \
+      # CAP_STRENGTHS: the capacity run's prompt strengths (default 1.0; "all" for all three)
+      cap_s=${CAP_STRENGTHS:-1.0}; cap_name=strong; [ "$cap_s" = all ] && cap_s="" && cap_name=all
+      [ "${CAP_MIN:-6}" != 0 ] && train cap_${run_c}_$cap_name experiments/configs/lsd.py:$run_c --config.data.effects=thermal \
         --config.model.tau_inf=0.5 --config.heldout.every=250 --config.total_steps=${CAP_STEPS:-6000} \
         --config.autoencoder_dir=$TEACHER --config.data.worker_count=3 --config.train.prompt_repeats=1 \
-        --config.data.strengths=1.0 --config.max_minutes=${CAP_MIN:-6}
+        --config.data.strengths="$cap_s" --config.max_minutes=${CAP_MIN:-6}
       if [ "${AE_MIN:-3}" != 0 ]; then rm -rf "$W/ae_from" && cp -r /tmp/ae_committed "$W/ae_from" && rm -rf "$AE"
         train ae_light experiments/configs/autoencoder.py:small_light --config.teacher_autoencoder=$TEACHER \
           --config.data.worker_count=3 --config.max_minutes=${AE_MIN:-3} --config.init_from=$W/ae_from; fi
