@@ -17,6 +17,10 @@ _FRAMES = flags.DEFINE_integer("frames", 24, "frames per clip")
 _STEPS = flags.DEFINE_list("steps", ["1", "2", "4"], "step counts S")
 _COMPOSITIONS = flags.DEFINE_bool("compositions", False, "also composed effects (per-frame + temporal)")
 _OUT = flags.DEFINE_string("out", "reports/fidelity", "output folder")
+_PROMPTS = flags.DEFINE_enum("prompts", "val", ["val", "both"],
+                             "val: each effect's first val paraphrase (the protocol); both: also the first train "
+                             "paraphrase with the same effect and parameters (fidelity_train.*), and the "
+                             "paraphrase gap in the bar")
 _TAU_INF = flags.DEFINE_float("tau_inf", None, "history noise level at inference (default: the model's own)")
 flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0, message="--tau_inf must be in [0, 1)")
 
@@ -34,22 +38,28 @@ def main(argv):
                                               num_frames=_FRAMES.value, seed=7, strides=(1,))
   clips = [src[i] for i in range(_CLIPS.value)]
   table = prompts.load_embedding_table()
-  chosen = prompts.pick_val_prompts(table)
-  if not _COMPOSITIONS.value:
-    chosen = {k: v for k, v in chosen.items() if "+" not in k}
   steps = tuple(int(s) for s in _STEPS.value)
-  results = fidelity.evaluate(cfg, params, clips, chosen, steps_list=steps)
+  bar_steps = cfg.steps if cfg.steps in steps else steps[0]
   os.makedirs(_OUT.value, exist_ok=True)
-  with open(os.path.join(_OUT.value, "fidelity.json"), "w") as f:
-    json.dump({"model": _MODEL.value, "metadata": meta, "tau_inf": cfg.tau_inf, "clips": _CLIPS.value, "frames": _FRAMES.value,
-               "results": results}, f, indent=2)
-  md = fidelity.markdown(results, steps)
-  with open(os.path.join(_OUT.value, "fidelity.md"), "w") as f:
-    f.write(md + "\n")
-  logging.info("\n%s", md)
-  print(md)
+
+  def run(chosen, suffix):
+    if not _COMPOSITIONS.value:
+      chosen = {k: v for k, v in chosen.items() if "+" not in k}
+    results = fidelity.evaluate(cfg, params, clips, chosen, steps_list=steps)
+    with open(os.path.join(_OUT.value, f"fidelity{suffix}.json"), "w") as f:
+      json.dump({"model": _MODEL.value, "metadata": meta, "prompts": suffix.strip("_") or "val", "tau_inf": cfg.tau_inf,
+                 "clips": _CLIPS.value, "frames": _FRAMES.value, "results": results}, f, indent=2)
+    md = fidelity.markdown(results, steps)
+    with open(os.path.join(_OUT.value, f"fidelity{suffix}.md"), "w") as f:
+      f.write(md + "\n")
+    logging.info("\n%s", md)
+    print(md)
+    return results
+
+  results = run(prompts.pick_val_prompts(table), "")
+  train = run(prompts.pick_train_twins(table), "_train") if _PROMPTS.value == "both" else None
   # The model issue's bar, on the model's own S (its other parts have their own tools).
-  checked = bar.check(results, steps=cfg.steps if cfg.steps in steps else steps[0])
+  checked = bar.check(results, steps=bar_steps, train_results=train)
   with open(os.path.join(_OUT.value, "bar.json"), "w") as f:
     json.dump(checked, f, indent=2)
   with open(os.path.join(_OUT.value, "bar.md"), "w") as f:

@@ -464,3 +464,21 @@ def pick_val_prompts(table: EmbeddingTable, names: Sequence[str] | None = None) 
     if (names is None or name in names) and name not in out:
       out[name] = (text, table.embeddings[i], spec)
   return out
+
+
+def pick_train_twins(table: EmbeddingTable, names: Sequence[str] | None = None) -> dict[str, tuple[str, np.ndarray, effects.EffectSpec]]:
+  """For each of `pick_val_prompts`' prompts, the first train paraphrase with the same effect and
+  the same parameters (strength included), so that a val-against-train comparison differs in the
+  wording alone. An effect whose parameters no train prompt shares is left out."""
+  out = {}
+  for name, (_, _, vspec) in pick_val_prompts(table, names).items():
+    for i, text in enumerate(table.texts):
+      if table.splits[i] != "train" or not text:
+        continue
+      spec = table.spec(i)
+      if (effects.spec_name(spec) == name and int(spec.frame_id) == int(vspec.frame_id)
+          and int(spec.temporal_id) == int(vspec.temporal_id)
+          and np.allclose(np.asarray(spec.params), np.asarray(vspec.params))):
+        out[name] = (text, table.embeddings[i], spec)
+        break
+  return out

@@ -1,14 +1,17 @@
 """The fidelity bar of the model-v3 issue, checked on `fidelity.evaluate`'s results.
 
-The parts that a fidelity run measures (the particle statistics, the 100,000-frame drift and
-hold ratios and the paraphrase gap have their own tools: `experiments/evaluate.py`):
+The parts that a fidelity run measures (the particle statistics and the 100,000-frame drift and
+hold ratios have their own tool, `experiments/evaluate.py`):
 
 - the mean over the 16 deterministic single effects (the 14 per-frame ones, echo, identity) at
   the model's S is at least `MEAN_DB`;
 - every deterministic effect reaches min(input as output + `OVER_INPUT_DB`, ceiling -
   `UNDER_CEILING_DB`);
 - the identity prompt is within `IDENTITY_DB` of its autoencoder ceiling;
-- S = 1 is within `S_GAP_DB` of S = 4 (means over all the effects evaluated).
+- S = 1 is within `S_GAP_DB` of S = 4 (means over all the effects evaluated);
+- with `train_results` (`eval_fidelity.py --prompts=both`: each val prompt's train twin, the
+  same effect and parameters in other words), the val prompts score within `PARAPHRASE_DB` of
+  the train ones (means over the effects both have).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ OVER_INPUT_DB = 2.0
 UNDER_CEILING_DB = 5.0
 IDENTITY_DB = 1.5
 S_GAP_DB = 1.0
+PARAPHRASE_DB = 1.0
 
 
 def _psnr(row: dict[str, Any], s: int) -> float:
@@ -32,9 +36,10 @@ def _psnr(row: dict[str, Any], s: int) -> float:
   return float(psnr[s] if s in psnr else psnr[str(s)])
 
 
-def check(results: dict[str, Any], steps: int = 2) -> dict[str, Any]:
+def check(results: dict[str, Any], steps: int = 2, train_results: dict[str, Any] | None = None) -> dict[str, Any]:
   """Each part of the bar: the measured value, what it needs and whether it holds. `met` holds
-  only when every part does and every deterministic effect was evaluated."""
+  only when every part does and every deterministic effect was evaluated (the paraphrase gap
+  counts only when `train_results` are given)."""
   missing = [e for e in DETERMINISTIC if e not in results]
   per_effect = {}
   for name in DETERMINISTIC:
@@ -61,8 +66,17 @@ def check(results: dict[str, Any], steps: int = 2) -> dict[str, Any]:
     out["s1_vs_s4"] = {"s1": s1, "s4": s4, "gap": s4 - s1, "ok": bool(abs(s4 - s1) <= S_GAP_DB)}
   except KeyError:  # S = 1 or 4 not evaluated
     out["s1_vs_s4"] = None
+  out["paraphrase"] = None
+  if train_results is not None:
+    both = sorted(set(results) & set(train_results))
+    val = float(np.mean([_psnr(results[n], steps) for n in both]))
+    train = float(np.mean([_psnr(train_results[n], steps) for n in both]))
+    out["paraphrase"] = {"effects": len(both), "val": val, "train": train, "gap": train - val,
+                         "ok": bool(val >= train - PARAPHRASE_DB)}
   parts = [out["mean_deterministic"]["ok"], not out["effects_below"], not missing,
            out.get("identity", {"ok": False})["ok"], bool(out["s1_vs_s4"] and out["s1_vs_s4"]["ok"])]
+  if out["paraphrase"] is not None:
+    parts.append(out["paraphrase"]["ok"])
   out["met"] = all(parts)
   return out
 
@@ -88,6 +102,10 @@ def markdown(bar: dict[str, Any]) -> str:
     s = bar["s1_vs_s4"]
     lines.append(f"| S = 1 within {S_GAP_DB} dB of S = 4 | {s['s1']:.2f} vs {s['s4']:.2f} dB | gap <= {S_GAP_DB} | "
                  f"{yes(s['ok'])} |")
+  if bar.get("paraphrase"):
+    p = bar["paraphrase"]
+    lines.append(f"| val paraphrases within {PARAPHRASE_DB} dB of the train ones ({p['effects']} effects) | "
+                 f"{p['val']:.2f} vs {p['train']:.2f} dB | gap <= {PARAPHRASE_DB} | {yes(p['ok'])} |")
   if bar["missing"]:
     lines.append(f"| deterministic effects not evaluated | {', '.join(bar['missing'])} | none | **no** |")
   lines.append(f"| **bar (these parts)** | | | {yes(bar['met'])} |")

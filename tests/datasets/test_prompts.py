@@ -167,3 +167,17 @@ def test_split_prompt():
   assert prompts.split_prompt("pencil drawing") == []
   names, _ = prompts.match_many(["", "pixel art, and also falling rain"])
   assert names == ["identity", "pixel_art+rain"]
+
+
+def test_train_twins_share_the_val_prompts_effect_and_parameters():
+  """The paraphrase-gap comparison: each twin is a train prompt with the val prompt's exact spec."""
+  table = prompts.load_embedding_table()
+  val, twins = prompts.pick_val_prompts(table), prompts.pick_train_twins(table)
+  singles = [n for n in val if "+" not in n]
+  assert len([n for n in singles if n in twins]) >= 18  # 19 of the 20 single effects today
+  train_texts = {t for t, s in zip(table.texts, table.splits) if s == "train"}
+  for name, (text, emb, spec) in twins.items():
+    vtext, vemb, vspec = val[name]
+    assert text in train_texts and text != vtext and not np.allclose(emb, vemb)
+    assert effects.spec_name(spec) == name
+    np.testing.assert_allclose(np.asarray(spec.params), np.asarray(vspec.params))

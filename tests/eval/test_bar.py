@@ -45,3 +45,13 @@ def test_missing_effects_and_json_round_trip():
   assert again["met"]
   assert "| **bar (these parts)** | | | yes |" in bar.markdown(again)
   assert "**no**" in bar.markdown(checked)
+
+
+def test_the_paraphrase_gap():
+  val = _results(lambda n, s: 35.5)
+  close = bar.check(val, train_results=_results(lambda n, s: 36.0))
+  assert close["paraphrase"]["ok"] and close["met"] and abs(close["paraphrase"]["gap"] - 0.5) < 1e-9
+  far = bar.check(val, train_results=_results(lambda n, s: 37.0))
+  assert not far["paraphrase"]["ok"] and not far["met"]
+  assert "val paraphrases within" in bar.markdown(far)
+  assert bar.check(val)["paraphrase"] is None

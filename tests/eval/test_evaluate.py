@@ -84,11 +84,19 @@ def test_eval_fidelity_cli_tau_inf(tiny32, tmp_path):
     out = tmp_path / f"fid{tau or 'default'}"
     cmd = [sys.executable, os.path.join(ROOT, "experiments/eval_fidelity.py"), f"--model={model_dir}",
            f"--manifest={manifest}", "--clips=1", "--frames=6", "--steps=1", f"--out={out}"]
-    proc = subprocess.run(cmd + ([f"--tau_inf={tau}"] if tau else []), cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    extra = [f"--tau_inf={tau}", "--prompts=both"] if tau else []  # both: the train twins and the paraphrase gap
+    proc = subprocess.run(cmd + extra, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "fidelity.json").read_text())
     assert doc["tau_inf"] == (float(tau) if tau else CFG.tau_inf)
+    checked = json.loads((out / "bar.json").read_text())
+    assert checked["met"] is False and checked["mean_deterministic"]["need"] == 30.0  # random weights
+    if tau:
+      train = json.loads((out / "fidelity_train.json").read_text())
+      assert train["prompts"] == "train" and set(train["results"]) <= set(doc["results"])
+      assert checked["paraphrase"]["effects"] == len(train["results"]) >= 18
+    else:
+      assert checked["paraphrase"] is None and not (out / "fidelity_train.json").exists()
     means[tau] = np.mean([r["psnr"]["1"] for r in doc["results"].values()])
   assert means[""] != means["0.5"]
   bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments/eval_fidelity.py"), f"--model={model_dir}",
