@@ -21,6 +21,10 @@ _PROMPTS = flags.DEFINE_enum("prompts", "val", ["val", "both"],
                              "val: each effect's first val paraphrase (the protocol); both: also the first train "
                              "paraphrase with the same effect and parameters (fidelity_train.*), and the "
                              "paraphrase gap in the bar")
+_ANCHOR = flags.DEFINE_bool("anchor_prompts", False,
+                            "give each val prompt the embedding of its anchor, the train paraphrase with the same "
+                            "effect and parameters (prompts.anchor_many, what lsd-stream and lsd-serve do), instead "
+                            "of its own; the protocol's number is without")
 _TAU_INF = flags.DEFINE_float("tau_inf", None, "history noise level at inference (default: the model's own)")
 flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0, message="--tau_inf must be in [0, 1)")
 
@@ -45,9 +49,20 @@ def main(argv):
   def run(chosen, suffix):
     if not _COMPOSITIONS.value:
       chosen = {k: v for k, v in chosen.items() if "+" not in k}
+    anchors = {}
+    if _ANCHOR.value:
+      names = list(chosen)
+      for name, a in zip(names, prompts.anchor_many([chosen[n][0] for n in names], table=table)):
+        anchors[name] = {"matched": a.name, "score": a.score, "anchor": a.text}
+        if a.embedding is not None:
+          text, _, spec = chosen[name]
+          chosen[name] = (text, a.embedding, spec)
     results = fidelity.evaluate(cfg, params, clips, chosen, steps_list=steps)
+    for name, a in anchors.items():
+      results[name]["anchor"] = a
     with open(os.path.join(_OUT.value, f"fidelity{suffix}.json"), "w") as f:
-      json.dump({"model": _MODEL.value, "metadata": meta, "prompts": suffix.strip("_") or "val", "tau_inf": cfg.tau_inf,
+      json.dump({"model": _MODEL.value, "metadata": meta, "prompts": suffix.strip("_") or "val",
+                 "anchor_prompts": _ANCHOR.value, "tau_inf": cfg.tau_inf,
                  "clips": _CLIPS.value, "frames": _FRAMES.value, "results": results}, f, indent=2)
     md = fidelity.markdown(results, steps)
     with open(os.path.join(_OUT.value, f"fidelity{suffix}.md"), "w") as f:

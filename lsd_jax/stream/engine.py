@@ -178,7 +178,7 @@ class StreamModel:
   def __init__(self, cfg: lsd.LSDConfig, params, info: ModelInfo, *, steps: int | None = None,
                tau_inf: float | None = None, param_dtype=None, text_encoder=None,
                kernel_impl: str | None = None, mesh: str | Mapping[str, int] | Mesh | None = None,
-               tensor: TensorParallel | None = None):
+               tensor: TensorParallel | None = None, anchor_prompts: bool | None = None):
     if steps is not None and not (isinstance(steps, (int, np.integer)) and 1 <= steps <= MAX_STEPS):
       raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
     if steps is not None and steps != cfg.steps:
@@ -203,6 +203,11 @@ class StreamModel:
       self.params = model_frame.prepare_params(cfg, params, self.mesh, tensor)
     self.fns = make_step_fns(cfg, self.mesh, tensor if self.mesh is not None else None)
     self._text_encoder = text_encoder
+    # Prompt anchoring (datasets.prompts.anchor_many): a prompt that matches a known effect well
+    # is given the embedding of the train paraphrase asking for the same effect and parameters.
+    # Default: on for a trained model (it follows its train wording best), off for random weights.
+    self.anchor_prompts = bool(info.trained if anchor_prompts is None and info is not None else anchor_prompts)
+    self.anchors: dict[str, Any] = {}  # text -> prompts.Anchor, for the prompts anchored so far
     self._embeddings: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
     self._lock = threading.Lock()
     self.encoder_calls = 0
@@ -238,13 +243,35 @@ class StreamModel:
     if not text.strip():
       emb = np.zeros((sizes.PROMPT_DIM,), np.float32)  # the text encoder's own "no effect"
     else:
-      emb = np.asarray(self.text_encoder.encode([text])[0], np.float32)
-      self.encoder_calls += 1
+      emb = self._anchored(text) if self.anchor_prompts else None
+      if emb is None:
+        emb = np.asarray(self.text_encoder.encode([text])[0], np.float32)
+        self.encoder_calls += 1
     with self._lock:
       self._embeddings[text] = emb
       while len(self._embeddings) > EMBEDDING_CACHE_SIZE:
         self._embeddings.popitem(last=False)
     return emb
+
+  def _anchored(self, text: str) -> np.ndarray | None:
+    """The anchor's embedding for `text`, or None (a weak match, or anchoring failed: a missing
+    prompt table must not end a stream)."""
+    try:
+      from lsd_jax.datasets import prompts  # pylint: disable=import-outside-toplevel
+
+      anchor = prompts.anchor_many([text], self.text_encoder)[0]
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("prompt anchoring failed (%s); using the prompt's own embedding", e)
+      return None
+    self.encoder_calls += 2  # match's and the prompt's own
+    with self._lock:
+      self.anchors[text] = anchor
+    if anchor.embedding is None:
+      logging.info("prompt %r: weak match (%s, %.2f), its own embedding", text, anchor.name, anchor.score)
+      return None
+    logging.info("prompt %r anchored to the train paraphrase %r (%s, match %.2f)", text, anchor.text,
+                 anchor.name, anchor.score)
+    return anchor.embedding
 
   def add_embedding(self, text: str, embedding) -> None:
     """Registers a precomputed embedding for `text` (e.g. from a .npy, where no text encoder

