@@ -2,7 +2,7 @@
 of a held-out clip, the last of `--frames` streamed from the clip's first frame, each effect
 prompted by its first val paraphrase (as eval_fidelity picks them); PSNR of that frame above it.
 
-  python experiments/gallery.py --model=checkpoints/lsd_small --out=docs/gallery.png
+  python experiments/gallery.py --model=checkpoints/lsd_small --out=docs/gallery.png [--anchor_prompts]
 """
 
 import os
@@ -14,6 +14,8 @@ _MANIFEST = flags.DEFINE_string("manifest", "data/library/manifest.json", "clip 
 _CLIP = flags.DEFINE_integer("clip", 0, "which held-out clip draw")
 _FRAMES = flags.DEFINE_integer("frames", 12, "frames streamed; the last one is shown")
 _OUT = flags.DEFINE_string("out", "docs/gallery.png", "PNG written here")
+_ANCHOR = flags.DEFINE_bool("anchor_prompts", False, "each val prompt anchored to its train paraphrase "
+                            "(prompts.anchor_many), as lsd-stream and lsd-serve do for a trained model")
 
 
 def main(argv):
@@ -36,6 +38,13 @@ def main(argv):
                                               num_frames=_FRAMES.value, seed=7, strides=(1,))
   clip = np.asarray(src[_CLIP.value])
   chosen = heldout.single_effect_prompts()
+  if _ANCHOR.value:
+    from lsd_jax.datasets import prompts
+
+    names = list(chosen)
+    for name, a in zip(names, prompts.anchor_many([chosen[n][0] for n in names])):
+      if a.embedding is not None:
+        chosen[name] = (chosen[name][0], a.embedding, chosen[name][2])
   roll = fidelity.rollout_fn(cfg, cfg.steps)
   render = jax.jit(effects.render_clip)
   per_row = 4  # effects per row, each as input | output | ground truth
@@ -56,7 +65,8 @@ def main(argv):
     logging.info("%s (%s): %.2f dB", name, text, psnr)
   steps = meta.get("steps", "?")
   fig.suptitle(f"{os.path.basename(os.path.normpath(_MODEL.value))} ({steps} steps), S = {cfg.steps}, "
-               f"tau_inf {cfg.tau_inf}: held-out frame {_FRAMES.value}", fontsize=7)
+               f"tau_inf {cfg.tau_inf}{', prompts anchored' if _ANCHOR.value else ''}: held-out frame {_FRAMES.value}",
+               fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   fig.savefig(_OUT.value, dpi=80)
