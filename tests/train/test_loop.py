@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 
-from experiments.configs import autoencoder as ae_config
 from experiments.configs import lsd as lsd_config
 from lsd_jax.train import loop, tasks, writers
 from tests.conftest import fake_devices_flags
@@ -21,11 +20,8 @@ def _losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def trained_ae(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("ae"))
-  start = time.time()
-  summary = loop.train(ae_config.get_config("smoke"), workdir, small_prompt_table())
-  return workdir, summary, time.time() - start
+def trained_ae(smoke_ae):
+  return smoke_ae  # (workdir, summary, seconds): tests/train/conftest.py
 
 
 def test_autoencoder_smoke(trained_ae):
