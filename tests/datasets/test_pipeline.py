@@ -15,6 +15,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec
 
 from lsd_jax.datasets import pipeline
+from tests.conftest import fake_devices_flags
 
 NUM_PROMPTS, NUM_PARAMS = 7, 5
 
@@ -183,7 +184,7 @@ def test_global_batch_on_four_fake_devices(tmp_path):
       np.testing.assert_array_equal(np.asarray(arrays["prompt_id"]), batch["prompt_id"])
       print("OK")
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS=fake_devices_flags(4),
              JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=120, cwd=tmp_path)

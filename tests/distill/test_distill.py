@@ -1,6 +1,7 @@
 """Shortcut distillation targets (the teacher's trajectory) and the student's loss."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -72,13 +73,17 @@ def _batch(cfg, key, b=8):
 
 def test_a_student_equal_to_a_one_step_teacher_has_zero_loss():
   cfg, den, params = _tiny()
-  vf = lsd.velocity_fn(den, params)
   x0, _, cond, _ = _batch(cfg, jax.random.key(3))
-  loss, info = distill.distill_loss(vf, vf, jax.random.key(4), x0, cond, distill.DistillConfig(teacher_steps=1),
-                                    bootstrap_frac=0.5)
+
+  @functools.partial(jax.jit, static_argnums=1)  # as the training step runs it (eager is op by op)
+  def loss_of(p, teacher_steps):
+    vf = lsd.velocity_fn(den, p)
+    return distill.distill_loss(vf, vf, jax.random.key(4), x0, cond, distill.DistillConfig(teacher_steps=teacher_steps),
+                                bootstrap_frac=0.5)
+
+  loss, info = loss_of(params, 1)
   assert float(info["bootstrap_fraction"]) == 0.5
-  loss4, _ = distill.distill_loss(vf, vf, jax.random.key(4), x0, cond, distill.DistillConfig(teacher_steps=4),
-                                  bootstrap_frac=0.5)
+  loss4, _ = loss_of(params, 4)
   # bf16 matmuls on different sub-batches differ by rounding only; a 4-step trajectory is not the
   # model's own one-step jump.
   assert float(loss) < 1e-3 * float(loss4), (float(loss), float(loss4))

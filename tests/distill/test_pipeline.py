@@ -14,11 +14,20 @@ from tests.conftest import randomize
 from tests.train.conftest import small_prompt_table
 
 
+TEACHER = lsd.LSDConfig(size="tiny", height=32, width=32, latent_scale=1.3)
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-  cfg = lsd.LSDConfig(size="tiny", height=32, width=32, latent_scale=1.3)
-  params = jax.jit(lambda k: randomize(lsd.init_params(k, cfg), jax.random.key(1), 0.1))(jax.random.key(0))
-  return export.save(str(tmp_path_factory.mktemp("teacher")), cfg, params, metadata={"steps": 5})
+  params = jax.jit(lambda k: randomize(lsd.init_params(k, TEACHER), jax.random.key(1), 0.1))(jax.random.key(0))
+  return export.save(str(tmp_path_factory.mktemp("teacher")), TEACHER, params, metadata={"steps": 5})
+
+
+def _config_only_export(directory, cfg, **kw):
+  """An export with zero weights in the model's shapes (traced, nothing compiled), for checks
+  that read only its config."""
+  shapes = jax.eval_shape(lambda: lsd.init_params(jax.random.key(0), cfg))
+  return export.save(directory, cfg, jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes), **kw)
 
 
 def test_prune_then_distill_end_to_end(teacher, tmp_path):
@@ -48,9 +57,10 @@ def test_prune_then_distill_end_to_end(teacher, tmp_path):
     assert json.load(f)["task"] == "distill"
 
 
-def test_student_must_share_the_teachers_latent_space(teacher, tmp_path):
+def test_student_must_share_the_teachers_latent_space(tmp_path):
+  teacher = _config_only_export(str(tmp_path / "teacher"), TEACHER, metadata={"steps": 5})
   other = lsd.LSDConfig(size="tiny", height=32, width=32, history_len=2)
-  folder = export.save(str(tmp_path / "other"), other, lsd.init_params(jax.random.key(0), other))
+  folder = _config_only_export(str(tmp_path / "other"), other)
   cfg = distill_config.get_config("smoke")
   cfg.distill.teacher, cfg.init_from = teacher, folder
   with pytest.raises(ValueError, match="history_len"):

@@ -46,15 +46,22 @@ def _sample_manifest(tmp_path) -> str:
 
 
 def test_evaluate_cli_end_to_end(tiny32, tmp_path):
-  model_dir, _ = tiny32
-  out = tmp_path / "eval"
-  cmd = [sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}", "--steps=1",
-         f"--manifest={_sample_manifest(tmp_path)}",
-         "--clips=1", "--clip_frames=8", "--stream_frames=20", "--switch_every=5", "--chunk=8",
-         "--effects=sepia,snowfall", f"--out={out}"]
+  """The entry point's files and numbers, at the model's own history noise level and at
+  --tau_inf=0.5 (each recorded, the streams differ); a level in [1, inf) is refused."""
+  _, params = tiny32
+  model_dir = str(tmp_path / "model")  # random weights everywhere: zero-initialised layers hide the history
+  export.save(model_dir, CFG, randomize(params, jax.random.key(5)), dtype="float32")
+  manifest = _sample_manifest(tmp_path)
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  outs = {}
+  for tau in ("", "0.5"):
+    out = outs[tau] = tmp_path / f"eval{tau or 'default'}"
+    cmd = [sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}", "--steps=1", f"--manifest={manifest}",
+           "--clips=1", "--clip_frames=8", "--stream_frames=20", "--switch_every=5", "--chunk=8",
+           "--effects=sepia,snowfall", f"--out={out}"] + ([f"--tau_inf={tau}"] if tau else [])
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  out = outs[""]
   for name in ("eval.json", "eval.md", "drift.png", "per_effect.png", "latency.png", "per_frame.npz"):
     assert (out / name).stat().st_size > 0, name
   r = json.loads((out / "eval.json").read_text())
@@ -69,6 +76,12 @@ def test_evaluate_cli_end_to_end(tiny32, tmp_path):
   np.testing.assert_allclose(np.mean(pf["psnr"][:10]), s["drift"]["psnr_curve"][0], rtol=1e-6)
   assert set(r["heldout"]) == {"sepia", "snowfall"} and r["heldout"]["sepia"]["frames"] == 8 - (CFG.history_len + 1)
   assert "Drift" in (out / "eval.md").read_text()
+  # --tau_inf streams at that level and records it; without it the model's own level is used
+  assert r["tau_inf"] == CFG.tau_inf and json.loads((outs["0.5"] / "eval.json").read_text())["tau_inf"] == 0.5
+  assert not np.allclose(pf["psnr"], np.load(outs["0.5"] / "per_frame.npz")["psnr"])
+  bad = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}",
+                        "--tau_inf=1.5", "--clips=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "--tau_inf must be in [0, 1)" in bad.stderr
 
 
 def test_eval_fidelity_cli_tau_inf(tiny32, tmp_path):
@@ -101,29 +114,6 @@ def test_eval_fidelity_cli_tau_inf(tiny32, tmp_path):
   assert means[""] != means["0.5"]
   bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments/eval_fidelity.py"), f"--model={model_dir}",
                         "--tau_inf=1.0", "--clips=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert bad.returncode != 0 and "--tau_inf must be in [0, 1)" in bad.stderr
-
-
-def test_evaluate_cli_tau_inf(tiny32, tmp_path):
-  """evaluate.py --tau_inf streams at that history noise level, records it, and refuses [1, inf)."""
-  _, params = tiny32
-  model_dir = str(tmp_path / "model")
-  export.save(model_dir, CFG, randomize(params, jax.random.key(5)), dtype="float32")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  psnr = {}
-  for tau in ("0.0", "0.5"):
-    out = tmp_path / f"eval{tau}"
-    cmd = [sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}", "--steps=1",
-           "--clips=0", "--stream_frames=12", "--switch_every=6", "--chunk=6", "--effects=sepia", f"--tau_inf={tau}",
-           f"--out={out}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads((out / "eval.json").read_text())
-    assert r["tau_inf"] == float(tau)
-    psnr[tau] = np.load(out / "per_frame.npz")["psnr"]
-  assert not np.allclose(psnr["0.0"], psnr["0.5"])
-  bad = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--model={model_dir}",
-                        "--tau_inf=1.5", "--clips=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "--tau_inf must be in [0, 1)" in bad.stderr
 
 

@@ -11,11 +11,11 @@ def test_round_trip_shapes(hw):
   """Any resolution divisible by 8, square or not (the denoiser's patch adds its own factor)."""
   h, w = hw
   ae = Autoencoder(sizes.get_size("tiny").autoencoder)
-  params = ae.init(jax.random.key(0), jnp.zeros((1, h, w, 3)))["params"]
+  params = jax.jit(ae.init)(jax.random.key(0), jnp.zeros((1, h, w, 3)))["params"]  # jitted: eager is op by op
   frames = jax.random.randint(jax.random.key(1), (2, h, w, 3), 0, 256).astype(jnp.uint8)
-  z = lsd.encode(ae, params, frames)
+  z = jax.jit(lambda p, x: lsd.encode(ae, p, x))(params, frames)
   assert z.shape == (2, h // 8, w // 8, 4)
-  out = lsd.decode(ae, params, z)
+  out = jax.jit(lambda p, z: lsd.decode(ae, p, z))(params, z)
   assert out.shape == (2, h, w, 3)
   assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 

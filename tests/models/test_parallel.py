@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from lsd_jax.models import export, lsd, parallel
+from tests.conftest import fake_devices_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EIGHT = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+EIGHT = {**os.environ, "XLA_FLAGS": fake_devices_flags(8), "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": ROOT}
 BF16_TOL = 2e-2  # relative L2 error; bf16's epsilon is 7.8e-3 and the 12-block model measures ~7e-3
 

@@ -32,7 +32,7 @@ def model():
 
 def _out(cfg, den_params, args, kw):
   _, den = lsd.build(cfg)
-  return np.asarray(den.apply({"params": den_params}, *args, **kw))
+  return np.asarray(jax.jit(lambda p, a, k: den.apply({"params": p}, *a, **k))(den_params, args, kw))
 
 
 def _scores(seed=0):

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.conftest import fake_devices_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -97,7 +99,7 @@ def test_tensor_parallel_rows_on_fake_devices(tmp_path):
   """--tp on 8 fake CPU devices: rows per mesh, per-device floors, the speed-up column."""
   cmd = [sys.executable, "experiments/benchmark_latency.py", "--sizes=tiny", "--resolutions=64x64", "--steps=1",
          "--impls=xla", "--tp=1,2", "--iters=2", "--warmup=1", f"--out_dir={tmp_path}", "--label=t"]
-  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": fake_devices_flags(8)}
   subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
   rows = json.load(open(tmp_path / "latency_t.json"))["rows"]
   assert [(r["mesh"], r["what"]) for r in rows] == [("1", "step"), ("1", "frame"), ("model:2", "step"),

@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 
@@ -20,3 +22,26 @@ def small_prompt_table(n: int = 6) -> pipeline.PromptTable:
 @pytest.fixture
 def prompt_table():
   return small_prompt_table()
+
+
+def _train_autoencoder(tmp_path_factory, config: str):
+  from experiments.configs import autoencoder as ae_config
+  from lsd_jax.train import loop
+
+  workdir = str(tmp_path_factory.mktemp(config))
+  start = time.time()
+  summary = loop.train(ae_config.get_config(config), workdir, small_prompt_table())
+  return workdir, summary, time.time() - start
+
+
+@pytest.fixture(scope="session")
+def smoke_ae(tmp_path_factory):
+  """(workdir, summary, seconds) of the conv autoencoder's smoke run, trained once per test
+  process for every test that needs an autoencoder to train on (they only read it)."""
+  return _train_autoencoder(tmp_path_factory, "smoke")
+
+
+@pytest.fixture(scope="session")
+def smoke_light_ae(tmp_path_factory):
+  """The same for the light kind (`autoencoder.py:smoke_light`)."""
+  return _train_autoencoder(tmp_path_factory, "smoke_light")

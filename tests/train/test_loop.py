@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from experiments.configs import autoencoder as ae_config
 from experiments.configs import lsd as lsd_config
 from lsd_jax.train import loop, tasks, writers
+from tests.conftest import fake_devices_flags
 from tests.train.conftest import small_prompt_table
 
 
@@ -20,11 +20,8 @@ def _losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def trained_ae(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("ae"))
-  start = time.time()
-  summary = loop.train(ae_config.get_config("smoke"), workdir, small_prompt_table())
-  return workdir, summary, time.time() - start
+def trained_ae(smoke_ae):
+  return smoke_ae  # (workdir, summary, seconds): tests/train/conftest.py
 
 
 def test_autoencoder_smoke(trained_ae):
@@ -105,7 +102,7 @@ print(json.dumps({{"devices": jax.device_count(), "loss": writers.read_jsonl(sys
 """
   results = {}
   for name, ndev, mesh in [("one", 1, {"data": 1, "fsdp": 1}), ("eight", 8, {"data": 2, "fsdp": 4})]:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={ndev}", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=fake_devices_flags(ndev), JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", script, json.dumps(mesh), str(tmp_path / name)], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.conftest import fake_devices_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPT = r"""
@@ -44,7 +46,7 @@ print(json.dumps({"devices": jax.device_count(), "activate": constraints(rule_ct
 
 
 def test_activate_applies_logical_constraints():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+  env = dict(os.environ, XLA_FLAGS=fake_devices_flags(4), JAX_PLATFORMS="cpu",
              PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]

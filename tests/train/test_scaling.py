@@ -12,9 +12,10 @@ import sys
 import pytest
 
 from lsd_jax.train import scaling
+from tests.conftest import fake_devices_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EIGHT = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+EIGHT = {**os.environ, "XLA_FLAGS": fake_devices_flags(8), "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": ROOT}
 
 
