@@ -123,3 +123,31 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if item.nodeid.split("[")[0] in SLOW_END_TO_END:
       item.add_marker(pytest.mark.slow)
+
+
+# Test files whose tests share an expensive module- or session-scoped fixture, kept on one xdist
+# worker: scheduled test by test (xdist's `load`), a module's tests land on both workers, and each
+# worker then builds the fixture (the parallel probe, a 40 s subprocess, ran twice). xdist's own
+# `--dist loadgroup` does not group with pytest 9.2 (it rewrites a node id pytest no longer
+# reads), so the default `load` gets this scheduler instead: these files are one work unit each,
+# handed out first (largest first), then every other test on its own, in collection order.
+SHARED_FIXTURE_FILES = {
+    "tests/models/test_parallel.py": "parallel probe",  # its `probe`: 8 fake devices in a subprocess
+    # the smoke autoencoders trained once per process (tests/train/conftest.py)
+    "tests/train/test_loop.py": "smoke autoencoders",
+    "tests/train/test_light_autoencoder.py": "smoke autoencoders",
+    "tests/train/test_heldout.py": "smoke autoencoders",
+}
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: absent without xdist
+def pytest_xdist_make_scheduler(config, log):
+  if config.getvalue("dist") != "load":
+    return None  # another --dist asked for: xdist's own
+  from xdist.scheduler import LoadScopeScheduling
+
+  class SharedFixtureScheduling(LoadScopeScheduling):
+    def _split_scope(self, nodeid):
+      return SHARED_FIXTURE_FILES.get(nodeid.split("::")[0], nodeid)
+
+  return SharedFixtureScheduling(config, log)
