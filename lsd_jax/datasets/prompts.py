@@ -34,7 +34,7 @@ PROMPTS_DIR = DATA_DIR / "prompts"
 EMBEDDINGS_PATH = DATA_DIR / "prompt_embeddings.npz"
 SPLITS = ("train", "val")
 # How many distinct prompt texts the table holds per split, and the seed that draws them.
-TABLE_SIZES = {"train": 1500, "val": 400}
+TABLE_SIZES = {"train": 3000, "val": 400}
 TABLE_SEEDS = {"train": 0, "val": 1}
 # What a sampled prompt is made of, with probabilities.
 KIND_PROBS = {"identity": 0.05, "frame": 0.40, "temporal": 0.20, "compose": 0.35}

@@ -186,7 +186,9 @@ def test_train_twins_share_the_val_prompts_effect_and_parameters():
 def test_anchor_many_gives_the_train_paraphrase_of_the_same_effect_and_strength(encoder):
   table = prompts.load_embedding_table()
   val = prompts.pick_val_prompts(table)
-  texts = [val["thermal"][0], val["mirror"][0], "heavy snow with a cartoon look", "make it look like van gogh", ""]
+  # "make it look like van gogh" was the weak example until the train phrases grew (2026-12-01):
+  # it now reaches pencil_sketch at 0.52 through "artist's sketch" and "pencil shading".
+  texts = [val["thermal"][0], val["mirror"][0], "heavy snow with a cartoon look", "turn me into a cat", ""]
   thermal, mirror, combo, weak, empty = prompts.anchor_many(texts, encoder, table)
   for a, name in ((thermal, "thermal"), (mirror, "mirror")):
     assert a.name == name and a.score >= prompts.ANCHOR_MIN_SCORE

@@ -296,8 +296,8 @@ def test_trained_models_anchor_their_prompts(model):
   np.testing.assert_array_equal(emb, np.asarray(table.embeddings[table.texts.index(anchor.text)], np.float32))
   own = np.asarray(trained.text_encoder.encode([text])[0], np.float32)
   assert not np.allclose(trained.embed(text), own)
-  np.testing.assert_allclose(trained.embed("make it look like van gogh"),
-                             trained.text_encoder.encode(["make it look like van gogh"])[0], atol=1e-6)
+  weak = "turn me into a cat"  # matches no effect well (negative at 0.34)
+  np.testing.assert_allclose(trained.embed(weak), trained.text_encoder.encode([weak])[0], atol=1e-6)
   plain = engine.StreamModel(TINY, model.params, dataclasses.replace(model.info, trained=True),
                              text_encoder=trained.text_encoder, anchor_prompts=False)
   np.testing.assert_allclose(plain.embed(text), own, atol=1e-6)
