@@ -10,6 +10,7 @@ Python of their own.
   python -m experiments.device_tools random_autoencoder CONFIG DIR     # a random autoencoder of lsd.py:CONFIG's size
   python -m experiments.device_tools loop_rate WORKDIR DEVICES BATCH JSONL  # a training loop's steps/s, appended
   python -m experiments.device_tools loop_scaling JSONL OUT            # those runs' scaling efficiency
+  python -m experiments.device_tools render_time N T [H]               # the train step's effect render alone
 """
 
 from __future__ import annotations
@@ -105,11 +106,44 @@ def loop_scaling(jsonl: str, out: str) -> None:
           f"{r['samples_per_s_per_device']:.1f} samples/s per device{eff}")
 
 
+def render_time(n: str, t: str, size: str = "256") -> None:
+  """p50 / p99 ms of `steps.render_targets` (the effect ground truth the LSD train step renders
+  on device) for N clips of T frames, specs drawn from the train prompt table: its share of the
+  step says whether rendering every effect per clip under vmap is what the MFU lacks."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from lsd_jax.datasets import prompts
+  from lsd_jax.train import steps
+
+  n_, t_, hw = int(n), int(t), int(size)
+  table = prompts.load_embedding_table("train")
+  rows = np.random.default_rng(0).integers(0, len(table.texts), n_)
+  batch = {"clip": jnp.asarray(np.random.default_rng(1).integers(0, 256, (n_, t_, hw, hw, 3), np.uint8)),
+           "effect_frame_id": jnp.asarray(table.frame_ids[rows]),
+           "effect_temporal_id": jnp.asarray(table.temporal_ids[rows]),
+           "effect_params": jnp.asarray(table.params[rows])}
+  fn = jax.jit(steps.render_targets)
+  key = jax.random.key(0)
+  fn(batch, key).block_until_ready()
+  ms = []
+  for i in range(30):
+    t0 = time.perf_counter()
+    fn(batch, jax.random.fold_in(key, i)).block_until_ready()
+    ms.append(1e3 * (time.perf_counter() - t0))
+  print(f"render_targets {n_} clips x {t_} frames at {hw}x{hw}: p50 {np.percentile(ms, 50):.2f} ms, "
+        f"p99 {np.percentile(ms, 99):.2f} ms ({jax.devices()[0].device_kind})")
+
+
 COMMANDS = {"versions": lambda a: versions(a), "decode_cache": lambda a: decode_cache(a[0], a[1], a[2:]),
             "drift_summary": lambda a: drift_summary(a[0]), "frontier": lambda a: frontier(a[0], a[1:]),
             "arms": lambda a: arms(a[0]), "minutes": lambda a: minutes(a[0]),
             "random_autoencoder": lambda a: random_autoencoder(a[0], a[1]),
-            "loop_rate": lambda a: loop_rate(*a[:4]), "loop_scaling": lambda a: loop_scaling(a[0], a[1])}
+            "loop_rate": lambda a: loop_rate(*a[:4]), "loop_scaling": lambda a: loop_scaling(a[0], a[1]),
+            "render_time": lambda a: render_time(*a[:3])}
 
 
 def main(argv: list[str]) -> int:

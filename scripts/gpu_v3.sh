@@ -17,12 +17,14 @@
 #            its PSNR and its time with the weights on the device (the teacher's beside it)
 #   capacity thermal from scratch with CONFIG (default v3b), at strength 1.0 only and at all three
 #   run      the all-effects CONFIG run (INIT_FROM: warm start), beside the capacity runs
+#   mfu      the train step alone (device-resident batch) at MFU_BATCHES host clips, and the effect
+#            render inside it (RENDER_N samples) timed apart: what batch to train at, what the step lacks
 #   wait     until every started run ends; diagnose: diagnose.py (+ eval_fidelity) on each export
 #   collect_runs  metrics, the autoencoder and the all-effects run's weights into $OUT
 #   eval     export, held-out fidelity at S = 1, 2, 4, autoencoder PSNR at 256x256 and 832x480
 #   latency  the light autoencoder's and the v3 frame's latency, train-step MFU
 #   collect  metrics, curves, logs and the v3 export into $OUT (at most 8 files)
-# Knobs: END (seconds a training stage may use), V3_EXTRA (more --config.x=y for the v3 run),
+# Knobs: END (seconds a training stage may use), FID_EXTRA (eval_fidelity flags, e.g. --prompts=both), V3_EXTRA (more --config.x=y for the v3 run),
 # ALL_EXTRA (for every run: a CPU dry run passes a small resolution).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; W=/tmp/w; mkdir -p "$OUT" "$W"
@@ -67,7 +69,7 @@ for stage in "$@"; do
     setup)
       nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader; nproc
       # each wheel once (a later call on the warm machine may still see an earlier call's carry)
-      whl=$(for f in .carry/av/*.whl .carry/wheels/*.whl; do [ -f "$f" ] && [ ! -f "/tmp/site/.done_$(basename "$f")" ] && echo "$f"; done)
+      whl=$(for f in .carry/av/*.whl .carry/wheels*/*.whl; do [ -f "$f" ] && [ ! -f "/tmp/site/.done_$(basename "$f")" ] && echo "$f"; done)
       if [ -n "$whl" ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $whl || exit 1
         for f in $whl; do touch "/tmp/site/.done_$(basename "$f")"; done; fi
       # staged once: a second copy would pull the library from under the cache being decoded
@@ -173,6 +175,12 @@ for stage in "$@"; do
           --time_iters=${TIME_ITERS:-2000} --out="$W/latency/ae_light_${hw}.json" 2>&1 | tail -1 | cut -c1-220; done
       python3 experiments/eval_autoencoder.py --autoencoder_dir=$TEACHER --manifest=$LIB --clips=2 --time_iters=${TIME_ITERS:-2000} \
         --out="$W/latency/ae_teacher_256x256.json" 2>&1 | tail -1 | cut -c1-220 ;;
+    mfu)  # the GPU otherwise idle (the cache decodes on the CPUs): step rate per batch, the render's share
+      mkdir -p "$W/mfu"
+      python3 -m experiments.device_tools render_time ${RENDER_N:-128} ${RENDER_T:-6} 2>&1 | tail -1
+      timeout ${MFU_TIMEOUT:-300} python3 experiments/benchmark_train.py --config=experiments/configs/lsd.py:${CONFIG:-v3b} \
+        --config.autoencoder_dir=$PWD/checkpoints/ae_small_light --batch_sizes=${MFU_BATCHES:-32,64} --iters=10 --repeats=3 \
+        --out_dir="$W/mfu" 2>&1 | grep -v -E "^[IW][0-9]{4}" | grep "|" | tail -4 ;;
     wait) for p in "$W"/*.pid; do wait_run "$(basename "$p" .pid)"; done
           for l in "$W"/cap_*.log "$W"/run_*.log; do [ -f "$l" ] || continue; echo "-- $(basename "$l")"
             grep -E "held-out PSNR|steps/s" "$l" | tail -2 | cut -c1-200; done ;;
@@ -182,7 +190,7 @@ for stage in "$@"; do
         python3 experiments/diagnose.py --model="$d/export" --manifest=$LIB --effects=$e --clips=2 --frames=8 \
           --out="$W/diagnose_$n" 2>&1 | grep "^| \*\*mean\|^| thermal"
         case $n in run_*) python3 experiments/eval_fidelity.py --model="$d/export" --manifest=$LIB --clips=4 --frames=24 \
-          --out="$W/fidelity_$n" 2>&1 | grep "mean";; esac; done ;;
+          --out="$W/fidelity_$n" ${FID_EXTRA:-} 2>&1 | grep "mean";; esac; done ;;
     collect_runs)  # metrics of everything, the light autoencoder and the all-effects run's weights
       (cd "$W" && tar czf "$OUT/runs.tgz" --exclude='checkpoints' --exclude='export' --exclude='*.pid' \
          $(ls -d */ *.log *.json 2>/dev/null) 2>/dev/null)
