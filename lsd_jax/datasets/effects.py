@@ -508,6 +508,70 @@ def render_clip(spec: EffectSpec, clip_TxHxWx3: jax.Array, key: jax.Array) -> ja
   return out_TxHxWx3
 
 
+def _by_group(ids_N: jax.Array, branches, operands, chunk: int):
+  """out[i] = branches[ids[i]](operands[i]) for a batch, each branch run only on the samples
+  that take it. Under `vmap`, `lax.switch` on a batched index runs every branch on every sample
+  and selects (the train step's render spent 43 of its 68 ms so on an H200). Here the samples
+  are sorted by id and cut into chunks of `chunk`; a chunk loops over the ids present in it, each
+  branch batched over the whole chunk, kept where the id matches. Work: at most (N / chunk + the
+  number of distinct ids) chunk-sized branch calls. `branches[j](*chunk_operands)` maps a chunk of
+  operands (leading axis `chunk`) to a chunk of outputs."""
+  n = ids_N.shape[0]
+  order = jnp.argsort(ids_N, stable=True)
+  inverse = jnp.argsort(order)
+  ids_s = ids_N[order].reshape(n // chunk, chunk)
+  ops_s = jax.tree.map(lambda x: x[order].reshape((n // chunk, chunk) + x.shape[1:]), operands)
+  shapes = jax.eval_shape(branches[0], *jax.tree.map(lambda x: x[0], ops_s))
+  none = len(branches)
+
+  def per_chunk(args):
+    ids_c, ops_c = args
+
+    def body(carry):
+      e, acc = carry
+      res = jax.lax.switch(e, branches, *ops_c)
+      keep = ids_c == e
+      acc = jax.tree.map(lambda a, r: jnp.where(keep.reshape((-1,) + (1,) * (r.ndim - 1)), r, a), acc, res)
+      return jnp.min(jnp.where(ids_c > e, ids_c, none)), acc  # the next id present, or done
+
+    acc0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return jax.lax.while_loop(lambda c: c[0] < none, body, (ids_c[0], acc0))[1]
+
+  out = jax.lax.map(per_chunk, (ids_s, ops_s))
+  return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:])[inverse], out)
+
+
+def render_batch(spec: EffectSpec, clips_NxTxHxWx3: jax.Array, keys_N: jax.Array,
+                 chunk: int = 8) -> jax.Array:
+  """`vmap(render_clip)` for a batch (spec fields with a leading N axis), with each sample's
+  frame and temporal effect computed alone instead of every effect for every sample
+  (`_by_group`). The frame effect does not depend on the temporal state, so it runs on all the
+  frames of a clip first, then the temporal effect scans them: the same values as render_clip
+  (float rounding aside). What the train step renders its targets with."""
+  clips = jnp.asarray(clips_NxTxHxWx3, jnp.float32)
+  n = clips.shape[0]
+  chunk = max(1, min(chunk, n))
+  pad = (-n) % chunk
+  if pad:  # padding samples take the identity effect and are dropped at the end
+    grow = lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])])  # noqa: E731
+    spec, keys_N, clips = jax.tree.map(grow, spec), grow(keys_N), grow(clips)
+  states = jax.vmap(lambda s, k: init_state(s, clips.shape[2:], k))(spec, keys_N)
+
+  def frame_branch(fn):
+    return lambda p_C, f_C: jax.vmap(jax.vmap(functools.partial(_blend, fn), (None, 0)))(p_C, f_C)
+
+  def temporal_branch(fn):
+    def one(p, state, f_T):
+      return jax.lax.scan(lambda st, f: fn(p, st, f), state, f_T)[1].astype(jnp.float32)
+    return jax.vmap(one)
+
+  effected = _by_group(spec.frame_id, [frame_branch(fn) for fn in _FRAME_FNS.values()],
+                       (spec.params, clips), chunk)
+  out = _by_group(spec.temporal_id, [temporal_branch(fn) for fn in _TEMPORAL_FNS],
+                  (spec.params, states, effected), chunk)
+  return out[:n]
+
+
 # ----------------------------------------------------------------------------- spec helpers
 
 DEFAULT_COLORS = {"neon_outlines": (0.1, 1.0, 0.9), "night_vision": (0.25, 1.0, 0.3),

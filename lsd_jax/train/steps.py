@@ -30,7 +30,7 @@ def render_targets(batch, key):
   spec = effects.EffectSpec(batch["effect_frame_id"], batch["effect_temporal_id"], batch["effect_params"])
   clips = frames_01(batch["clip"])
   keys = jax.random.split(key, clips.shape[0])
-  return jax.vmap(effects.render_clip)(spec, clips, keys)
+  return effects.render_batch(spec, clips, keys)
 
 
 # ------------------------------------------------------------------------------ autoencoder

@@ -1,5 +1,7 @@
 """Effects: exact recursions, persistent particles, composition order, batching, determinism."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,6 +179,25 @@ def test_vmap_over_different_specs_equals_per_item():
   for i, spec in enumerate(specs):
     np.testing.assert_allclose(batched[i], np.asarray(render_clip(spec, clips[i], keys[i])),
                                atol=2e-5, err_msg=fx.spec_name(spec))
+
+
+def test_render_batch_equals_vmap_of_render_clip():
+  """The train step's grouped render gives what vmap(render_clip) gives, for every frame and
+  temporal effect, repeated ids in any order, and a batch that is no multiple of the chunk."""
+  rng = np.random.default_rng(0)
+  specs = [fx.make_spec(f, t, strength=float(rng.uniform(0.3, 1.0)), density=float(rng.uniform()),
+                        speed=float(rng.uniform()), size=float(rng.uniform()))
+           for f, t in zip(list(fx.FRAME_EFFECTS) * 2, list(fx.TEMPORAL_EFFECTS) * 5)]
+  order = rng.permutation(len(specs))[:23]  # 23: three chunks of 8 with one short
+  batch = fx.stack_specs([specs[i] for i in order])
+  clips = np.stack([_clip(seed=int(s)) for s in range(len(order))])
+  keys = jax.random.split(jax.random.key(5), len(order))
+  want = np.asarray(jax.jit(jax.vmap(fx.render_clip))(batch, clips, keys))
+  for chunk in (8, 3, 64):
+    got = np.asarray(jax.jit(functools.partial(fx.render_batch, chunk=chunk))(batch, clips, keys))
+    assert got.shape == want.shape
+    for i in range(len(order)):
+      np.testing.assert_allclose(got[i], want[i], atol=2e-5, err_msg=f"{fx.spec_name(specs[order[i]])}, chunk {chunk}")
 
 
 def test_different_keys_give_different_particles_same_key_same():
