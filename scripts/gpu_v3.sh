@@ -179,7 +179,7 @@ for stage in "$@"; do
       mkdir -p "$W/mfu"
       python3 -m experiments.device_tools render_time ${RENDER_N:-128} ${RENDER_T:-6} 2>&1 | tail -1
       timeout ${MFU_TIMEOUT:-300} python3 experiments/benchmark_train.py --config=experiments/configs/lsd.py:${CONFIG:-v3b} \
-        --config.autoencoder_dir=$PWD/checkpoints/ae_small_light --batch_sizes=${MFU_BATCHES:-32,64} --iters=10 --repeats=3 \
+        --config.autoencoder_dir=$PWD/checkpoints/ae_small_light --batch_sizes=${MFU_BATCHES:-32} --iters=10 --repeats=3 \
         --out_dir="$W/mfu" 2>&1 | grep -v -E "^[IW][0-9]{4}" | grep "|" | tail -4 ;;
     wait) for p in "$W"/*.pid; do wait_run "$(basename "$p" .pid)"; done
           for l in "$W"/cap_*.log "$W"/run_*.log; do [ -f "$l" ] || continue; echo "-- $(basename "$l")"
