@@ -132,9 +132,9 @@ def test_stdin_prompt_takes_effect_and_is_matched_in_the_stats(tmp_path, tiny_ch
       raise AssertionError(err.read_text()[-3000:])
 
     wait("first frame out")
-    proc.stdin.write("thermal camera\nmake it look like a watercolor painting\n")
+    proc.stdin.write("thermal camera\nturn me into a cat\n")
     proc.stdin.flush()
-    wait("'make it look like a watercolor painting': nearest known effect")
+    wait("'turn me into a cat': nearest known effect")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
   finally:
@@ -144,7 +144,7 @@ def test_stdin_prompt_takes_effect_and_is_matched_in_the_stats(tmp_path, tiny_ch
   by_text = {p["prompt"]: p for p in s["prompts"]}
   assert by_text["thermal camera"]["origin"] == "stdin" and by_text["thermal camera"]["frame"] > 0
   assert by_text["thermal camera"]["effect"] == {"name": "thermal", "score": 1.0, "weak": False}
-  assert by_text["make it look like a watercolor painting"]["effect"]["weak"]
+  assert by_text["turn me into a cat"]["effect"]["weak"]
   assert by_text["underwater scene"]["origin"] == "flag"
   text = err.read_text()
   assert "nearest known effect thermal (score 1.00)" in text and "a weak match" in text
