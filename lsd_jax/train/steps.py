@@ -106,6 +106,7 @@ class LSDStepConfig:
   prompt_repeats: int = 1  # R: each host clip trains under R prompts (R - 1 drawn on device)
   loss_weight: str = "velocity"  # shortcut.LOSS_WEIGHTS: "x0" weighs flow frames by t^2
   p_history_swap: float = 0.0  # with prompt repeats: history from the same clip under another prompt
+  prompt_mix: float = 0.0  # chance of mixing a prompt's embedding with a same-effect twin's (mix_prompts)
 
 
 PROMPT_FIELDS = ("effect_frame_id", "effect_temporal_id", "effect_params", "prompt_emb")
@@ -125,6 +126,42 @@ def repeat_prompts(batch, key, bank, repeats: int):
   out = dict(batch)
   for f in PROMPT_FIELDS:
     out[f] = jnp.concatenate([batch[f], jnp.take(bank[f], rows, axis=0).astype(batch[f].dtype)], axis=0)
+  if "prompt_id" in batch:
+    out["prompt_id"] = jnp.concatenate([batch["prompt_id"], rows.astype(batch["prompt_id"].dtype)])
+  return out
+
+
+def mix_prompts(batch, key, bank, p: float):
+  """With probability p, each sample's prompt embedding becomes a random point between its own and
+  the embedding of another train prompt that asks for exactly the same effect and parameters
+  (`bank["twin_rows"]`, rows of the same spec), put back on the unit sphere the MiniLM embeddings
+  live on. The denoiser then learns a neighbourhood of each wording instead of its exact
+  embedding, which is what unseen wording needs (model v3.1 scores 28.2 dB with its train wording
+  and 25.5 with the val wording: reports/model_v3/README.md). The empty prompt (the zero vector:
+  no effect) is never mixed. Needs `prompt_id` (the pipeline's table row; `repeat_prompts` extends
+  it to the drawn prompts)."""
+  if p <= 0:
+    return batch
+  if bank is None or "twin_rows" not in bank or "prompt_id" not in batch:
+    raise ValueError("prompt_mix needs the prompt bank's twin_rows (tasks.prompt_bank) and the batch's prompt_id")
+  ids = batch["prompt_id"]
+  n = ids.shape[0]
+  if n != batch["prompt_emb"].shape[0]:
+    raise ValueError(f"prompt_id has {n} rows for {batch['prompt_emb'].shape[0]} prompts")
+  k_hit, k_pick, k_a = jax.random.split(key, 3)
+  twins = jnp.asarray(bank["twin_rows"])
+  other_row = twins[ids, jax.random.randint(k_pick, (n,), 0, twins.shape[1])]
+  other = jnp.take(jnp.asarray(bank["prompt_emb"]), other_row, axis=0).astype(jnp.float32)
+  own = batch["prompt_emb"].astype(jnp.float32)
+  a = jax.random.uniform(k_a, (n, 1))
+  mixed = a * own + (1.0 - a) * other
+  own_norm = jnp.linalg.norm(own, axis=-1, keepdims=True)
+  norm = jnp.linalg.norm(mixed, axis=-1, keepdims=True)
+  ok = (own_norm > 1e-6) & (jnp.linalg.norm(other, axis=-1, keepdims=True) > 1e-6) & (norm > 1e-6)
+  mixed = mixed / jnp.maximum(norm, 1e-6) * own_norm
+  hit = (jax.random.uniform(k_hit, (n, 1)) < p) & ok
+  out = dict(batch)
+  out["prompt_emb"] = jnp.where(hit, mixed, own).astype(batch["prompt_emb"].dtype)
   return out
 
 
@@ -247,6 +284,7 @@ def lsd_train_step(state: state_lib.TrainState, batch, key, *, den, ae, ae_param
                    prompt_bank=None):
   key = jax.random.fold_in(key, state.step)
   batch = repeat_prompts(batch, jax.random.fold_in(key, 0x9E7), prompt_bank, cfg.prompt_repeats)
+  batch = mix_prompts(batch, jax.random.fold_in(key, 0x313), prompt_bank, cfg.prompt_mix)
   (_, info), grads = jax.value_and_grad(
       lambda p: lsd_loss(p, batch, key, den=den, ae=ae, ae_params=ae_params, cfg=cfg), has_aux=True)(state.params)
   info["grad_norm"] = optax.tree.norm(grads)
@@ -257,6 +295,7 @@ def distill_train_step(state: state_lib.TrainState, batch, key, *, den, teacher,
                        cfg: LSDStepConfig, dcfg: distill.DistillConfig, prompt_bank=None):
   key = jax.random.fold_in(key, state.step)
   batch = repeat_prompts(batch, jax.random.fold_in(key, 0x9E7), prompt_bank, cfg.prompt_repeats)
+  batch = mix_prompts(batch, jax.random.fold_in(key, 0x313), prompt_bank, cfg.prompt_mix)
   (_, info), grads = jax.value_and_grad(
       lambda p: distill_loss(p, batch, key, den=den, teacher=teacher, teacher_params=teacher_params, ae=ae,
                              ae_params=ae_params, cfg=cfg, dcfg=dcfg), has_aux=True)(state.params)

@@ -113,13 +113,35 @@ def step_config(config, model: lsd.LSDConfig | None = None) -> steps.LSDStepConf
       augment=tuple(dict(a) for a in t.augment), bootstrap_frac=t.bootstrap_frac, max_log2=t.max_log2,
       level_kind=t.level_kind, level_mean=t.get("level_mean", 0.0), ema_decay=t.ema_decay,
       p_no_prompt=t.p_no_prompt, prompt_repeats=t.get("prompt_repeats", 1),
-      loss_weight=t.get("loss_weight", "velocity"), p_history_swap=t.get("p_history_swap", 0.0))
+      loss_weight=t.get("loss_weight", "velocity"), p_history_swap=t.get("p_history_swap", 0.0),
+      prompt_mix=t.get("prompt_mix", 0.0))
+
+
+TWINS_PER_ROW = 8
+
+
+def twin_rows(table: pipeline.PromptTable, per_row: int = TWINS_PER_ROW, seed: int = 0) -> np.ndarray:
+  """N x per_row rows of the table that ask for exactly the same effect and parameters as each
+  row (drawn with replacement among the others of its spec; the row itself where it has none):
+  what `steps.mix_prompts` mixes an embedding with."""
+  keys = [(int(f), int(t), np.asarray(p, np.float32).tobytes())
+          for f, t, p in zip(table.frame_ids, table.temporal_ids, table.params)]
+  groups: dict = {}
+  for i, k in enumerate(keys):
+    groups.setdefault(k, []).append(i)
+  rng = np.random.default_rng(seed)
+  out = np.empty((len(keys), per_row), np.int32)
+  for i, k in enumerate(keys):
+    others = [j for j in groups[k] if j != i] or [i]
+    out[i] = rng.choice(others, per_row)
+  return out
 
 
 def prompt_bank(table: pipeline.PromptTable) -> dict[str, np.ndarray]:
-  """The prompt table as the arrays `steps.repeat_prompts` draws extra prompts from."""
+  """The prompt table as the arrays `steps.repeat_prompts` draws extra prompts from, with each
+  row's same-spec twins (`twin_rows`, for `steps.mix_prompts`)."""
   return {"effect_frame_id": table.frame_ids, "effect_temporal_id": table.temporal_ids,
-          "effect_params": table.params, "prompt_emb": table.embeddings}
+          "effect_params": table.params, "prompt_emb": table.embeddings, "twin_rows": twin_rows(table)}
 
 
 def _optimizer(config):

@@ -149,6 +149,7 @@ def test_v3_recipe_trains_end_to_end(smoke_light_ae, tmp_path):
   ae_dir, ae_summary, _ = smoke_light_ae
   cfg = lsd_config.get_config("v3_smoke")
   assert cfg.train.prompt_repeats == 4 and cfg.model.tau_inf == 0.5
+  cfg.train.prompt_mix = 0.5  # v3c's prompt mixing rides along (steps.mix_prompts)
   assert (cfg.heldout.every, cfg.heldout.clips, cfg.heldout.frames, cfg.total_steps) == (10, 1, 6, 20)
   cfg.autoencoder_dir = ae_dir
   work = str(tmp_path / "lsd")

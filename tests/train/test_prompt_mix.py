@@ -1,0 +1,73 @@
+"""Prompt mixing: each embedding mixed only with a train prompt of exactly the same spec."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lsd_jax.train import loop, steps, tasks
+
+
+@pytest.fixture(scope="module")
+def table():
+  return loop.prompt_table("train")
+
+
+def _spec(table, i):
+  return int(table.frame_ids[i]), int(table.temporal_ids[i]), tuple(np.asarray(table.params[i]).tolist())
+
+
+def test_twin_rows_ask_for_the_same_effect_and_parameters(table):
+  twins = tasks.twin_rows(table)
+  assert twins.shape == (len(table.texts), tasks.TWINS_PER_ROW)
+  sizes = {}
+  for i in range(len(table.texts)):
+    sizes[_spec(table, i)] = sizes.get(_spec(table, i), 0) + 1
+  alone = 0
+  for i in range(len(table.texts)):
+    assert all(_spec(table, int(j)) == _spec(table, i) for j in twins[i]), table.texts[i]
+    if sizes[_spec(table, i)] > 1:
+      assert i not in twins[i]  # a row with company is never its own twin
+    else:
+      alone += 1
+      assert (twins[i] == i).all()
+  assert alone < len(table.texts) // 2  # most rows have twins to mix with
+
+
+def test_repeat_prompts_extends_the_prompt_ids(table):
+  bank = {k: jnp.asarray(v) for k, v in tasks.prompt_bank(table).items()}
+  ids = np.array([3, 10, 20], np.int32)
+  batch = {"clip": jnp.zeros((3, 2, 4, 4, 3), jnp.uint8), "prompt_id": jnp.asarray(ids),
+           **{f: bank[f][ids] for f in steps.PROMPT_FIELDS}}
+  out = steps.repeat_prompts(batch, jax.random.key(0), bank, 4)
+  assert out["prompt_id"].shape == (12,)
+  np.testing.assert_array_equal(np.asarray(out["prompt_emb"]), np.asarray(bank["prompt_emb"][out["prompt_id"]]))
+
+
+def test_mix_prompts_stays_between_a_prompt_and_one_of_its_twins(table):
+  bank = {k: jnp.asarray(v) for k, v in tasks.prompt_bank(table).items()}
+  emb = np.asarray(table.embeddings, np.float32)
+  empty = int(np.flatnonzero(np.linalg.norm(emb, axis=1) < 1e-6)[0])  # "" means no effect
+  ids = np.array([empty] + list(range(0, 2000, 40)), np.int32)
+  batch = {"prompt_id": jnp.asarray(ids), "prompt_emb": jnp.asarray(emb[ids])}
+  assert steps.mix_prompts(batch, jax.random.key(0), bank, 0.0) is batch
+  out = np.asarray(steps.mix_prompts(batch, jax.random.key(1), bank, 1.0)["prompt_emb"])
+  np.testing.assert_array_equal(out[0], emb[empty])
+  twins = tasks.twin_rows(table)
+  moved = 0
+  for row, i in zip(out[1:], ids[1:]):
+    own = emb[i]
+    assert np.linalg.norm(row) == pytest.approx(np.linalg.norm(own), abs=1e-4)
+    if np.allclose(row, own, atol=1e-5):
+      continue
+    moved += 1
+    # In the span of the own embedding and one twin's, with positive weights.
+    fits = []
+    for j in twins[i]:
+      basis = np.stack([own, emb[j]], 1)
+      w, *_ = np.linalg.lstsq(basis, row, rcond=None)
+      fits.append(np.linalg.norm(basis @ w - row) < 1e-3 and (w > -1e-4).all())
+    assert any(fits), table.texts[i]
+  assert moved > len(ids) // 2
+  with pytest.raises(ValueError, match="twin_rows"):
+    steps.mix_prompts(batch, jax.random.key(1), {"prompt_emb": bank["prompt_emb"]}, 0.5)
