@@ -24,8 +24,9 @@
 #   eval     export, held-out fidelity at S = 1, 2, 4, autoencoder PSNR at 256x256 and 832x480
 #   latency  the light autoencoder's and the v3 frame's latency, train-step MFU
 #   collect  metrics, curves, logs and the v3 export into $OUT (at most 8 files)
-# Knobs: END (seconds a training stage may use), FID_EXTRA (eval_fidelity flags, e.g. --prompts=both), V3_EXTRA (more --config.x=y for the v3 run),
-# ALL_EXTRA (for every run: a CPU dry run passes a small resolution).
+# Knobs: END (seconds a training stage may use), FID_EXTRA (eval_fidelity flags, e.g.
+# --prompts=both), V3_EXTRA (more --config.x=y for the v3 run), ALL_EXTRA (for every run: a CPU
+# dry run passes a small resolution).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; W=/tmp/w; mkdir -p "$OUT" "$W"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
