@@ -508,18 +508,18 @@ def render_clip(spec: EffectSpec, clip_TxHxWx3: jax.Array, key: jax.Array) -> ja
   return out_TxHxWx3
 
 
-def _by_group(ids_N: jax.Array, branches, operands, chunk: int):
+def _by_group(ids_B: jax.Array, branches, operands, chunk: int):
   """out[i] = branches[ids[i]](operands[i]) for a batch, each branch run only on the samples
   that take it. Under `vmap`, `lax.switch` on a batched index runs every branch on every sample
   and selects (the train step's render spent 43 of its 68 ms so on an H200). Here the samples
   are sorted by id and cut into chunks of `chunk`; a chunk loops over the ids present in it, each
-  branch batched over the whole chunk, kept where the id matches. Work: at most (N / chunk + the
+  branch batched over the whole chunk, kept where the id matches. Work: at most (B / chunk + the
   number of distinct ids) chunk-sized branch calls. `branches[j](*chunk_operands)` maps a chunk of
   operands (leading axis `chunk`) to a chunk of outputs."""
-  n = ids_N.shape[0]
-  order = jnp.argsort(ids_N, stable=True)
+  n = ids_B.shape[0]
+  order = jnp.argsort(ids_B, stable=True)
   inverse = jnp.argsort(order)
-  ids_s = ids_N[order].reshape(n // chunk, chunk)
+  ids_s = ids_B[order].reshape(n // chunk, chunk)
   ops_s = jax.tree.map(lambda x: x[order].reshape((n // chunk, chunk) + x.shape[1:]), operands)
   shapes = jax.eval_shape(branches[0], *jax.tree.map(lambda x: x[0], ops_s))
   none = len(branches)
@@ -541,21 +541,21 @@ def _by_group(ids_N: jax.Array, branches, operands, chunk: int):
   return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:])[inverse], out)
 
 
-def render_batch(spec: EffectSpec, clips_NxTxHxWx3: jax.Array, keys_N: jax.Array,
+def render_batch(spec: EffectSpec, clips_BxTxHxWx3: jax.Array, keys_B: jax.Array,
                  chunk: int = 8) -> jax.Array:
-  """`vmap(render_clip)` for a batch (spec fields with a leading N axis), with each sample's
+  """`vmap(render_clip)` for a batch (spec fields with a leading B axis), with each sample's
   frame and temporal effect computed alone instead of every effect for every sample
   (`_by_group`). The frame effect does not depend on the temporal state, so it runs on all the
   frames of a clip first, then the temporal effect scans them: the same values as render_clip
   (float rounding aside). What the train step renders its targets with."""
-  clips = jnp.asarray(clips_NxTxHxWx3, jnp.float32)
+  clips = jnp.asarray(clips_BxTxHxWx3, jnp.float32)
   n = clips.shape[0]
   chunk = max(1, min(chunk, n))
   pad = (-n) % chunk
   if pad:  # padding samples take the identity effect and are dropped at the end
     grow = lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])])  # noqa: E731
-    spec, keys_N, clips = jax.tree.map(grow, spec), grow(keys_N), grow(clips)
-  states = jax.vmap(lambda s, k: init_state(s, clips.shape[2:], k))(spec, keys_N)
+    spec, keys_B, clips = jax.tree.map(grow, spec), grow(keys_B), grow(clips)
+  states = jax.vmap(lambda s, k: init_state(s, clips.shape[2:], k))(spec, keys_B)
 
   def frame_branch(fn):
     return lambda p_C, f_C: jax.vmap(jax.vmap(functools.partial(_blend, fn), (None, 0)))(p_C, f_C)
