@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterable
 
 from absl import flags
+from absl import logging
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
 
@@ -79,10 +80,9 @@ class InterruptWatch:
         self.count += 1
         if self.count == 1:
           self.stop.set()
-          print(f"\n{self.prog}: interrupted: {self.message} (Ctrl-C again to quit at once)",
-                file=sys.stderr, flush=True)
+          logging.warning("%s: interrupted: %s (Ctrl-C again to quit at once)", self.prog, self.message)
         else:
-          print(f"{self.prog}: quitting at once", file=sys.stderr, flush=True)
+          logging.warning("%s: quitting at once", self.prog)
           os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
 
   @property

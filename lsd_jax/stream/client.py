@@ -2,10 +2,10 @@ r"""A Python client of lsd-serve's WebSocket API, for scripts, OBS, TouchDesigne
 
   from lsd_jax.stream.client import Client
   with Client("http://127.0.0.1:8765", token="...") as c:   # token: lsd-serve --token
-    print(c.hello["model"]["label"])
+    label = c.hello["model"]["label"]
     effect = c.set_prompt("thermal camera")                # {"name", "score", "weak"}
     out = c.process(frame)                                 # uint8 HxWx3 in, the model's size out
-    print(c.last_stats["server_ms"], c.last_stats["fps"])
+    server_ms, fps = c.last_stats["server_ms"], c.last_stats["fps"]
 
 or from a shell (a source through a remote model into an mp4):
 
