@@ -51,15 +51,10 @@ def main(argv):
       chosen = {k: v for k, v in chosen.items() if "+" not in k}
     anchors = {}
     if _ANCHOR.value:
-      names = list(chosen)
-      for name, a in zip(names, prompts.anchor_many([chosen[n][0] for n in names], table=table)):
-        anchors[name] = {"matched": a.name, "score": a.score, "anchor": a.text}
-        if a.embedding is not None:
-          text, _, spec = chosen[name]
-          chosen[name] = (text, a.embedding, spec)
+      chosen, anchors = prompts.anchor_prompt_set(chosen, table=table)
     results = fidelity.evaluate(cfg, params, clips, chosen, steps_list=steps)
     for name, a in anchors.items():
-      results[name]["anchor"] = a
+      results[name]["anchor"] = {"matched": a.name, "score": a.score, "anchor": a.text}
     with open(os.path.join(_OUT.value, f"fidelity{suffix}.json"), "w") as f:
       json.dump({"model": _MODEL.value, "metadata": meta, "prompts": suffix.strip("_") or "val",
                  "anchor_prompts": _ANCHOR.value, "tau_inf": cfg.tau_inf,

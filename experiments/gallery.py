@@ -41,10 +41,7 @@ def main(argv):
   if _ANCHOR.value:
     from lsd_jax.datasets import prompts
 
-    names = list(chosen)
-    for name, a in zip(names, prompts.anchor_many([chosen[n][0] for n in names])):
-      if a.embedding is not None:
-        chosen[name] = (chosen[name][0], a.embedding, chosen[name][2])
+    chosen, _ = prompts.anchor_prompt_set(chosen)
   roll = fidelity.rollout_fn(cfg, cfg.steps)
   render = jax.jit(effects.render_clip)
   per_row = 4  # effects per row, each as input | output | ground truth

@@ -495,6 +495,7 @@ class Anchor(NamedTuple):
   name: str  # the matched effect ("sepia", "cartoon+snowfall")
   score: float  # `match`'s score
   text: str  # the train paraphrase anchored to ("" where none)
+  own: np.ndarray | None = None  # float32 [384]: the prompt's own embedding (None: the empty prompt)
 
 
 def anchor_many(texts: list[str], encoder=None, table: EmbeddingTable | None = None) -> list[Anchor]:
@@ -521,8 +522,9 @@ def anchor_many(texts: list[str], encoder=None, table: EmbeddingTable | None = N
   own = dict(zip(need_own, encoder.encode(need_own))) if need_own else {}
   for text, name, score in zip(texts, names, scores):
     rows = train[train_names == name]
+    mine = np.asarray(own[text], np.float32) if text in own else None
     if not text.strip() or float(score) < ANCHOR_MIN_SCORE or rows.size == 0:
-      out.append(Anchor(None, str(name), float(score), ""))
+      out.append(Anchor(None, str(name), float(score), "", mine))
       continue
     frame, temporal = parse_name(name)
     want = params_from_words(text, frame, temporal)
@@ -530,7 +532,17 @@ def anchor_many(texts: list[str], encoder=None, table: EmbeddingTable | None = N
     best = rows[dist <= dist.min() + 1e-6]
     if best.size > 1:  # the most similar wording among the equally near
       e = np.asarray(table.embeddings, np.float32)[best]
-      best = best[[int(np.argmax(e @ np.asarray(own[text], np.float32)))]]
+      best = best[[int(np.argmax(e @ mine))]]
     i = int(best[0])
-    out.append(Anchor(np.asarray(table.embeddings[i], np.float32), str(name), float(score), table.texts[i]))
+    out.append(Anchor(np.asarray(table.embeddings[i], np.float32), str(name), float(score), table.texts[i], mine))
   return out
+
+
+def anchor_prompt_set(chosen: dict, encoder=None, table: EmbeddingTable | None = None) -> tuple[dict, dict]:
+  """A prompt set {name: (text, embedding, spec)} (as `pick_val_prompts` gives it) with each
+  text's anchor embedding where `anchor_many` finds one, and the anchors by name."""
+  names = list(chosen)
+  anchors = dict(zip(names, anchor_many([chosen[n][0] for n in names], encoder, table)))
+  out = {n: (t, anchors[n].embedding, spec) if anchors[n].embedding is not None else (t, e, spec)
+         for n, (t, e, spec) in chosen.items()}
+  return out, anchors

@@ -244,7 +244,7 @@ class StreamModel:
       emb = np.zeros((sizes.PROMPT_DIM,), np.float32)  # the text encoder's own "no effect"
     else:
       emb = self._anchored(text) if self.anchor_prompts else None
-      if emb is None:
+      if emb is None:  # anchoring off or failed
         emb = np.asarray(self.text_encoder.encode([text])[0], np.float32)
         self.encoder_calls += 1
     with self._lock:
@@ -254,8 +254,9 @@ class StreamModel:
     return emb
 
   def _anchored(self, text: str) -> np.ndarray | None:
-    """The anchor's embedding for `text`, or None (a weak match, or anchoring failed: a missing
-    prompt table must not end a stream)."""
+    """The anchor's embedding for `text`, the prompt's own for a weak match (anchor_many has
+    encoded it already), or None where anchoring failed (a missing prompt table must not end a
+    stream)."""
     try:
       from lsd_jax.datasets import prompts  # pylint: disable=import-outside-toplevel
 
@@ -268,7 +269,7 @@ class StreamModel:
       self.anchors[text] = anchor
     if anchor.embedding is None:
       logging.info("prompt %r: weak match (%s, %.2f), its own embedding", text, anchor.name, anchor.score)
-      return None
+      return anchor.own
     logging.info("prompt %r anchored to the train paraphrase %r (%s, match %.2f)", text, anchor.text,
                  anchor.name, anchor.score)
     return anchor.embedding

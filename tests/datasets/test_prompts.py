@@ -202,3 +202,17 @@ def test_anchor_many_gives_the_train_paraphrase_of_the_same_effect_and_strength(
   np.testing.assert_allclose(np.asarray(table.params[i]), heavy)  # "heavy" read and kept
   assert weak.embedding is None and weak.score < prompts.ANCHOR_MIN_SCORE and weak.text == ""
   assert empty.embedding is None and empty.name == "identity"
+
+
+def test_anchor_prompt_set_swaps_in_the_anchor_and_keeps_weak_prompts(encoder):
+  table = prompts.load_embedding_table()
+  val = prompts.pick_val_prompts(table, ["thermal", "mirror"])
+  chosen = {**val, "weak": ("turn me into a cat", np.ones(384, np.float32), val["thermal"][2])}
+  out, anchors = prompts.anchor_prompt_set(chosen, encoder, table)
+  assert set(out) == set(anchors) == set(chosen)
+  for name in ("thermal", "mirror"):
+    assert anchors[name].embedding is not None and out[name][0] == chosen[name][0]
+    np.testing.assert_array_equal(out[name][1], anchors[name].embedding)
+    np.testing.assert_allclose(anchors[name].own, encoder.encode([chosen[name][0]])[0], atol=1e-6)
+  assert anchors["weak"].embedding is None
+  np.testing.assert_array_equal(out["weak"][1], chosen["weak"][1])  # a weak match keeps what it had
