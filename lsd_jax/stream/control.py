@@ -106,7 +106,9 @@ class OscServer:
       d.map(address, self._handler(kind))
     d.set_default_handler(self._unknown)
     try:
-      self._server = osc_server.ThreadingOSCUDPServer((host, port), d)
+      # One thread handles the datagrams in the order they came: a threading server ran each in its
+      # own thread, so "/lsd/seed" could be applied before the "/lsd/transition" sent ahead of it.
+      self._server = osc_server.BlockingOSCUDPServer((host, port), d)
     except OSError as e:
       raise RuntimeError(f"cannot listen for OSC on {host}:{port}: {e.strerror or e}") from e
     self.address = self._server.server_address
