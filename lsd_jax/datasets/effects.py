@@ -349,6 +349,11 @@ _PARTICLES = {
 TEMPORAL_EFFECTS: tuple[str, ...] = ("none", "echo") + tuple(_PARTICLES)
 
 
+def particle_style(name: str) -> ParticleStyle | None:
+  """The look and motion of a particle effect by temporal-effect name (None for the others)."""
+  return _PARTICLES.get(name)
+
+
 def _margin(style: ParticleStyle, px: float) -> float:
   """How far outside the frame a particle may go before it respawns (its drawn extent)."""
   return px * (3.0 * 1.8 * style.sigmas[1] + style.streak * style.speed[1] * 1.75) + 2.0

@@ -1,7 +1,8 @@
 """The fidelity bar of the model-v3 issue, checked on `fidelity.evaluate`'s results.
 
 The parts that a fidelity run measures (the particle statistics and the 100,000-frame drift and
-hold ratios have their own tool, `experiments/evaluate.py`):
+hold ratios have their own tool, `experiments/evaluate.py`; `particles` checks the first on its
+results):
 
 - the mean over the 16 deterministic single effects (the 14 per-frame ones, echo, identity) at
   the model's S is at least `MEAN_DB`;
@@ -23,6 +24,7 @@ import numpy as np
 from lsd_jax.datasets import effects
 
 DETERMINISTIC: tuple[str, ...] = effects.FRAME_EFFECTS + ("echo",)  # identity is a frame effect
+PARTICLE_TOLERANCE = 0.15  # density and speed within 15% of the spec
 MEAN_DB = 30.0
 OVER_INPUT_DB = 2.0
 UNDER_CEILING_DB = 5.0
@@ -110,3 +112,23 @@ def markdown(bar: dict[str, Any]) -> str:
     lines.append(f"| deterministic effects not evaluated | {', '.join(bar['missing'])} | none | **no** |")
   lines.append(f"| **bar (these parts)** | | | {yes(bar['met'])} |")
   return "\n".join(lines)
+
+
+def particles(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+  """The particle part of the bar on `experiments/evaluate.py`'s rows per effect (held-out clips
+  or stream): density within PARTICLE_TOLERANCE of the truth's (the spec rendered on the same
+  frames) and velocity within it of the spec's (`velocity_error_out`: the mean velocity's miss
+  over the nominal speed; for fireflies, which have no direction, the speed's). Effects without
+  particles are skipped."""
+  out: dict[str, Any] = {"per_effect": {}}
+  for name, r in rows.items():
+    q = r.get("particles")
+    if not q:
+      continue
+    dens, miss = q["density_ratio"], q["velocity_error_out"]
+    within = lambda x: bool(np.isfinite(x) and x <= PARTICLE_TOLERANCE)  # noqa: E731
+    out["per_effect"][name] = {"density_ratio": dens, "velocity_error": miss, "density_ok": within(abs(dens - 1.0)),
+                               "velocity_ok": within(miss), "velocity_error_gt": q.get("velocity_error_gt")}
+  out["met"] = bool(out["per_effect"]) and all(v["density_ok"] and v["velocity_ok"]
+                                               for v in out["per_effect"].values())
+  return out

@@ -14,8 +14,9 @@ Particle statistics (temporal particle effects) compare the output and the groun
 the same estimators, computed against the per-frame-effect-only frame F (the input with only the
 per-frame part of the effect; what the particles are drawn over):
 - density: the fraction of pixels where luma(frame) - luma(F) > metrics.PARTICLE_THRESHOLD;
-- velocity: the (dy, dx) phase-correlation shift between consecutive particle layers
-  max(0, luma(frame) - luma(F)) -- the dominant displacement of particle mass per frame.
+- velocity and speed: particles tracked between consecutive frames (`metrics.particle_coverage`,
+  `particle_peaks`, `track_displacement`): the mean displacement of the matched particles and
+  their mean speed, with how many matched.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lsd_jax.datasets import effects
 from lsd_jax.diffusion import sampler
@@ -32,8 +34,10 @@ from lsd_jax.eval import metrics
 from lsd_jax.models import frame as model_frame
 from lsd_jax.models import lsd
 
+# Bumped when a per-frame metric changes meaning: a stream checkpoint of another version is refused.
+METRICS_VERSION = 2  # 2: particle velocity by tracking (1: phase correlation of whole layers)
 PER_FRAME = ("psnr", "ssim", "flicker", "density_out", "density_gt", "vel_out_y", "vel_out_x",
-             "vel_gt_y", "vel_gt_x")
+             "vel_gt_y", "vel_gt_x", "speed_out", "speed_gt", "tracked_out", "tracked_gt")
 
 
 def model_chunk_fn(cfg: lsd.LSDConfig, steps: int):
@@ -70,7 +74,7 @@ truth_chunk_fn = jax.jit(_truth, donate_argnums=0)
 class MetricCarry(NamedTuple):
   prev_out: jax.Array  # HxWx3
   prev_gt: jax.Array
-  prev_layer_out: jax.Array  # HxW particle layers
+  prev_layer_out: jax.Array  # HxW blurred particle coverage (metrics.particle_coverage)
   prev_layer_gt: jax.Array
   has_prev: jax.Array  # bool
 
@@ -81,30 +85,59 @@ def empty_metric_carry(height: int, width: int) -> MetricCarry:
   return MetricCarry(z3(), z3(), z(), z(), jnp.array(False))
 
 
-def _metrics(carry: MetricCarry, out_T, target_T, frame_only_T, reset_T):
+def _particle_tracks(prev_cov, cov, moved_T, spec_T, px: float):
+  """Tracked velocity per frame pair (output and truth stacked: 2T pairs): the plain correlation
+  peak of the blurred coverage layers as the first guess, then `metrics.track_displacement`."""
+  # One phase_shift call for all pairs: its FFTs must not run side by side (see there).
+  guess = jax.lax.optimization_barrier(metrics.phase_shift(prev_cov, cov, whiten=False))
+  n = cov.shape[0]
+  peaks = jax.vmap(lambda l: metrics.particle_peaks(l, px))
+  (p_prev, ok_prev), (p_cur, ok_cur) = peaks(prev_cov), peaks(cov)
+  # Eight pairs at a time (lax.map): a pair's match holds TRACK_PEAKS^2 distances.
+  vel, speed, count = jax.lax.map(lambda a: metrics.track_displacement(*a, px=px),
+                                  (p_prev, ok_prev, p_cur, ok_cur, guess), batch_size=8)
+  keep = jnp.tile(moved_T, 2)
+  return (jnp.where(keep[:, None], vel, jnp.nan), jnp.where(keep, speed, jnp.nan),
+          jnp.where(keep, count, 0).astype(jnp.float32).reshape(n))
+
+
+def _metrics(carry: MetricCarry, out_T, target_T, frame_only_T, reset_T, spec_T: effects.EffectSpec):
   """All frames of a chunk at once (vmapped, no loop): previous frames are the carry's last
-  frame followed by the chunk shifted by one."""
+  frame followed by the chunk shifted by one. `spec_T` is each frame's effect (the particle
+  coverage and the tracking blur depend on it)."""
   shift = lambda first, xs: jnp.concatenate([first[None], xs[:-1]])
+  h, w = out_T.shape[1:3]
+  px = min(h, w) / effects.REF_SIZE
   lay_y = jax.vmap(metrics.particle_layer)(out_T, frame_only_T)
   lay_g = jax.vmap(metrics.particle_layer)(target_T, frame_only_T)
+  cover = jax.vmap(metrics.particle_coverage)
+  radius = int(np.ceil(3.0 * metrics.max_track_sigma(px)))
+  sigma_T = jax.vmap(lambda t, p: metrics.track_sigma(t, p, px))(spec_T.temporal_id, spec_T.params)
+  blur = jax.vmap(lambda l, s: effects.gaussian_blur(l[..., None], s, radius)[..., 0])
+  cov = jnp.concatenate([blur(cover(out_T, frame_only_T, spec_T.temporal_id), sigma_T),
+                         blur(cover(target_T, frame_only_T, spec_T.temporal_id), sigma_T)])
   # A barrier between the layers and their consumers: without it XLA:CPU fuses the SSIM, the
   # layers and the FFTs into one computation whose compile time explodes with the frame size.
-  lay_y, lay_g = jax.lax.optimization_barrier((lay_y, lay_g))
+  lay_y, lay_g, cov = jax.lax.optimization_barrier((lay_y, lay_g, cov))
+  t = out_T.shape[0]
+  cov_y, cov_g = cov[:t], cov[t:]
   has_prev = shift(carry.has_prev, jnp.ones(reset_T.shape, bool))
-  moved = (has_prev & ~reset_T)[:, None]  # particles re-spawn at a switch: no displacement to measure
-  # Output and truth pairs in one phase_shift call: its FFTs must not run side by side (see there).
-  v_y, v_g = jnp.split(jax.lax.optimization_barrier(metrics.phase_shift(
-      jnp.concatenate([shift(carry.prev_layer_out, lay_y), shift(carry.prev_layer_gt, lay_g)]),
-      jnp.concatenate([lay_y, lay_g]))), 2)
-  v_y, v_g = jnp.where(moved, v_y, jnp.nan), jnp.where(moved, v_g, jnp.nan)
+  moved = has_prev & ~reset_T  # particles re-spawn at a switch: no displacement to measure
+  particles = metrics.has_particles(spec_T.temporal_id)
+  prev_cov = jnp.concatenate([shift(carry.prev_layer_out, cov_y), shift(carry.prev_layer_gt, cov_g)])
+  nan_T = jnp.full((2 * t,), jnp.nan)
+  vel, speed, count = jax.lax.cond(  # a chunk without a particle effect skips the tracking
+      jnp.any(particles & moved), lambda: _particle_tracks(prev_cov, cov, moved & particles, spec_T, px),
+      lambda: (jnp.stack([nan_T, nan_T], -1), nan_T, jnp.zeros((2 * t,))))
   flick = metrics.flicker_step(shift(carry.prev_out, out_T), out_T, shift(carry.prev_gt, target_T), target_T)
   ssim_T = jax.lax.optimization_barrier(metrics.ssim(*jax.lax.optimization_barrier((out_T, target_T))))
   row = {"psnr": metrics.psnr_frames(out_T, target_T), "ssim": ssim_T,
          "flicker": jnp.where(has_prev, flick, jnp.nan),
          "density_out": metrics.particle_density(lay_y), "density_gt": metrics.particle_density(lay_g),
-         "vel_out_y": v_y[:, 0], "vel_out_x": v_y[:, 1], "vel_gt_y": v_g[:, 0], "vel_gt_x": v_g[:, 1]}
-  return MetricCarry(out_T[-1], target_T[-1], lay_y[-1], lay_g[-1], jnp.array(True)), row
+         "vel_out_y": vel[:t, 0], "vel_out_x": vel[:t, 1], "vel_gt_y": vel[t:, 0], "vel_gt_x": vel[t:, 1],
+         "speed_out": speed[:t], "speed_gt": speed[t:], "tracked_out": count[:t], "tracked_gt": count[t:]}
+  return MetricCarry(out_T[-1], target_T[-1], cov_y[-1], cov_g[-1], jnp.array(True)), row
 
 
 metrics_chunk_fn = jax.jit(_metrics, donate_argnums=0)
-"""jit(f(carry, out_T, target_T, frame_only_T, reset_T) -> (carry, {PER_FRAME key: [T]}))."""
+"""jit(f(carry, out_T, target_T, frame_only_T, reset_T, spec_T) -> (carry, {PER_FRAME key: [T]}))."""

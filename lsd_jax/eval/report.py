@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from lsd_jax.eval import bar
 from lsd_jax.eval.runner import StreamResult
 
 
@@ -26,17 +27,27 @@ def markdown(results: dict[str, Any], title: str = "Evaluation") -> str:
            f"lossless streams; {results['model']['height']}x{results['model']['width']}.", ""]
   if results["heldout"]:
     lines += [f"## Held-out clips ({p['clips']} clips x {p['clip_frames']} frames, first K+1 frames excluded)", "",
-              "| effect | val prompt | PSNR | SSIM | flicker | particle density out / truth | speed out / truth (px/frame) |",
+              "| effect | val prompt | PSNR | SSIM | flicker | particle density out / truth | speed out / truth (spec; out/spec) px/frame |",
               "|---|---|---|---|---|---|---|"]
     for e, r in results["heldout"].items():
       lines.append(f"| {e} | {r['prompt']} | {_fmt(r['psnr'])} | {_fmt(r['ssim'], '.3f')} | {_fmt(r['flicker'], '.4f')} | "
                    + _particle_cells(r) + " |")
-    lines.append("")
+    lines += ["", "Particle speed: particles tracked from frame to frame; the magnitude of their mean velocity "
+              "(fireflies, which have no direction: their mean speed). The velocity error compares the mean "
+              "velocity vector with the spec's (fireflies: the speed), over the spec's speed.", ""]
+    pb = bar.particles(results["heldout"])
+    if pb["per_effect"]:
+      cells = "; ".join(f"{n} density {_fmt(v['density_ratio'])}{'' if v['density_ok'] else ' (no)'}, velocity "
+                        f"error {_fmt(v['velocity_error'])}{'' if v['velocity_ok'] else ' (no)'} (truth "
+                        f"{_fmt(v['velocity_error_gt'])})" for n, v in pb["per_effect"].items())
+      lines += [f"Particle bar (density out/truth within {bar.PARTICLE_TOLERANCE:.0%}, velocity error out "
+                f"against the spec at most {bar.PARTICLE_TOLERANCE:.0%} of its speed): "
+                f"**{'met' if pb['met'] else 'not met'}** -- {cells}.", ""]
   partial = ("" if s.get("complete", True) else
              f"; **partial: {s['frames']} of {s['planned_frames']} frames** -- run again with the same output folder "
              "to continue")
   lines += [f"## Procedural stream ({s['frames']} frames, prompt switch every {p['switch_every']} frames{partial})", "",
-            "| effect | frames | PSNR | SSIM | flicker | switch response (median frames to 90%) | particle density out / truth | speed out / truth |",
+            "| effect | frames | PSNR | SSIM | flicker | switch response (median frames to 90%) | particle density out / truth | speed out / truth (spec; out/spec) |",
             "|---|---|---|---|---|---|---|---|"]
   for e, r in s["per_effect"].items():
     sw = s["switch_response"][e]
@@ -73,7 +84,8 @@ def _particle_cells(r: dict[str, Any]) -> str:
   if not q:
     return "- | -"
   return (f"{_fmt(q['density_out'], '.3f')} / {_fmt(q['density_gt'], '.3f')} | "
-          f"{_fmt(q['speed_out'])} / {_fmt(q['speed_gt'])} (spec {_fmt(q['spec']['nominal_speed'])})")
+          f"{_fmt(q['speed_out'])} / {_fmt(q['speed_gt'])} (spec {_fmt(q['spec']['nominal_speed'])}; "
+          f"{_fmt(q.get('speed_ratio'))})")
 
 
 def plot_drift(ax, drift: dict[str, Any], label: str | None = None, per_effect: bool = True):

@@ -112,7 +112,8 @@ def run_stream(cfg: lsd.LSDConfig, params, frames: frames_lib.FrameSource | np.n
   done, cold = 0, [0]
   if checkpoint is not None:
     fingerprint = {"params": resume.params_digest(params), "model": cfg.to_dict(), "steps": steps,
-                   "chunk": chunk, "seed": seed, "num_frames": num_frames, "starts": list(schedule.starts),
+                   "chunk": chunk, "seed": seed, "metrics": chunks.METRICS_VERSION, "num_frames": num_frames,
+                   "starts": list(schedule.starts),
                    "names": list(schedule.names), "prompts": {n: prompts[n][0] for n in schedule.names},
                    **(fingerprint or {})}
     saved = resume.load(checkpoint, carry, fingerprint)
@@ -149,7 +150,7 @@ def run_stream(cfg: lsd.LSDConfig, params, frames: frames_lib.FrameSource | np.n
       counts.append(n)
       spec_T = effects.EffectSpec(*(a[seg] for a in spec_arrays))
       state, (target, frame_only) = chunks.truth_chunk_fn(state, block, spec_T, reset, index, gt_key)
-      mcarry, row = chunks.metrics_chunk_fn(mcarry, out, target, frame_only, reset)
+      mcarry, row = chunks.metrics_chunk_fn(mcarry, out, target, frame_only, reset, spec_T)
       for k, v in jax.device_get(row).items():
         rows[k].append(np.asarray(v)[:n])
       seg_all.append(seg[:n])

@@ -20,13 +20,20 @@ def _nanmean(x) -> float:
   return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
 
 
-def particle_summary(pf: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, float]:
-  """Estimated density and mean velocity of output and truth over the masked frames."""
+def particle_summary(pf: dict[str, np.ndarray], mask: np.ndarray, directed: bool = True) -> dict[str, float]:
+  """Estimated density, mean velocity and speed of output and truth over the masked frames.
+
+  `speed_out` / `speed_gt` are what compares with the spec's nominal speed: the magnitude of the
+  mean tracked velocity for a style with a direction (snow, rain, bubbles: sway averages out),
+  the particles' mean tracked speed for one without (fireflies: their mean velocity is 0)."""
   out = {k: _nanmean(pf[k][mask]) for k in ("density_out", "density_gt", "vel_out_y", "vel_out_x",
-                                              "vel_gt_y", "vel_gt_x")}
+                                              "vel_gt_y", "vel_gt_x", "speed_out", "speed_gt",
+                                              "tracked_out", "tracked_gt")}
   out["density_ratio"] = out["density_out"] / out["density_gt"] if out["density_gt"] > 0 else float("nan")
-  out["speed_out"] = float(np.hypot(out["vel_out_y"], out["vel_out_x"]))
-  out["speed_gt"] = float(np.hypot(out["vel_gt_y"], out["vel_gt_x"]))
+  out["particle_speed_out"], out["particle_speed_gt"] = out.pop("speed_out"), out.pop("speed_gt")
+  for who in ("out", "gt"):
+    out[f"speed_{who}"] = (float(np.hypot(out[f"vel_{who}_y"], out[f"vel_{who}_x"])) if directed
+                           else out[f"particle_speed_{who}"])
   return out
 
 
@@ -36,7 +43,21 @@ def summarize_frames(pf: dict[str, np.ndarray], mask: np.ndarray, spec: effects.
          "flicker": _nanmean(pf["flicker"][mask]), "frames": int(mask.sum())}
   stats = metrics.spec_particle_stats(spec, height, width) if spec is not None else None
   if stats is not None:
-    row["particles"] = {**particle_summary(pf, mask), "spec": stats}
+    q = particle_summary(pf, mask, stats["directed"])
+    nominal = stats["nominal_speed"]
+    q["speed_ratio"] = q["speed_out"] / nominal if nominal > 0 else float("nan")
+    q["speed_gt_ratio"] = q["speed_gt"] / nominal if nominal > 0 else float("nan")  # the estimator's own error
+    # The bar's velocity error, relative to the nominal speed: of the mean velocity vector for a
+    # style with a direction (snow drifting sideways at the right speed is wrong), of the speed
+    # for one without.
+    for who in ("out", "gt"):
+      if stats["directed"]:
+        miss = np.hypot(q[f"vel_{who}_y"] - stats["nominal_vel_y"], q[f"vel_{who}_x"] - stats["nominal_vel_x"])
+      else:
+        miss = abs(q[f"speed_{who}"] - nominal)
+      q[f"velocity_error_{who}"] = float(miss / nominal) if nominal > 0 else float("nan")
+    q["tracked_ratio"] = q["tracked_out"] / q["tracked_gt"] if q["tracked_gt"] > 0 else float("nan")
+    row["particles"] = {**q, "spec": stats}
   return row
 
 

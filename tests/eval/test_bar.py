@@ -55,3 +55,13 @@ def test_the_paraphrase_gap():
   assert not far["paraphrase"]["ok"] and not far["met"]
   assert "val paraphrases within" in bar.markdown(far)
   assert bar.check(val)["paraphrase"] is None
+
+
+def test_the_particle_part():
+  row = lambda d, v: {"particles": {"density_ratio": d, "velocity_error_out": v, "velocity_error_gt": 0.02}}  # noqa: E731
+  good = bar.particles({"snowfall": row(0.9, 0.1), "rain": row(1.14, 0.14), "sepia": {"psnr": 30.0}})
+  assert good["met"] and set(good["per_effect"]) == {"snowfall", "rain"}
+  for d, v in ((0.84, 0.0), (1.16, 0.0), (1.0, 0.16), (float("nan"), 0.0), (1.0, float("nan"))):
+    got = bar.particles({"snowfall": row(0.9, 0.1), "bubbles": row(d, v)})
+    assert not got["met"] and got["per_effect"]["snowfall"]["velocity_ok"]
+  assert not bar.particles({"sepia": {"psnr": 30.0}})["met"]  # nothing measured: not met

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsd_jax.datasets import sources
+from lsd_jax.datasets import effects, sources
 from lsd_jax.eval import chunks, frames, protocol, resume, runner
 from tests.eval.conftest import CFG
 
@@ -106,8 +106,9 @@ def test_metrics_fft_ops_are_one_dependent_chain():
   """Two FFT ops (forward of all layers, then inverse): independent FFTs may run side by side on
   XLA:CPU's pool and deadlock it (phase_shift's docstring)."""
   z = jnp.zeros((4, 64, 64, 3))
+  spec_T = effects.stack_specs([effects.make_spec("identity", "rain")] * 4)
   hlo = chunks.metrics_chunk_fn.lower(chunks.empty_metric_carry(64, 64), z, z, z,
-                                           np.zeros(4, bool)).compile().as_text()
+                                           np.zeros(4, bool), spec_T).compile().as_text()
   ffts = [line for line in hlo.splitlines() if " fft(" in line]
   assert len(ffts) == 2, ffts
   assert "fft_type=FFT" in ffts[0] and "fft_type=IFFT" in ffts[1]
@@ -119,12 +120,14 @@ def test_metrics_chunk_at_256_does_not_hang_on_two_cores():
   code = textwrap.dedent("""
       import os; os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])
       import numpy as np, jax, jax.numpy as jnp
+      from lsd_jax.datasets import effects
       from lsd_jax.eval import chunks
       rng = np.random.default_rng(0)
+      spec_T = effects.stack_specs([effects.make_spec("identity", "snowfall")] * 8)
       out, gt, fo = (jnp.asarray(rng.random((8, 256, 256, 3), dtype=np.float32)) for _ in range(3))
       mc = chunks.empty_metric_carry(256, 256)
       for _ in range(4):
-        mc, row = chunks.metrics_chunk_fn(mc, out, gt, fo, np.zeros(8, bool))
+        mc, row = chunks.metrics_chunk_fn(mc, out, gt, fo, np.zeros(8, bool), spec_T)
         jax.block_until_ready(row)
       print("finished")
       """)
