@@ -46,8 +46,9 @@ def _missing_oldest(key, batch: int, k: int, p: float):
 
 
 def make_inputs(key, c_BxTxHxWxC, y_BxTxHxWxC, prompt_BxE, cfg: ForcingConfig,
-                augment: history.Transform | None = None, strength=1.0):
-  """Returns (x0, x0_in, cond, bootstrap_last_only) for `shortcut.shortcut_loss`."""
+                augment: history.Transform | None = None, strength=1.0, p_no_history_B=None):
+  """Returns (x0, x0_in, cond, bootstrap_last_only) for `shortcut.shortcut_loss`.
+  `p_no_history_B` (optional, [B]) replaces `cfg.p_no_history` per sample."""
   b, t = y_BxTxHxWxC.shape[:2]
   k = cfg.history_len
   if t != k + 1:
@@ -60,7 +61,8 @@ def make_inputs(key, c_BxTxHxWxC, y_BxTxHxWxC, prompt_BxE, cfg: ForcingConfig,
     tau = flow.sample_levels(k_tau, (b, k), cfg.tau_kind, t_max=cfg.tau_max)
     k_miss, k_none = jax.random.split(k_miss)
     missing = _missing_oldest(k_miss, b, k, cfg.p_stream_start)
-    missing |= (jax.random.uniform(k_none, (b,)) < cfg.p_no_history)[:, None]
+    p_none = cfg.p_no_history if p_no_history_B is None else jnp.asarray(p_no_history_B, jnp.float32)
+    missing |= (jax.random.uniform(k_none, (b,)) < p_none)[:, None]
     tau = jnp.where(missing, 1.0, tau)
     hist = history.noise(k_noise, ctx, tau)
     cond = {"c": c_BxTxHxWxC[:, k:], "prompt": prompt_BxE, "hist": hist[:, None], "tau": tau[:, None]}

@@ -107,6 +107,10 @@ class LSDStepConfig:
   loss_weight: str = "velocity"  # shortcut.LOSS_WEIGHTS: "x0" weighs flow frames by t^2
   p_history_swap: float = 0.0  # with prompt repeats: history from the same clip under another prompt
   prompt_mix: float = 0.0  # chance of mixing a prompt's embedding with a same-effect twin's (mix_prompts)
+  # Scales p_no_history and p_history_swap for samples with a temporal effect (echo, particles):
+  # their history carries the effect's state (where each particle is), so dropping or swapping
+  # it asks for particles from nowhere (history_drop_chances).
+  temporal_history_scale: float = 1.0
 
 
 PROMPT_FIELDS = ("effect_frame_id", "effect_temporal_id", "effect_params", "prompt_emb")
@@ -189,15 +193,27 @@ def lsd_inputs(batch, key, *, ae: Autoencoder, ae_params, cfg: LSDStepConfig):
   return c, z[b:], prompt
 
 
-def swap_history(key, y_NxTx, reps: int, p: float, k: int):
+def history_drop_chances(temporal_id_N, cfg: LSDStepConfig):
+  """Per sample (p_no_history, p_history_swap): the config's, times `temporal_history_scale` for
+  samples whose temporal effect is not "none" (echo and the particles). A particle's position
+  in the next frame is its position in the history plus its velocity; with no history, or
+  another effect's, the only answer that lowers the loss is a blur of where particles might be
+  (model v3.1 tracks 9-36% of the truth's particles, moving at the wrong velocity:
+  reports/model_v3/README.md)."""
+  temporal = jnp.asarray(temporal_id_N) > 0
+  scale = jnp.where(temporal, cfg.temporal_history_scale, 1.0)
+  return cfg.forcing.p_no_history * scale, cfg.p_history_swap * scale
+
+
+def swap_history(key, y_NxTx, reps: int, p, k: int):
   """With prompt repeats (row r * B + b is clip b under prompt r), gives each sample, with
   probability p, the K history frames of the same clip under another of its prompts; the
   target frame stays. Its history then shows another effect than its prompt asks for, as right
   after a prompt switch, so the prompt, not the history, must say which effect to make: without
   this a model learns to read the effect off its history and cannot start one from an empty
-  ring (reports/model_v3/README.md)."""
+  ring (reports/model_v3/README.md). `p` is a number or one chance per sample ([N])."""
   n = y_NxTx.shape[0]
-  if reps <= 1 or p <= 0:
+  if reps <= 1 or (isinstance(p, (int, float)) and p <= 0):
     return y_NxTx
   b = n // reps
   k_hit, k_shift = jax.random.split(key)
@@ -215,12 +231,15 @@ def lsd_forcing_inputs(den_params, batch, key, *, den, ae, ae_params, cfg: LSDSt
   k_in, k_force, k_loss = jax.random.split(key, 3)
   c, y, prompt = lsd_inputs(batch, k_in, ae=ae, ae_params=ae_params, cfg=cfg)
   reps = batch["prompt_emb"].shape[0] // batch["clip"].shape[0]
-  y = swap_history(jax.random.fold_in(k_in, 7), y, reps, cfg.p_history_swap, cfg.forcing.history_len)
+  p_none_N, p_swap = None, cfg.p_history_swap  # None: forcing's own p_no_history for every sample
+  if cfg.temporal_history_scale != 1.0:
+    p_none_N, p_swap = history_drop_chances(batch["effect_temporal_id"], cfg)
+  y = swap_history(jax.random.fold_in(k_in, 7), y, reps, p_swap, cfg.forcing.history_len)
   vf = lsd.velocity_fn(den, den_params)
   # The model-made history hook: a one-step re-denoise of noised history by the current model.
   extra = {"model": history.model_history(_self_history(vf, c, prompt, cfg.forcing))}
   augment = history.compose(cfg.augment, extra=extra) if cfg.augment else None
-  x0, x0_in, cond, last = forcing.make_inputs(k_force, c, y, prompt, cfg.forcing, augment)
+  x0, x0_in, cond, last = forcing.make_inputs(k_force, c, y, prompt, cfg.forcing, augment, p_no_history_B=p_none_N)
   return vf, k_loss, x0, x0_in, cond, last
 
 

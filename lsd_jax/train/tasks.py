@@ -114,6 +114,7 @@ def step_config(config, model: lsd.LSDConfig | None = None) -> steps.LSDStepConf
       level_kind=t.level_kind, level_mean=t.get("level_mean", 0.0), ema_decay=t.ema_decay,
       p_no_prompt=t.p_no_prompt, prompt_repeats=t.get("prompt_repeats", 1),
       loss_weight=t.get("loss_weight", "velocity"), p_history_swap=t.get("p_history_swap", 0.0),
+      temporal_history_scale=t.get("temporal_history_scale", 1.0),
       prompt_mix=t.get("prompt_mix", 0.0))
 
 

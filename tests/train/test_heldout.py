@@ -1,5 +1,6 @@
 """Training diagnostics: held-out PSNR per effect and the flow loss split by effect."""
 
+import dataclasses
 import json
 import os
 
@@ -150,6 +151,7 @@ def test_v3_recipe_trains_end_to_end(smoke_light_ae, tmp_path):
   cfg = lsd_config.get_config("v3_smoke")
   assert cfg.train.prompt_repeats == 4 and cfg.model.tau_inf == 0.5
   cfg.train.prompt_mix = 0.5  # v3c's prompt mixing rides along (steps.mix_prompts)
+  cfg.train.update({"p_no_history": 0.33, "p_history_swap": 0.33, "temporal_history_scale": 0.2})  # and v3d's
   assert (cfg.heldout.every, cfg.heldout.clips, cfg.heldout.frames, cfg.total_steps) == (10, 1, 6, 20)
   cfg.autoencoder_dir = ae_dir
   work = str(tmp_path / "lsd")
@@ -188,3 +190,27 @@ def test_no_history_blanks_every_slot():
   tau = np.asarray(cond["tau"][:, 0])
   blank = (tau == 1.0).all(axis=1)
   assert 16 < blank.sum() < 48 and ((tau == 1.0).any(axis=1) == blank).all()
+
+
+def test_temporal_effects_keep_their_history_more_often():
+  """v3d: with temporal_history_scale 0, a sample whose temporal effect is echo or particles is
+  never blanked or swapped; a per-frame one is at the config's rate (forcing and swap both)."""
+  from lsd_jax.diffusion import forcing
+
+  cfg = steps.LSDStepConfig(forcing=forcing.ForcingConfig(p_stream_start=0.0, p_no_history=1.0),
+                            p_history_swap=1.0, temporal_history_scale=0.0)
+  tid = jnp.asarray([0, effects.TEMPORAL_EFFECTS.index("rain"), 0, effects.TEMPORAL_EFFECTS.index("echo")] * 16)
+  p_none, p_swap = steps.history_drop_chances(tid, cfg)
+  np.testing.assert_array_equal(np.asarray(p_none), np.asarray(tid == 0, np.float32))
+  np.testing.assert_array_equal(np.asarray(p_swap), np.asarray(tid == 0, np.float32))
+  c = jax.random.normal(jax.random.key(0), (64, 4, 4, 4, 2))
+  _, _, cond, _ = forcing.make_inputs(jax.random.key(1), c, c, jnp.zeros((64, 384)), cfg.forcing, p_no_history_B=p_none)
+  blank = (np.asarray(cond["tau"][:, 0]) == 1.0).all(axis=1)
+  np.testing.assert_array_equal(blank, np.asarray(tid == 0))
+  reps, k = 4, 3
+  y = jnp.arange(64 * (k + 1), dtype=jnp.float32).reshape(64, k + 1, 1, 1, 1)
+  out = np.asarray(steps.swap_history(jax.random.key(2), y, reps, p_swap, k))
+  kept = np.array([np.array_equal(out[i], np.asarray(y)[i]) for i in range(64)])
+  np.testing.assert_array_equal(kept, np.asarray(tid > 0))
+  half = steps.history_drop_chances(tid, dataclasses.replace(cfg, temporal_history_scale=0.5))[0]
+  assert set(np.asarray(half).tolist()) == {1.0, 0.5}
