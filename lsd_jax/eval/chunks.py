@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lsd_jax.datasets import effects
 from lsd_jax.diffusion import sampler
@@ -85,20 +84,12 @@ def empty_metric_carry(height: int, width: int) -> MetricCarry:
   return MetricCarry(z3(), z3(), z(), z(), jnp.array(False))
 
 
-def _particle_tracks(prev_cov, cov, moved_T, spec_T, px: float):
-  """Tracked velocity per frame pair (output and truth stacked: 2T pairs): the plain correlation
-  peak of the blurred coverage layers as the first guess, then `metrics.track_displacement`."""
-  # One phase_shift call for all pairs: its FFTs must not run side by side (see there).
-  guess = jax.lax.optimization_barrier(metrics.phase_shift(prev_cov, cov, whiten=False))
-  n = cov.shape[0]
-  peaks = jax.vmap(lambda l: metrics.particle_peaks(l, px))
-  (p_prev, ok_prev), (p_cur, ok_cur) = peaks(prev_cov), peaks(cov)
-  # Eight pairs at a time (lax.map): a pair's match holds TRACK_PEAKS^2 distances.
-  vel, speed, count = jax.lax.map(lambda a: metrics.track_displacement(*a, px=px),
-                                  (p_prev, ok_prev, p_cur, ok_cur, guess), batch_size=8)
+def _particle_tracks(prev_cov, cov, moved_T, px: float):
+  """`metrics.track_layers` on the 2T pairs (output and truth stacked), NaN where not moved."""
+  vel, speed, count = metrics.track_layers(prev_cov, cov, px)
   keep = jnp.tile(moved_T, 2)
   return (jnp.where(keep[:, None], vel, jnp.nan), jnp.where(keep, speed, jnp.nan),
-          jnp.where(keep, count, 0).astype(jnp.float32).reshape(n))
+          jnp.where(keep, count, 0).astype(jnp.float32))
 
 
 def _metrics(carry: MetricCarry, out_T, target_T, frame_only_T, reset_T, spec_T: effects.EffectSpec):
@@ -110,12 +101,8 @@ def _metrics(carry: MetricCarry, out_T, target_T, frame_only_T, reset_T, spec_T:
   px = min(h, w) / effects.REF_SIZE
   lay_y = jax.vmap(metrics.particle_layer)(out_T, frame_only_T)
   lay_g = jax.vmap(metrics.particle_layer)(target_T, frame_only_T)
-  cover = jax.vmap(metrics.particle_coverage)
-  radius = int(np.ceil(3.0 * metrics.max_track_sigma(px)))
-  sigma_T = jax.vmap(lambda t, p: metrics.track_sigma(t, p, px))(spec_T.temporal_id, spec_T.params)
-  blur = jax.vmap(lambda l, s: effects.gaussian_blur(l[..., None], s, radius)[..., 0])
-  cov = jnp.concatenate([blur(cover(out_T, frame_only_T, spec_T.temporal_id), sigma_T),
-                         blur(cover(target_T, frame_only_T, spec_T.temporal_id), sigma_T)])
+  cov = jnp.concatenate([metrics.track_coverage(out_T, frame_only_T, spec_T.temporal_id, spec_T.params),
+                         metrics.track_coverage(target_T, frame_only_T, spec_T.temporal_id, spec_T.params)])
   # A barrier between the layers and their consumers: without it XLA:CPU fuses the SSIM, the
   # layers and the FFTs into one computation whose compile time explodes with the frame size.
   lay_y, lay_g, cov = jax.lax.optimization_barrier((lay_y, lay_g, cov))
@@ -127,7 +114,7 @@ def _metrics(carry: MetricCarry, out_T, target_T, frame_only_T, reset_T, spec_T:
   prev_cov = jnp.concatenate([shift(carry.prev_layer_out, cov_y), shift(carry.prev_layer_gt, cov_g)])
   nan_T = jnp.full((2 * t,), jnp.nan)
   vel, speed, count = jax.lax.cond(  # a chunk without a particle effect skips the tracking
-      jnp.any(particles & moved), lambda: _particle_tracks(prev_cov, cov, moved & particles, spec_T, px),
+      jnp.any(particles & moved), lambda: _particle_tracks(prev_cov, cov, moved & particles, px),
       lambda: (jnp.stack([nan_T, nan_T], -1), nan_T, jnp.zeros((2 * t,))))
   flick = metrics.flicker_step(shift(carry.prev_out, out_T), out_T, shift(carry.prev_gt, target_T), target_T)
   ssim_T = jax.lax.optimization_barrier(metrics.ssim(*jax.lax.optimization_barrier((out_T, target_T))))

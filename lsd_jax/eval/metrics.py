@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -281,6 +283,45 @@ def track_displacement(prev_pos, prev_ok, cur_pos, cur_ok, guess, px: float = 1.
   speed = jnp.sum(jnp.where(hit, jnp.linalg.norm(disp, axis=-1), 0.0)) / jnp.maximum(count, 1)
   none = count == 0
   return jnp.where(none, jnp.nan, mean), jnp.where(none, jnp.nan, speed), count
+
+
+def track_coverage(frames_NxHxWx3, frame_only_NxHxWx3, temporal_id_N, params_N):
+  """The layers the tracker reads: `particle_coverage` blurred by `track_sigma`, per frame [N, H, W]."""
+  import jax
+
+  from lsd_jax.datasets import effects
+
+  h, w = frames_NxHxWx3.shape[1:3]
+  px = min(h, w) / effects.REF_SIZE
+  radius = int(np.ceil(3.0 * max_track_sigma(px)))
+  sigma = jax.vmap(lambda t, p: track_sigma(t, p, px))(temporal_id_N, params_N)
+  cov = jax.vmap(particle_coverage)(frames_NxHxWx3, frame_only_NxHxWx3, temporal_id_N)
+  return jax.vmap(lambda l, s: effects.gaussian_blur(l[..., None], s, radius)[..., 0])(cov, sigma)
+
+
+def track_layers(prev_NxHxW, cur_NxHxW, px: float = 1.0):
+  """Tracked (mean displacement [N, 2], mean speed [N], matches [N]) from each previous layer to
+  its current one (`track_coverage` layers): the plain correlation's peak as the first guess
+  (one `phase_shift` call for all pairs: its FFTs must not run side by side), then
+  `track_displacement`, eight pairs at a time (a pair's match holds TRACK_PEAKS^2 distances)."""
+  import jax
+
+  guess = jax.lax.optimization_barrier(phase_shift(prev_NxHxW, cur_NxHxW, whiten=False))
+  peaks = jax.vmap(lambda l: particle_peaks(l, px))
+  (p_prev, ok_prev), (p_cur, ok_cur) = peaks(prev_NxHxW), peaks(cur_NxHxW)
+  return jax.lax.map(lambda a: track_displacement(*a, px=px), (p_prev, ok_prev, p_cur, ok_cur, guess),
+                     batch_size=8)
+
+
+def velocity_error(vel_y: float, vel_x: float, speed: float, stats: dict[str, Any]) -> float:
+  """The bar's velocity error against `spec_particle_stats`: the mean velocity's miss over the
+  nominal speed for a style with a direction, the mean speed's for one without (fireflies)."""
+  nominal = stats["nominal_speed"]
+  if nominal <= 0:
+    return float("nan")
+  if stats["directed"]:
+    return float(np.hypot(vel_y - stats["nominal_vel_y"], vel_x - stats["nominal_vel_x"]) / nominal)
+  return float(abs(speed - nominal) / nominal)
 
 
 def spec_particle_stats(spec, height: int, width: int) -> dict[str, float] | None:

@@ -51,11 +51,7 @@ def summarize_frames(pf: dict[str, np.ndarray], mask: np.ndarray, spec: effects.
     # style with a direction (snow drifting sideways at the right speed is wrong), of the speed
     # for one without.
     for who in ("out", "gt"):
-      if stats["directed"]:
-        miss = np.hypot(q[f"vel_{who}_y"] - stats["nominal_vel_y"], q[f"vel_{who}_x"] - stats["nominal_vel_x"])
-      else:
-        miss = abs(q[f"speed_{who}"] - nominal)
-      q[f"velocity_error_{who}"] = float(miss / nominal) if nominal > 0 else float("nan")
+      q[f"velocity_error_{who}"] = metrics.velocity_error(q[f"vel_{who}_y"], q[f"vel_{who}_x"], q[f"speed_{who}"], stats)
     q["tracked_ratio"] = q["tracked_out"] / q["tracked_gt"] if q["tracked_gt"] > 0 else float("nan")
     row["particles"] = {**q, "spec": stats}
   return row
