@@ -95,7 +95,6 @@ def _serve(argv) -> int:
   if stop.is_set():
     print("lsd-serve: interrupted during the warm-up", file=sys.stderr)
     return cli_common.EXIT_INTERRUPTED
-  watch.restore()  # from here asyncio handles Ctrl-C
   logging.info("ready after %.1f s of compilation", warm)
   application = server.make_app(
       model, max_sessions=FLAGS.max_sessions, max_message_bytes=int(FLAGS.max_message_mb * 2**20),
@@ -104,13 +103,26 @@ def _serve(argv) -> int:
   port = sock.getsockname()[1]
   shown = f"[{FLAGS.host}]" if ":" in FLAGS.host else FLAGS.host
   url = f"http://{shown}:{port}/"
-  print(f"lsd-serve: {url}{'#token=' + token if token else ''}  model: {model.info.label}",
-        flush=True)
-  if token:
-    print(f"lsd-serve: token {token} (clients: Authorization: Bearer TOKEN; the page: the URL "
-          "above)", flush=True)
+
+  def ready() -> None:  # called inside the running loop, once the server accepts connections
+    print(f"lsd-serve: {url}{'#token=' + token if token else ''}  model: {model.info.label}",
+          flush=True)
+    if token:
+      print(f"lsd-serve: token {token} (clients: Authorization: Bearer TOKEN; the page: the URL "
+            "above)", flush=True)
+
   try:
-    asyncio.run(server.serve_forever(application, sock, FLAGS.idle_timeout))
+    # The event loop is built while the watch still holds Ctrl-C: a KeyboardInterrupt inside the
+    # loop's constructor left a half-built loop whose destructor printed a traceback (CI,
+    # 2026-12-01). After restore(), Runner.run installs asyncio's own SIGINT handler, which
+    # cancels serve_forever; the URL is printed only from inside it.
+    with asyncio.Runner() as runner:
+      runner.get_loop()
+      watch.restore()
+      if stop.is_set():
+        print("lsd-serve: interrupted before listening", file=sys.stderr)
+        return cli_common.EXIT_INTERRUPTED
+      runner.run(server.serve_forever(application, sock, FLAGS.idle_timeout, on_ready=ready))
   except KeyboardInterrupt:
     print("lsd-serve: stopped", file=sys.stderr)
   finally:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 from aiohttp import WSMsgType, web
@@ -213,9 +213,12 @@ async def start(application: web.Application, sock: socket.socket,
   return runner
 
 
-async def serve_forever(application: web.Application, sock: socket.socket,
-                        idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+async def serve_forever(application: web.Application, sock: socket.socket, idle_timeout_s: float = IDLE_TIMEOUT_S,
+                        on_ready: Callable[[], None] | None = None) -> None:
+  """Serves until cancelled; `on_ready()` runs once the server accepts connections."""
   runner = await start(application, sock, idle_timeout_s)
+  if on_ready is not None:
+    on_ready()
   try:
     while True:
       await asyncio.sleep(3600)

@@ -461,3 +461,33 @@ def test_ctrl_c_stops_the_server_cleanly(tmp_path, tiny_checkpoint):
     assert proc.wait(timeout=60) == code, log.read_text()[-2000:]
     text = log.read_text()
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-2000:]
+
+
+def test_ctrl_c_between_the_warm_up_and_listening_is_clean(tmp_path, tiny_checkpoint):
+  """Ctrl-C right after the warm-up, while the server builds its app and event loop (CI caught a
+  half-built event loop printing a traceback there): the server stops with 130 (before
+  listening) or 0 (listening), never a traceback; the URL is only shown once it listens."""
+  import signal
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  for delay in (0.0, 0.02, 0.1):
+    log = tmp_path / f"serve_{delay}.log"
+    with open(log, "w") as f:
+      proc = subprocess.Popen([sys.executable, "-m", "lsd_jax.stream.serve_cli", f"--port={port}",
+                               f"--model_dir={tiny_checkpoint}"], cwd=REPO, env=ENV, stdout=f,
+                              stderr=subprocess.STDOUT)
+    for _ in range(1200):
+      if "ready after" in log.read_text():
+        break
+      assert proc.poll() is None, log.read_text()[-2000:]
+      time.sleep(0.01)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=60)
+    text = log.read_text()
+    assert code in (0, 130), text[-2000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text and "never awaited" not in text, text[-2000:]
+    if code == 130:
+      assert f"127.0.0.1:{port}/" not in text, text[-2000:]  # no URL shown for a server that never listened
