@@ -19,7 +19,8 @@
 #   run      the all-effects CONFIG run (INIT_FROM: warm start), beside the capacity runs
 #   mfu      the train step alone (device-resident batch) at MFU_BATCHES host clips, and the effect
 #            render inside it (RENDER_N samples) timed apart: what batch to train at, what the step lacks
-#   wait     until every started run ends; diagnose: diagnose.py (+ eval_fidelity) on each export
+#   wait     until every started run ends; diagnose: diagnose.py (+ eval_fidelity) on each export;
+#            particles: experiments/evaluate.py on the four particle effects of each all-effects export
 #   collect_runs  metrics, the autoencoder and the all-effects run's weights into $OUT
 #   eval     export, held-out fidelity at S = 1, 2, 4, autoencoder PSNR at 256x256 and 832x480
 #   latency  the light autoencoder's and the v3 frame's latency, train-step MFU
@@ -192,6 +193,13 @@ for stage in "$@"; do
           --out="$W/diagnose_$n" 2>&1 | grep "^| \*\*mean\|^| thermal"
         case $n in run_*) python3 experiments/eval_fidelity.py --model="$d/export" --manifest=$LIB --clips=4 --frames=24 \
           --out="$W/fidelity_$n" ${FID_EXTRA:-} 2>&1 | grep "mean";; esac; done ;;
+    particles)  # every all-effects run's export: the four particle effects through experiments/evaluate.py
+                # (the CPU protocol of reports/eval_particles_v3.1_tracked_cpu_2026-12-01: do they move?)
+      for d in "$W"/run_*; do [ -f "$d/export/config.json" ] || continue; n=$(basename "$d")
+        python3 experiments/evaluate.py --model="$d/export" --manifest=$LIB --steps=2 --effects=snowfall,rain,fireflies,bubbles \
+          --clips=4 --clip_frames=32 --stream_frames=1000 --switch_every=125 --chunk=125 \
+          --title="$n: particle statistics" --out="$W/particles_$n" 2>&1 | quiet | tail -2
+        grep "Particle bar" "$W/particles_$n/eval.md" | cut -c1-400; done ;;
     collect_runs)  # metrics of everything, the light autoencoder and the all-effects run's weights
       (cd "$W" && tar czf "$OUT/runs.tgz" --exclude='checkpoints' --exclude='export' --exclude='*.pid' \
          $(ls -d */ *.log *.json 2>/dev/null) 2>/dev/null)
