@@ -24,7 +24,7 @@ import numpy as np
 from lsd_jax.datasets import effects
 
 DETERMINISTIC: tuple[str, ...] = effects.FRAME_EFFECTS + ("echo",)  # identity is a frame effect
-PARTICLE_TOLERANCE = 0.15  # density and speed within 15% of the spec
+PARTICLE_TOLERANCE = 0.15  # density and velocity within 15% of the spec
 MEAN_DB = 30.0
 OVER_INPUT_DB = 2.0
 UNDER_CEILING_DB = 5.0

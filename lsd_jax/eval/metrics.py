@@ -163,9 +163,9 @@ def _parabola(left, centre, right):
 # ----------------------------------------------------------------------------- particle tracking
 #
 # Velocity by tracking particles. A global correlation of whole layers fails on two effects: rain
-# is drawn as five dots along each streak, so the shift that lines up a streak's dots with its
-# neighbour's beats the true one; fireflies move in random directions, so their mean
-# displacement is 0 whatever their speed. Instead: invert each frame to the coverage the effect
+# is drawn as five dots along each streak, so the shift that lines each streak's dots up with its
+# own dots one frame later (a tenth of the true one) wins; fireflies move in random directions,
+# so their mean displacement is 0 whatever their speed. Instead: invert each frame to the coverage the effect
 # drew (independent of the background, which otherwise hides particles over bright parts and
 # pins the rest), blur it just enough to join a streak's dots, find the local maxima, and match
 # each maximum to the nearest one of the next frame after the dominant shift. On the ground truth
