@@ -229,6 +229,30 @@ def test_client_with_the_token_streams_and_sets_prompts(model):
     _run(page(url))
 
 
+def test_client_command_line_streams_into_an_mp4_and_reports_a_refusal(model, tmp_path, capsys):
+  """`python -m lsd_jax.stream.client_cli` (called in-process): procedural frames through the
+  server into an mp4 of the model's size, the model and fps on stderr; a wrong token is exit 1
+  with the server's refusal, no traceback."""
+  import av
+
+  from lsd_jax.stream import client_cli
+
+  out = tmp_path / "remote.mp4"
+  with live_server(model, token=TOKEN) as (url, _):
+    rc = client_cli.main([f"--url={url}", f"--token={TOKEN}", "--source=procedural", "--frames=3",
+                          "--prompt=thermal camera", f"--output={out}"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "model: " in err and "nearest known effect" in err and "3 frames," in err
+    with av.open(str(out)) as f:
+      frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
+    assert len(frames) == 3 and frames[0].shape == (64, 64, 3)
+    assert client_cli.main([f"--url={url}", "--token=" + "b" * len(TOKEN), "--source=procedural",
+                            "--frames=1"]) == 1
+    err = capsys.readouterr().err
+    assert "lsd client: error:" in err and "401" in err and "Traceback" not in err
+
+
 def test_wrong_token_is_refused_in_constant_time(model, monkeypatch):
   calls = []
   real = hmac.compare_digest
