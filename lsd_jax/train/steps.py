@@ -233,7 +233,8 @@ def lsd_forcing_inputs(den_params, batch, key, *, den, ae, ae_params, cfg: LSDSt
   reps = batch["prompt_emb"].shape[0] // batch["clip"].shape[0]
   p_none_N, p_swap = None, cfg.p_history_swap  # None: forcing's own p_no_history for every sample
   if cfg.temporal_history_scale != 1.0:
-    p_none_N, p_swap = history_drop_chances(batch["effect_temporal_id"], cfg)
+    p_none_N, p_swap_N = history_drop_chances(batch["effect_temporal_id"], cfg)
+    p_swap = p_swap_N if cfg.p_history_swap > 0 else p_swap  # a zero stays a number: no swap is traced
   y = swap_history(jax.random.fold_in(k_in, 7), y, reps, p_swap, cfg.forcing.history_len)
   vf = lsd.velocity_fn(den, den_params)
   # The model-made history hook: a one-step re-denoise of noised history by the current model.
