@@ -151,7 +151,8 @@ for stage in "$@"; do
         --config.max_minutes=${RUN_MIN:-16} ${RUN_EXTRA:-}
       # CAP_STRENGTHS: the capacity run's prompt strengths (default 1.0; "all" for all three)
       cap_s=${CAP_STRENGTHS:-1.0}; cap_name=strong; [ "$cap_s" = all ] && cap_s="" && cap_name=all
-      [ "${CAP_MIN:-6}" != 0 ] && train cap_${run_c}_$cap_name experiments/configs/lsd.py:$run_c --config.data.effects=thermal \
+      # CAP_EFFECT: the capacity run's one effect (default thermal; identity separates capacity from the sampler)
+      [ "${CAP_MIN:-6}" != 0 ] && train cap_${run_c}_$cap_name experiments/configs/lsd.py:$run_c --config.data.effects=${CAP_EFFECT:-thermal} \
         --config.model.tau_inf=0.5 --config.heldout.every=250 --config.total_steps=${CAP_STEPS:-6000} \
         --config.autoencoder_dir=$TEACHER --config.data.worker_count=3 --config.train.prompt_repeats=1 \
         --config.data.strengths="$cap_s" --config.max_minutes=${CAP_MIN:-6}
@@ -188,7 +189,7 @@ for stage in "$@"; do
             grep -E "held-out PSNR|steps/s" "$l" | tail -2 | cut -c1-200; done ;;
     diagnose)  # every finished run's export: the three-condition diagnosis and, for all-effects runs, eval_fidelity
       for d in "$W"/cap_* "$W"/run_*; do [ -f "$d/export/config.json" ] || continue; n=$(basename "$d")
-        e=thermal; case $n in run_*) e=thermal,grayscale,negative,identity,cartoon,pencil_sketch;; esac
+        e=${CAP_EFFECT:-thermal}; case $n in run_*) e=thermal,grayscale,negative,identity,cartoon,pencil_sketch;; esac
         python3 experiments/diagnose.py --model="$d/export" --manifest=$LIB --effects=$e --clips=2 --frames=8 \
           --out="$W/diagnose_$n" 2>&1 | grep "^| \*\*mean\|^| thermal"
         case $n in run_*) python3 experiments/eval_fidelity.py --model="$d/export" --manifest=$LIB --clips=4 --frames=24 \
