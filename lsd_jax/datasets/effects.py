@@ -546,13 +546,39 @@ def _by_group(ids_B: jax.Array, branches, operands, chunk: int):
   return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:])[inverse], out)
 
 
+def present_effects(frame_ids, temporal_ids) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """The distinct per-frame and temporal effect ids of a set of specs (e.g. a prompt table's),
+  sorted: what `render_batch(..., present=)` needs to compile only those effects."""
+  return (tuple(sorted({int(i) for i in np.asarray(frame_ids).reshape(-1)})),
+          tuple(sorted({int(i) for i in np.asarray(temporal_ids).reshape(-1)})))
+
+
+def _restrict(ids_B: jax.Array, fns: list, present: tuple[int, ...] | None, total: int):
+  """(branch index of each sample, the branches, whether each sample's id is one of them):
+  all `fns` where `present` is None, else only those `present` names."""
+  if present is None:
+    return ids_B, fns, None
+  if not present or min(present) < 0 or max(present) >= total:
+    raise ValueError(f"present effect ids {present} must be non-empty and within 0..{total - 1}")
+  lut = np.full(total, len(present), np.int32)
+  lut[list(present)] = np.arange(len(present), dtype=np.int32)
+  idx = jnp.asarray(lut)[jnp.clip(ids_B, 0, total - 1)]
+  valid = (idx < len(present)) & (ids_B >= 0) & (ids_B < total)
+  return jnp.where(valid, idx, 0), [fns[i] for i in present], valid
+
+
 def render_batch(spec: EffectSpec, clips_BxTxHxWx3: jax.Array, keys_B: jax.Array,
-                 chunk: int = 8) -> jax.Array:
+                 chunk: int = 8, present: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> jax.Array:
   """`vmap(render_clip)` for a batch (spec fields with a leading B axis), with each sample's
   frame and temporal effect computed alone instead of every effect for every sample
   (`_by_group`). The frame effect does not depend on the temporal state, so it runs on all the
   frames of a clip first, then the temporal effect scans them: the same values as render_clip
-  (float rounding aside). What the train step renders its targets with."""
+  (float rounding aside). What the train step renders its targets with.
+
+  `present` = (frame ids, temporal ids) that the batch can hold (`present_effects` of the prompt
+  table a run trains on): only those effects are compiled, the rest of the 21 never are (a
+  one-effect capacity run, or a test's small table, compiles a fraction of the render). A sample
+  whose id is not among them comes out NaN, so that a wrong `present` cannot pass unnoticed."""
   clips = jnp.asarray(clips_BxTxHxWx3, jnp.float32)
   n = clips.shape[0]
   chunk = max(1, min(chunk, n))
@@ -570,10 +596,14 @@ def render_batch(spec: EffectSpec, clips_BxTxHxWx3: jax.Array, keys_B: jax.Array
       return jax.lax.scan(lambda st, f: fn(p, st, f), state, f_T)[1].astype(jnp.float32)
     return jax.vmap(one)
 
-  effected = _by_group(spec.frame_id, [frame_branch(fn) for fn in _FRAME_FNS.values()],
-                       (spec.params, clips), chunk)
-  out = _by_group(spec.temporal_id, [temporal_branch(fn) for fn in _TEMPORAL_FNS],
-                  (spec.params, states, effected), chunk)
+  frames_present, temporal_present = (None, None) if present is None else present
+  f_idx, f_fns, f_ok = _restrict(spec.frame_id, list(_FRAME_FNS.values()), frames_present, len(_FRAME_FNS))
+  t_idx, t_fns, t_ok = _restrict(spec.temporal_id, list(_TEMPORAL_FNS), temporal_present, len(_TEMPORAL_FNS))
+  effected = _by_group(f_idx, [frame_branch(fn) for fn in f_fns], (spec.params, clips), chunk)
+  out = _by_group(t_idx, [temporal_branch(fn) for fn in t_fns], (spec.params, states, effected), chunk)
+  if present is not None:
+    ok = f_ok & t_ok
+    out = jnp.where(ok.reshape((-1,) + (1,) * (out.ndim - 1)), out, jnp.nan)
   return out[:n]
 
 

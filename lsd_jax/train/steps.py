@@ -25,12 +25,14 @@ def frames_01(clip_uint8):
   return clip_uint8.astype(jnp.float32) / 255.0
 
 
-def render_targets(batch, key):
-  """Effect ground truth for every clip of the batch, on device: B x T x H x W x 3 in [0, 1]."""
+def render_targets(batch, key, present=None):
+  """Effect ground truth for every clip of the batch, on device: B x T x H x W x 3 in [0, 1].
+  `present`: the (frame, temporal) effect ids the batch can hold (the run's prompt table,
+  `effects.present_effects`), so that only those effects are compiled; None: all of them."""
   spec = effects.EffectSpec(batch["effect_frame_id"], batch["effect_temporal_id"], batch["effect_params"])
   clips = frames_01(batch["clip"])
   keys = jax.random.split(key, clips.shape[0])
-  return effects.render_batch(spec, clips, keys)
+  return effects.render_batch(spec, clips, keys, present=present)
 
 
 # ------------------------------------------------------------------------------ autoencoder
@@ -42,6 +44,7 @@ class AEStepConfig:
   ema_decay: float = 0.999
   frames_per_clip: int = 2  # frames of each clip (input and target) used per step
   latent_match: float = 1.0  # with a teacher: weight of || E(x) - E_teacher(x) ||^2
+  effects_present: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # render_targets' `present`
 
 
 def ae_loss(ae: Autoencoder, params, x_Nx_HxWx3_01, latent_penalty: float, teacher=None,
@@ -77,7 +80,7 @@ def ae_train_step(state: state_lib.TrainState, batch, key, *, ae: Autoencoder, t
                   cfg: AEStepConfig, teacher_ae: Autoencoder | None = None, teacher_params=None):
   key = jax.random.fold_in(key, state.step)
   k_fx, k_pick = jax.random.split(key)
-  targets = render_targets(batch, k_fx)
+  targets = render_targets(batch, k_fx, cfg.effects_present)
   b, t = targets.shape[:2]
   pick = jax.random.randint(k_pick, (b, cfg.frames_per_clip), 0, t)
   take = lambda x: jnp.take_along_axis(x, pick[:, :, None, None, None], axis=1)  # noqa: E731
@@ -111,6 +114,7 @@ class LSDStepConfig:
   # their history carries the effect's state (where each particle is), so dropping or swapping
   # it asks for particles from nowhere (history_drop_chances).
   temporal_history_scale: float = 1.0
+  effects_present: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # render_targets' `present`
 
 
 PROMPT_FIELDS = ("effect_frame_id", "effect_temporal_id", "effect_params", "prompt_emb")
@@ -177,7 +181,8 @@ def lsd_inputs(batch, key, *, ae: Autoencoder, ae_params, cfg: LSDStepConfig):
   b = clips.shape[0]
   reps = batch["prompt_emb"].shape[0] // b
   tiled = jnp.tile(clips, (reps,) + (1,) * (clips.ndim - 1))
-  targets = render_targets({**batch, "clip": jnp.tile(batch["clip"], (reps,) + (1,) * (clips.ndim - 1))}, k_fx)
+  targets = render_targets({**batch, "clip": jnp.tile(batch["clip"], (reps,) + (1,) * (clips.ndim - 1))}, k_fx,
+                           cfg.effects_present)
   prompt = batch["prompt_emb"].astype(jnp.float32)
   if cfg.p_no_prompt > 0:  # an empty prompt is the identity effect
     drop = jax.random.uniform(k_drop, (reps * b,)) < cfg.p_no_prompt

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lsd_jax.datasets import pipeline
+from lsd_jax.datasets import effects, pipeline
 from lsd_jax.diffusion import distill, forcing
 from lsd_jax.models import export, lsd, sizes
 from lsd_jax.models.autoencoder import Autoencoder
@@ -98,9 +98,11 @@ def warm_start_autoencoder(state: state_lib.TrainState, directory: str) -> state
   return copy_weights(state, params, directory, "autoencoder", meta.get("steps"))
 
 
-def step_config(config, model: lsd.LSDConfig | None = None) -> steps.LSDStepConfig:
+def step_config(config, model: lsd.LSDConfig | None = None,
+                table: pipeline.PromptTable | None = None) -> steps.LSDStepConfig:
   """The step's settings from `config.train`; the history mode, K and parameterisation from
-  `config.model`, or from `model` (a distillation student's exported architecture)."""
+  `config.model`, or from `model` (a distillation student's exported architecture). With the
+  prompt table the run trains on, the step renders only the effects the table holds."""
   t = config.train
   if model is None:
     mode, k, residual = config.model.history_mode, config.model.history_len, bool(config.model.get("residual", False))
@@ -115,7 +117,11 @@ def step_config(config, model: lsd.LSDConfig | None = None) -> steps.LSDStepConf
       p_no_prompt=t.p_no_prompt, prompt_repeats=t.get("prompt_repeats", 1),
       loss_weight=t.get("loss_weight", "velocity"), p_history_swap=t.get("p_history_swap", 0.0),
       temporal_history_scale=t.get("temporal_history_scale", 1.0),
-      prompt_mix=t.get("prompt_mix", 0.0))
+      prompt_mix=t.get("prompt_mix", 0.0), effects_present=_present(table))
+
+
+def _present(table: pipeline.PromptTable | None):
+  return None if table is None else effects.present_effects(table.frame_ids, table.temporal_ids)
 
 
 TWINS_PER_ROW = 8
@@ -175,7 +181,6 @@ def _export_denoiser(config, cfg: lsd.LSDConfig, ae_params, extra_meta: dict[str
 
 
 def autoencoder_task(config, table: pipeline.PromptTable) -> Task:
-  del table
   tx = _optimizer(config)
   cfg = lsd.LSDConfig.from_config(config)
   ae = Autoencoder(cfg.model_size.autoencoder)
@@ -184,7 +189,7 @@ def autoencoder_task(config, table: pipeline.PromptTable) -> Task:
     return state_lib.create(ae.init(jax.random.key(config.seed), jnp.zeros((1, cfg.height, cfg.width, 3)))["params"], tx)
 
   step_cfg = steps.AEStepConfig(ema_decay=config.train.ema_decay, latent_penalty=config.train.latent_penalty,
-                                latent_match=config.train.get("latent_match", 1.0))
+                                latent_match=config.train.get("latent_match", 1.0), effects_present=_present(table))
   step = functools.partial(steps.ae_train_step, ae=ae, tx=tx, cfg=step_cfg)
   frozen, teacher = {}, None
   if config.get("teacher_autoencoder"):  # learn that autoencoder's latent space (its scale too)
@@ -218,7 +223,7 @@ def lsd_task(config, table: pipeline.PromptTable) -> Task:
   if meta["size"] != cfg.size:
     raise ValueError(f"autoencoder in {config.autoencoder_dir} is {meta['size']!r}, model is {cfg.size!r}")
   ae, den = lsd.build(cfg)
-  step = functools.partial(steps.lsd_train_step, den=den, ae=ae, tx=tx, cfg=step_config(config))
+  step = functools.partial(steps.lsd_train_step, den=den, ae=ae, tx=tx, cfg=step_config(config, table=table))
   return Task("lsd", cfg, _denoiser_init(config, cfg, den, tx), step,
               {"ae_params": ae_params, "prompt_bank": prompt_bank(table)},
               _export_denoiser(config, cfg, ae_params, {}), warm_start_denoiser,
@@ -253,7 +258,7 @@ def distill_task(config, table: pipeline.PromptTable) -> Task:
   _, teacher = lsd.build(t_cfg)
   dcfg = distill.DistillConfig(teacher_steps=config.distill.teacher_steps, data_weight=config.distill.data_weight)
   step = functools.partial(steps.distill_train_step, den=den, teacher=teacher, ae=ae, tx=tx,
-                           cfg=step_config(config, cfg), dcfg=dcfg)
+                           cfg=step_config(config, cfg, table), dcfg=dcfg)
   extra = {"teacher": config.distill.teacher, "teacher_steps": config.distill.teacher_steps,
            "init_from": config.get("init_from", "")}
   return Task("distill", cfg, _denoiser_init(config, cfg, den, tx), step,

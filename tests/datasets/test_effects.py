@@ -200,6 +200,30 @@ def test_render_batch_equals_vmap_of_render_clip():
       np.testing.assert_allclose(got[i], want[i], atol=2e-5, err_msg=f"{fx.spec_name(specs[order[i]])}, chunk {chunk}")
 
 
+def test_render_batch_of_present_effects_only():
+  """`present` (a run's prompt table's ids) compiles only those effects and renders them exactly
+  as the full render does; a sample whose effect is not among them comes out NaN, not zeros."""
+  specs = [fx.make_spec("sepia"), fx.make_spec("thermal", "snowfall"), fx.make_spec("identity", "echo"),
+           fx.make_spec("sepia", "snowfall"), fx.make_spec("pencil_sketch")]
+  batch = fx.stack_specs(specs)
+  clips = np.stack([_clip(seed=s) for s in range(len(specs))])
+  keys = jax.random.split(jax.random.key(3), len(specs))
+  present = fx.present_effects(batch.frame_id, batch.temporal_id)
+  assert present == (tuple(sorted({int(s.frame_id) for s in specs})), (0, fx.TEMPORAL_EFFECTS.index("echo"),
+                                                                     fx.TEMPORAL_EFFECTS.index("snowfall")))
+  full = jax.jit(functools.partial(fx.render_batch, chunk=2))
+  some = jax.jit(functools.partial(fx.render_batch, chunk=2, present=present))
+  np.testing.assert_array_equal(np.asarray(some(batch, clips, keys)), np.asarray(full(batch, clips, keys)))
+  # fewer branches compiled: the lowered program of the restricted render is smaller
+  assert len(some.lower(batch, clips, keys).as_text()) < 0.5 * len(full.lower(batch, clips, keys).as_text())
+  missing = fx.render_batch(batch, clips, keys, chunk=2, present=(present[0][:-1], present[1]))
+  gone = [i for i, s in enumerate(specs) if int(s.frame_id) == present[0][-1]]
+  assert gone and np.isnan(np.asarray(missing)[gone]).all()
+  assert np.isfinite(np.delete(np.asarray(missing), gone, axis=0)).all()
+  with pytest.raises(ValueError, match="present effect ids"):
+    fx.render_batch(batch, clips, keys, present=((), present[1]))
+
+
 def test_different_keys_give_different_particles_same_key_same():
   spec = fx.make_spec("identity", "snowfall", density=1.0)
   a = init_state(spec, (H, W, 3), jax.random.key(0))
