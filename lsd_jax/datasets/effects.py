@@ -555,7 +555,7 @@ def present_effects(frame_ids, temporal_ids) -> tuple[tuple[int, ...], tuple[int
 
 def _restrict(ids_B: jax.Array, fns: list, present: tuple[int, ...] | None, total: int):
   """(branch index of each sample, the branches, whether each sample's id is one of them):
-  all `fns` where `present` is None, else only those `present` names."""
+  all `fns` where `present` is None, else only the ones whose ids `present` lists."""
   if present is None:
     return ids_B, fns, None
   if not present or min(present) < 0 or max(present) >= total:
