@@ -130,3 +130,35 @@ def test_device_tools_time_training_loops(tmp_path):
     assert tool("loop_rate", str(tmp_path / f"loop_{n}"), str(n), str(16 * n), str(tmp_path / "runs.jsonl")).returncode == 0
   out = tool("loop_scaling", str(tmp_path / "runs.jsonl"), str(tmp_path / "scaling.json"))
   assert out.returncode == 0 and "4 devices, batch 64: 9.00 steps/s, 144.0 samples/s per device, efficiency 90%" in out.stdout
+
+
+def test_carry_room_out_and_back(tmp_path):
+  """gpu_carry.sh out moves what no device stage reads (and, with nomodel, the shipped model) out
+  of the tree, refuses to do it twice, and `in` brings every file back unchanged."""
+  repo = tmp_path / "repo"
+  files = {"reports/a/r.md": "r", "notebooks/n.ipynb": "n", "docs/d.md": "d", "data/samples/s.mp4": "s",
+           "data/prompt_embeddings.npz": "keep", "checkpoints/lsd_small/params.safetensors": "w" * 1000,
+           "checkpoints/ae_small_light/x": "ae", "lsd_jax/m.py": "code"}
+  for rel, text in files.items():
+    (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+    (repo / rel).write_text(text)
+  (repo / "scripts").mkdir()
+  (repo / "scripts" / "gpu_carry.sh").write_text(open(os.path.join(ROOT, "scripts", "gpu_carry.sh")).read())
+  git = lambda *a: subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True, check=True)  # noqa: E731
+  git("init", "-q"), git("add", "-A"), git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+  run = lambda *a: subprocess.run(["bash", "scripts/gpu_carry.sh", *a], cwd=repo, capture_output=True, text=True,  # noqa: E731
+                                  env=dict(os.environ, LSD_STASH=str(tmp_path / "stash")), timeout=60)
+  before = run("size")
+  assert before.returncode == 0 and "of 64 MiB" in before.stdout
+  out = run("out", "nomodel")
+  assert out.returncode == 0, out.stdout + out.stderr
+  gone = [r for r in files if r.split("/")[0] in ("reports", "notebooks", "docs") or r.startswith(("data/samples", "checkpoints/lsd_small"))]
+  assert all(not (repo / r).exists() for r in gone) and all((tmp_path / "stash" / r).exists() for r in gone)
+  assert (repo / "data/prompt_embeddings.npz").exists() and (repo / "checkpoints/ae_small_light/x").exists()
+  again = run("out")
+  assert again.returncode == 1 and "bring it back first" in again.stdout
+  back = run("in")
+  assert back.returncode == 0, back.stdout + back.stderr
+  assert all((repo / r).read_text() == t for r, t in files.items())
+  assert not (tmp_path / "stash").exists() and git("status", "--porcelain").stdout == ""
+  assert run("nothing").returncode == 2
