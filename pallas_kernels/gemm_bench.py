@@ -250,7 +250,7 @@ def main(argv) -> None:
     f.write(md + "\n")
   with open(os.path.join(FLAGS.out_dir, "gemm_bench.json"), "w") as f:
     json.dump(rows.rows, f, indent=1)
-  print(md)
+  logging.info("GEMM table (also in %s):\n%s", os.path.join(FLAGS.out_dir, "gemm_bench.md"), md)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What a device call carries, and room for it: a call's working tree plus its carry may hold at most
 # 64 MiB, and the tracked tree alone is about 63 MB (the shipped model 38 of it). Run here, not there.
-#   bash scripts/gpu_carry.sh build          .carry/av (PyAV's wheel, 34 MB), .carry/wheels_min (grain,
+#   bash scripts/gpu_carry.sh build          .carry/av (PyAV's wheel, 34 MB), .carry/wheels (grain,
 #                                            array_record, ml_collections, portpicker: 4 MB) and
 #                                            .carry/library (the clip library at 272 px short side, 11 MB)
 #   bash scripts/gpu_carry.sh out [nomodel]  move reports/ notebooks/ docs/ data/samples/ (no device stage
@@ -11,7 +11,7 @@
 #   bash scripts/gpu_carry.sh size           the tree (tracked files present, untracked not ignored) and
 #                                            .carry, in MiB
 # Stretch 7's calls (scripts/gpu_v3.sh): `out nomodel`, then carry .carry/av .carry/library
-# .carry/wheels_min for `setup cache mfu`; `in` for the model, then the later calls carry nothing.
+# .carry/wheels for `setup cache mfu`; `in` for the model, then the later calls carry nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STASH=${LSD_STASH:-../lsd_stash}
@@ -19,13 +19,13 @@ AWAY="reports notebooks docs data/samples"
 PY=${PY:-.venv/bin/python}
 case "${1:-}" in
   build)
-    mkdir -p .carry/av .carry/wheels_min
+    mkdir -p .carry/av .carry/wheels
     get() { "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
               --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 \
               -d "$1" "$2"; }
     pin() { grep -i "^$1==" requirements/lock.txt | head -1; }
     get .carry/av "$(pin av)"
-    for p in grain array_record ml_collections portpicker; do get .carry/wheels_min "$(pin "$p")"; done
+    for p in grain array_record ml_collections portpicker; do get .carry/wheels "$(pin "$p")"; done
     # the library's packages are cached in data/library/cache (prepare_library.py fetches them there)
     [ -d data/library/cache ] || "$PY" data/prepare_library.py
     rm -rf .carry/library.build && mkdir -p .carry/library.build && cp -r data/library/cache .carry/library.build/

@@ -5,11 +5,12 @@
 # A device call's working tree plus carry is limited to 64 MiB: the shipped model (39 MB, tracked),
 # PyAV's wheel (35 MB), the other wheels (7 MB) and the clip library (9 MB) never fit in one call.
 # Split them over two calls on one warm machine, with no local step between the calls (a machine
-# goes back 30 s after a call ends):
-#   locally, once: move checkpoints/lsd_small/params.safetensors out of the tree (leave a symlink)
-#     and copy the model to .carry/teacher, the wheels but PyAV's to .carry/wheels, PyAV's to .carry/av
-#   call 1 carries .carry/teacher .carry/wheels .carry/library  -> /tmp/teacher, /tmp/site, /tmp/library
-#   call 2 carries .carry/av (and later calls nothing)           -> PyAV into /tmp/site
+# goes back 30 s after a call ends). `scripts/gpu_carry.sh build` makes .carry/av, .carry/wheels and
+# .carry/library; `gpu_carry.sh out nomodel` makes room for them in the first call, and `in` brings
+# the model back for the next:
+#   call 1 carries .carry/av .carry/wheels .carry/library  -> /tmp/site, /tmp/library
+#   call 2 carries nothing (the model in the tree); a model of another folder can travel as
+#     .carry/teacher (-> /tmp/teacher) where it fits
 # The stages then find the model in /tmp/teacher and the library in /tmp/library by themselves
 # (SHIPPED and LIBRARY below).
 # A call that decodes no video (`gpu_eval.sh drift`: procedural streams; PyAV is imported lazily)
