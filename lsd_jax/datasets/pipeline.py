@@ -94,6 +94,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.prompt_split = "train"
   c.effects = ""  # comma-separated effect names: train on their prompts only (empty: all)
   c.strengths = ""  # comma-separated effect strengths (0.45, 0.85, 1.0): only prompts at them
+  c.effect_weights = ""  # "pixel_art:3,identity:2": those effects' prompt rows drawn N times as often
   c.read_threads = 2  # grain ReadOptions.num_threads (per process or per worker)
   c.prefetch_buffer_size = 8  # elements read ahead by those threads
   c.worker_count = 0  # > 0: decode in that many grain worker processes (mp_prefetch)

@@ -22,10 +22,14 @@ from lsd_jax.datasets import pipeline
 from lsd_jax.train import checkpoint, heldout, sharding, tasks, writers
 
 
-def prompt_table(split: str, effect_names: str = "", strengths: str = "") -> pipeline.PromptTable:
+def prompt_table(split: str, effect_names: str = "", strengths: str = "",
+                 effect_weights: str = "") -> pipeline.PromptTable:
   """The precomputed prompts of `split`; with `effect_names` ("thermal" or "sepia,echo"), only
   the rows whose effect is one of them (a single-effect capacity check, a subset study); with
-  `strengths` ("1.0" or "0.85,1.0"), only rows whose effect strength is one of them."""
+  `strengths` ("1.0" or "0.85,1.0"), only rows whose effect strength is one of them; with
+  `effect_weights` ("pixel_art:3,identity:2"), each row of a named effect repeated that many
+  times, so that the uniform row draw (host and on-device prompt repeats) samples it that much
+  more often."""
   from lsd_jax.datasets import effects, prompts
 
   t = prompts.load_embedding_table(split)
@@ -43,6 +47,18 @@ def prompt_table(split: str, effect_names: str = "", strengths: str = "") -> pip
     rows = np.asarray([i for i in rows if any(abs(float(t.params[i][0]) - v) < 1e-6 for v in levels)])
     if not len(rows):
       raise ValueError(f"data.strengths {levels}: no {split} prompt{' of ' + effect_names if wanted else ''} has one")
+  weights = {}
+  for item in (w for w in effect_weights.split(",") if w):
+    name, _, count = item.partition(":")
+    if not count.isdigit() or int(count) < 1:
+      raise ValueError(f"data.effect_weights item {item!r}: want name:N with a whole N >= 1")
+    weights[name] = int(count)
+  if weights:
+    names = t.names()
+    unknown = sorted(set(weights) - set(names[i] for i in rows))
+    if unknown:
+      raise ValueError(f"data.effect_weights names {unknown}, which no selected {split} prompt has")
+    rows = np.asarray([i for i in rows for _ in range(weights.get(names[i], 1))])
   return pipeline.PromptTable(tuple(t.texts[i] for i in rows), t.embeddings[rows], t.frame_ids[rows],
                               t.temporal_ids[rows], t.params[rows])
 
@@ -57,7 +73,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh(dict(config.mesh))
   rules = [(r[0], tuple(r[1]) if isinstance(r[1], (list, tuple)) else r[1]) for r in config.rules]
   table = prompts or prompt_table(config.data.prompt_split, config.data.get("effects", ""),
-                                  config.data.get("strengths", ""))
+                                  config.data.get("strengths", ""),
+                                  config.data.get("effect_weights", ""))
   task = tasks.build(config, table)
   state, shardings = sharding.sharded_init(task.init, mesh, rules)
   data_iter = pipeline.make_iterator(config.data, table)

@@ -45,6 +45,22 @@ def test_prompt_table_keeps_only_the_named_effects():
     loop.prompt_table("train", "thermal", "0.3")
 
 
+def test_prompt_table_effect_weights_repeat_rows():
+  base = loop.prompt_table("train", "thermal,echo")
+  thermal = effects.FRAME_EFFECTS.index("thermal")
+  n_thermal = int((base.frame_ids == thermal).sum())
+  heavy = loop.prompt_table("train", "thermal,echo", effect_weights="thermal:3")
+  assert 0 < n_thermal < len(base) and len(heavy) == len(base) + 2 * n_thermal
+  assert int((heavy.frame_ids == thermal).sum()) == 3 * n_thermal
+  assert int((heavy.frame_ids != thermal).sum()) == len(base) - n_thermal
+  assert set(heavy.texts) == set(base.texts)
+  for bad in ("thermal:0", "thermal", "thermal:x"):
+    with pytest.raises(ValueError, match="name:N"):
+      loop.prompt_table("train", "thermal,echo", effect_weights=bad)
+  with pytest.raises(ValueError, match="effect_weights names"):
+    loop.prompt_table("train", "thermal", effect_weights="echo:2")
+
+
 def test_batched_probe_rollout_matches_the_fidelity_eval():
   """The held-out probe streams exactly what eval_fidelity streams (same sampler, keys, S)."""
   cfg = lsd.LSDConfig(size="tiny", height=32, width=32, residual=True, tau_inf=0.5)
