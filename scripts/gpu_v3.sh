@@ -151,11 +151,13 @@ for stage in "$@"; do
         --config.max_minutes=${RUN_MIN:-16} ${RUN_EXTRA:-}
       # CAP_STRENGTHS: the capacity run's prompt strengths (default 1.0; "all" for all three)
       cap_s=${CAP_STRENGTHS:-1.0}; cap_name=strong; [ "$cap_s" = all ] && cap_s="" && cap_name=all
-      # CAP_EFFECT: the capacity run's one effect (default thermal; identity separates capacity from the sampler)
+      # CAP_EFFECT: the capacity run's one effect (default thermal; identity separates capacity from the sampler;
+      # identity has no strength-1.0 prompt, so it needs CAP_STRENGTHS=all). The capacity run drops
+      # CONFIG's effect_weights: they name effects outside its one-effect table (stretch 8 lost its run to that)
       [ "${CAP_MIN:-6}" != 0 ] && train cap_${run_c}_$cap_name experiments/configs/lsd.py:$run_c --config.data.effects=${CAP_EFFECT:-thermal} \
         --config.model.tau_inf=0.5 --config.heldout.every=250 --config.total_steps=${CAP_STEPS:-6000} \
         --config.autoencoder_dir=$TEACHER --config.data.worker_count=3 --config.train.prompt_repeats=1 \
-        --config.data.strengths="$cap_s" --config.max_minutes=${CAP_MIN:-6}
+        --config.data.strengths="$cap_s" --config.data.effect_weights= --config.max_minutes=${CAP_MIN:-6}
       if [ "${AE_MIN:-3}" != 0 ]; then rm -rf "$W/ae_from" && cp -r /tmp/ae_committed "$W/ae_from" && rm -rf "$AE"
         train ae_light experiments/configs/autoencoder.py:small_light --config.teacher_autoencoder=$TEACHER \
           --config.data.worker_count=3 --config.max_minutes=${AE_MIN:-3} --config.init_from=$W/ae_from; fi
