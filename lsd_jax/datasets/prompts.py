@@ -9,6 +9,8 @@ whether free-form text that was never trained on still reaches the right effect.
 `match(text)` splits the text at joining words into a frame and a temporal part, or failing that
 decomposes the whole text, over the MiniLM embeddings of the train effect phrases, and returns
 the effect's name; `spec_from_text(text)` adds the parameters read from the text's modifier words.
+`map_many(texts)` reads the effect with a learned map instead (datasets/effect_map.py: logistic
+regression over the train prompts' embeddings, data/effect_map.npz), splitting compositions the same way.
 The empty prompt is the identity effect (its embedding is the zero vector, see text_encoder).
 The embeddings of every train and val prompt are precomputed by scripts/make_prompt_embeddings.py
 into data/prompt_embeddings.npz (`load_embedding_table`), so training needs no text encoder.
@@ -430,6 +432,57 @@ def match(text: str, encoder=None, table: EmbeddingTable | None = None) -> tuple
     return "identity", 1.0
   names, scores = match_many([text], encoder, table)
   return names[0], float(scores[0])
+
+
+def map_many(texts: list[str], encoder=None, table: EmbeddingTable | None = None,
+             effect_map=None) -> tuple[list[str], np.ndarray, list[np.ndarray | None]]:
+  """The learned counterpart of `match_many` (datasets/effect_map.py): effect names, the map's
+  probabilities, and each text's own embedding (None for the empty prompt), in one encoder call.
+
+  The map reads the whole prompt's own embedding (modifier words and all, as it was fitted).
+  A composition is found as `match_many` finds it: the text without its modifier words is cut by
+  `split_prompt`; where one part maps to a per-frame effect and the other to a temporal one, each
+  with probability > effect_map.split_min_prob, the best such split (by its less sure part) is
+  the composition and its probability that part's. The empty prompt is ("identity", 1.0).
+  """
+  from lsd_jax.datasets import effect_map as effect_map_lib  # pylint: disable=import-outside-toplevel
+
+  if encoder is None:
+    from lsd_jax.models import text_encoder  # pylint: disable=import-outside-toplevel
+    encoder = text_encoder.default_encoder()
+  table = load_embedding_table() if table is None else table
+  m = effect_map_lib.load(table=table) if effect_map is None else effect_map
+  keep = [i for i, t in enumerate(texts) if t.strip()]
+  stripped = {i: strip_modifiers(texts[i]) or texts[i] for i in keep}
+  splits = {i: split_prompt(stripped[i]) for i in keep}
+  parts = sorted({p for sp in splits.values() for pair in sp for p in pair})
+  names, probs = ["identity"] * len(texts), np.ones(len(texts), np.float32)
+  own: list[np.ndarray | None] = [None] * len(texts)
+  if not keep:
+    return names, probs, own
+  emb = np.asarray(encoder.encode([texts[i] for i in keep] + parts), np.float32)
+  p_NxC = m.probs(emb[:len(keep)])
+  for k, i in enumerate(keep):
+    c = int(p_NxC[k].argmax())
+    names[i], probs[i], own[i] = effect_map_lib.SINGLE_EFFECTS[c], p_NxC[k, c], emb[k]
+  if not parts:
+    return names, probs, own
+  q_PxC = m.probs(emb[len(keep):])
+  q_frame = np.where(effect_map_lib.IS_FRAME_C[None], q_PxC, -1.0)
+  q_temporal = np.where(effect_map_lib.IS_TEMPORAL_C[None], q_PxC, -1.0)
+  row = {p: k for k, p in enumerate(parts)}
+  for i in keep:
+    best = (m.split_min_prob, None)
+    for left, right in splits[i]:
+      for a, b in ((row[left], row[right]), (row[right], row[left])):  # a frame, b temporal
+        c = min(float(q_frame[a].max()), float(q_temporal[b].max()))
+        if c > best[0]:
+          best = (c, (effect_map_lib.SINGLE_EFFECTS[int(q_frame[a].argmax())],
+                      effect_map_lib.SINGLE_EFFECTS[int(q_temporal[b].argmax())]))
+    if best[1] is not None:
+      names[i] = effects.spec_name(effects.make_spec(*best[1]))
+      probs[i] = best[0]
+  return names, probs, own
 
 
 def spec_from_text(text: str, encoder=None) -> tuple[effects.EffectSpec, float]:
