@@ -1,10 +1,13 @@
 """The learned effect map: the committed file is a refit of the train prompts, it reads the train
-prompts right, and bad inputs fail clearly."""
+prompts right, an unsure read keeps the prompt's own embedding, and bad inputs fail clearly."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 
 from lsd_jax.datasets import effect_map
+from lsd_jax.datasets import effects
 from lsd_jax.datasets import prompts
 from lsd_jax.models import text_encoder
 
@@ -64,6 +67,17 @@ def test_remove_all_colour_reads_as_grayscale(encoder, table, committed):
   assert name == "grayscale" and prob >= committed.anchor_min_prob
 
 
+def test_an_unsure_read_keeps_the_prompts_own_embedding(encoder, table, committed):
+  text = "turn me into a cat"
+  (anchor,) = prompts.anchor_many([text], encoder, table, method="map", effect_map=committed)
+  assert anchor.embedding is None and anchor.text == "" and anchor.score < committed.anchor_min_prob
+  np.testing.assert_allclose(anchor.own, encoder.encode([text])[0], atol=1e-6)
+  # The same map made sure of everything anchors it: the threshold is what keeps it.
+  sure = dataclasses.replace(committed, anchor_min_prob=0.0)
+  (forced,) = prompts.anchor_many([text], encoder, table, method="map", effect_map=sure)
+  assert forced.embedding is not None and forced.name == anchor.name
+
+
 def test_empty_prompt_is_identity_and_a_bad_map_fails_clearly(encoder, table, committed, tmp_path):
   names, probs, own = prompts.map_many(["", "   "], encoder, table, committed)
   assert names == ["identity", "identity"] and probs.tolist() == [1.0, 1.0] and own == [None, None]
@@ -80,6 +94,27 @@ def test_empty_prompt_is_identity_and_a_bad_map_fails_clearly(encoder, table, co
     effect_map.load(other)
   with pytest.raises(ValueError, match="l2"):
     effect_map.fit_logistic(np.eye(3), np.arange(3), 3, 0.0)
+
+
+def test_anchor_many_keeps_the_empty_prompt_and_rejects_unknown_options(encoder, table, committed):
+  for a in prompts.anchor_many(["", "  "], encoder, table, method="map", effect_map=committed):
+    assert a.embedding is None and a.name == "identity" and a.own is None
+  assert prompts.anchor_many([], encoder, table) == []
+  with pytest.raises(ValueError, match="method"):
+    prompts.anchor_many(["sepia"], encoder, table, method="nearest")
+  with pytest.raises(ValueError, match="target"):
+    prompts.anchor_many(["sepia"], encoder, table, target="median")
+
+
+def test_anchor_many_methods_share_the_parameters_and_the_train_paraphrase_rule(encoder, table, committed):
+  text = "heavy snow with a cartoon look"
+  heavy = prompts.params_from_words(text, "cartoon", "snowfall")
+  for method in prompts.ANCHOR_METHODS:
+    (a,) = prompts.anchor_many([text], encoder, table, method=method, effect_map=committed)
+    assert a.name == "cartoon+snowfall" and a.embedding is not None, method
+    i = table.texts.index(a.text)
+    assert table.splits[i] == "train" and effects.spec_name(table.spec(i)) == "cartoon+snowfall"
+    np.testing.assert_allclose(np.asarray(table.params[i]), heavy)
 
 
 def test_val_map_accuracy(encoder, table, committed):
