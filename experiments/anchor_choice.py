@@ -1,7 +1,7 @@
 """Which embedding prompt anchoring should give the model, and what a wrong anchor costs, measured on
 TRAIN clips of the library only (the held-out clips and the val prompts play no part).
 
-  PYTHONPATH=. .venv/bin/python experiments/anchor_choice.py --model=checkpoints/lsd_small \
+  .venv/bin/python -m experiments.anchor_choice --model=checkpoints/lsd_small \
       --clips=3 --frames=24 --out=reports/fidelity/v3.2_learned_map_cpu_2026-12-02
 
 For each of the 20 single effects at its default parameters (what a prompt without modifier words
