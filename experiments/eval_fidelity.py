@@ -22,9 +22,15 @@ _PROMPTS = flags.DEFINE_enum("prompts", "val", ["val", "both"],
                              "paraphrase with the same effect and parameters (fidelity_train.*), and the "
                              "paraphrase gap in the bar")
 _ANCHOR = flags.DEFINE_bool("anchor_prompts", False,
-                            "give each val prompt the embedding of its anchor, the train paraphrase with the same "
-                            "effect and parameters (prompts.anchor_many, what lsd-stream and lsd-serve do), instead "
-                            "of its own; the protocol's number is without")
+                            "give each val prompt the embedding of its anchor, made of the train prompts with the "
+                            "same effect and parameters (prompts.anchor_many, what lsd-stream and lsd-serve do), "
+                            "instead of its own; the protocol's number is without")
+_ANCHOR_METHOD = flags.DEFINE_enum("anchor_method", None, ["map", "match"],
+                                   "with --anchor_prompts: how the effect is read (prompts.ANCHOR_METHODS; "
+                                   "default prompts.ANCHOR_METHOD)")
+_ANCHOR_TARGET = flags.DEFINE_enum("anchor_target", None, ["centroid", "paraphrase"],
+                                   "with --anchor_prompts: which train embedding is given (prompts.ANCHOR_TARGETS; "
+                                   "default prompts.ANCHOR_TARGET)")
 _TAU_INF = flags.DEFINE_float("tau_inf", None, "history noise level at inference (default: the model's own)")
 flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0, message="--tau_inf must be in [0, 1)")
 
@@ -46,18 +52,22 @@ def main(argv):
   bar_steps = cfg.steps if cfg.steps in steps else steps[0]
   os.makedirs(_OUT.value, exist_ok=True)
 
+  anchor_method = _ANCHOR_METHOD.value or prompts.ANCHOR_METHOD
+  anchor_target = _ANCHOR_TARGET.value or prompts.ANCHOR_TARGET
+
   def run(chosen, suffix):
     if not _COMPOSITIONS.value:
       chosen = {k: v for k, v in chosen.items() if "+" not in k}
     anchors = {}
     if _ANCHOR.value:
-      chosen, anchors = prompts.anchor_prompt_set(chosen, table=table)
+      chosen, anchors = prompts.anchor_prompt_set(chosen, table=table, method=anchor_method, target=anchor_target)
     results = fidelity.evaluate(cfg, params, clips, chosen, steps_list=steps)
     for name, a in anchors.items():
-      results[name]["anchor"] = {"matched": a.name, "score": a.score, "anchor": a.text}
+      results[name]["anchor"] = {"matched": a.name, "score": a.score, "anchor": a.text, "rows": len(a.rows)}
     with open(os.path.join(_OUT.value, f"fidelity{suffix}.json"), "w") as f:
       json.dump({"model": _MODEL.value, "metadata": meta, "prompts": suffix.strip("_") or "val",
                  "anchor_prompts": _ANCHOR.value, "tau_inf": cfg.tau_inf,
+                 **({"anchor_method": anchor_method, "anchor_target": anchor_target} if _ANCHOR.value else {}),
                  "clips": _CLIPS.value, "frames": _FRAMES.value, "results": results}, f, indent=2)
     md = fidelity.markdown(results, steps)
     with open(os.path.join(_OUT.value, f"fidelity{suffix}.md"), "w") as f:

@@ -9,6 +9,8 @@ whether free-form text that was never trained on still reaches the right effect.
 `match(text)` splits the text at joining words into a frame and a temporal part, or failing that
 decomposes the whole text, over the MiniLM embeddings of the train effect phrases, and returns
 the effect's name; `spec_from_text(text)` adds the parameters read from the text's modifier words.
+`map_many(texts)` reads the effect with a learned map instead (datasets/effect_map.py: logistic
+regression over the train prompts' embeddings, data/effect_map.npz), splitting compositions the same way.
 The empty prompt is the identity effect (its embedding is the zero vector, see text_encoder).
 The embeddings of every train and val prompt are precomputed by scripts/make_prompt_embeddings.py
 into data/prompt_embeddings.npz (`load_embedding_table`), so training needs no text encoder.
@@ -432,6 +434,57 @@ def match(text: str, encoder=None, table: EmbeddingTable | None = None) -> tuple
   return names[0], float(scores[0])
 
 
+def map_many(texts: list[str], encoder=None, table: EmbeddingTable | None = None,
+             effect_map=None) -> tuple[list[str], np.ndarray, list[np.ndarray | None]]:
+  """The learned counterpart of `match_many` (datasets/effect_map.py): effect names, the map's
+  probabilities, and each text's own embedding (None for the empty prompt), in one encoder call.
+
+  The map reads the whole prompt's own embedding (modifier words and all, as it was fitted).
+  A composition is found as `match_many` finds it: the text without its modifier words is cut by
+  `split_prompt`; where one part maps to a per-frame effect and the other to a temporal one, each
+  with probability > effect_map.split_min_prob, the best such split (by its less sure part) is
+  the composition and its probability that part's. The empty prompt is ("identity", 1.0).
+  """
+  from lsd_jax.datasets import effect_map as effect_map_lib  # pylint: disable=import-outside-toplevel
+
+  if encoder is None:
+    from lsd_jax.models import text_encoder  # pylint: disable=import-outside-toplevel
+    encoder = text_encoder.default_encoder()
+  table = load_embedding_table() if table is None else table
+  m = effect_map_lib.load(table=table) if effect_map is None else effect_map
+  keep = [i for i, t in enumerate(texts) if t.strip()]
+  stripped = {i: strip_modifiers(texts[i]) or texts[i] for i in keep}
+  splits = {i: split_prompt(stripped[i]) for i in keep}
+  parts = sorted({p for sp in splits.values() for pair in sp for p in pair})
+  names, probs = ["identity"] * len(texts), np.ones(len(texts), np.float32)
+  own: list[np.ndarray | None] = [None] * len(texts)
+  if not keep:
+    return names, probs, own
+  emb = np.asarray(encoder.encode([texts[i] for i in keep] + parts), np.float32)
+  p_NxC = m.probs(emb[:len(keep)])
+  for k, i in enumerate(keep):
+    c = int(p_NxC[k].argmax())
+    names[i], probs[i], own[i] = effect_map_lib.SINGLE_EFFECTS[c], p_NxC[k, c], emb[k]
+  if not parts:
+    return names, probs, own
+  q_PxC = m.probs(emb[len(keep):])
+  q_frame = np.where(effect_map_lib.IS_FRAME_C[None], q_PxC, -1.0)
+  q_temporal = np.where(effect_map_lib.IS_TEMPORAL_C[None], q_PxC, -1.0)
+  row = {p: k for k, p in enumerate(parts)}
+  for i in keep:
+    best = (m.split_min_prob, None)
+    for left, right in splits[i]:
+      for a, b in ((row[left], row[right]), (row[right], row[left])):  # a frame, b temporal
+        c = min(float(q_frame[a].max()), float(q_temporal[b].max()))
+        if c > best[0]:
+          best = (c, (effect_map_lib.SINGLE_EFFECTS[int(q_frame[a].argmax())],
+                      effect_map_lib.SINGLE_EFFECTS[int(q_temporal[b].argmax())]))
+    if best[1] is not None:
+      names[i] = effects.spec_name(effects.make_spec(*best[1]))
+      probs[i] = best[0]
+  return names, probs, own
+
+
 def spec_from_text(text: str, encoder=None) -> tuple[effects.EffectSpec, float]:
   """The effect of free-form text: ids from `match`, parameters from its modifier words."""
   name, score = match(text, encoder)
@@ -487,62 +540,114 @@ def pick_train_twins(table: EmbeddingTable, names: Sequence[str] | None = None) 
 # ----------------------------------------------------------------------------- prompt anchoring
 
 ANCHOR_MIN_SCORE = 0.5  # `match` scores below this are weak: such a prompt keeps its own embedding
+# How anchor_many reads a prompt's effect: "match", the nearest train phrase (with
+# ANCHOR_MIN_SCORE), or "map", the learned effect map (datasets/effect_map.py, with its own
+# threshold effect_map.anchor_min_prob). The map reads more prompts right (val: 98.3% against
+# 92.0%, 5 wrong anchors of 400 against 19), but one of its 7 misreads is the fidelity protocol's
+# grayscale prompt, which it anchors to colour tint where match keeps its own embedding: 14.7 dB
+# against 26.6, and the protocol's mean falls (reports/fidelity/v3.2_learned_map_cpu_2026-12-02/).
+# So match stays the default until the map measures better.
+ANCHOR_METHODS = ("match", "map")
+ANCHOR_METHOD = "match"
+
+
+# What anchor_many gives an anchored prompt: "centroid", the mean embedding of every train prompt
+# with its effect and parameters (the default: chosen on train clips, where it scores 0.08 dB above
+# the mean of single such prompts and above it for 19 of 20 effects, experiments/anchor_choice.py;
+# on held-out clips thermal +1.6 dB, colour tint +0.5), or "paraphrase", the one such train prompt
+# most similar to the prompt (the rule before 2026-12-02).
+ANCHOR_TARGETS = ("centroid", "paraphrase")
+ANCHOR_TARGET = "centroid"
 
 
 class Anchor(NamedTuple):
   """What `anchor_many` made of one prompt."""
   embedding: np.ndarray | None  # float32 [384]: the anchor's; None: keep the prompt's own
-  name: str  # the matched effect ("sepia", "cartoon+snowfall")
-  score: float  # `match`'s score
-  text: str  # the train paraphrase anchored to ("" where none)
+  name: str  # the effect read from the prompt ("sepia", "cartoon+snowfall")
+  score: float  # how sure: `match`'s score or the map's probability (method "map")
+  text: str  # the train paraphrase anchored to, for a centroid the one nearest it ("" where none)
   own: np.ndarray | None = None  # float32 [384]: the prompt's own embedding (None: the empty prompt)
+  rows: tuple[int, ...] = ()  # the table rows whose embeddings the anchor is the mean of
 
 
-def anchor_many(texts: list[str], encoder=None, table: EmbeddingTable | None = None) -> list[Anchor]:
-  """Each prompt anchored to the train paraphrase that asks for the same thing: the effect that
-  `match` reads from its words, with the parameters its modifier words set (`params_from_words`).
+def read_effects(texts: list[str], encoder, table: EmbeddingTable, method: str = ANCHOR_METHOD,
+                 effect_map=None) -> tuple[list[str], np.ndarray, list[np.ndarray | None], float]:
+  """(effect names, scores, own embeddings, the score a prompt needs to be anchored) of `texts`
+  as `method` reads them (ANCHOR_METHODS)."""
+  if method == "map":
+    from lsd_jax.datasets import effect_map as effect_map_lib  # pylint: disable=import-outside-toplevel
+
+    m = effect_map_lib.load(table=table) if effect_map is None else effect_map
+    names, probs, own = map_many(texts, encoder, table, m)
+    return names, probs, own, m.anchor_min_prob
+  if method == "match":
+    names, scores = match_many(texts, encoder, table)
+    need = sorted({t for t in texts if t.strip()})
+    encoded = dict(zip(need, np.asarray(encoder.encode(need), np.float32))) if need else {}
+    return names, scores, [encoded.get(t) for t in texts], ANCHOR_MIN_SCORE
+  raise ValueError(f"method must be one of {ANCHOR_METHODS}, got {method!r}")
+
+
+def anchor_many(texts: list[str], encoder=None, table: EmbeddingTable | None = None, *,
+                method: str = ANCHOR_METHOD, target: str = ANCHOR_TARGET,
+                effect_map=None) -> list[Anchor]:
+  """Each prompt anchored to the train prompts that ask for the same thing: the effect read from
+  its words (`method`: `match`, or the learned effect map), with the parameters its modifier
+  words set (`params_from_words`).
 
   The denoiser learned its prompts from the train paraphrases' embeddings, and it follows their
-  wording far better than other words for the same effect (model v3 on held-out clips: 26.5 dB
-  with each effect's train twin against 24.1 with the val wording, grayscale 31.7 against 22.9;
-  `reports/fidelity/v3_paraphrase_cpu_2026-12-01/`). So a prompt that matches a known effect
-  well (score >= ANCHOR_MIN_SCORE) is given the embedding of the train paraphrase with that
-  effect and exactly those parameters, or, where none has them, of the one nearest to them
-  (L1 over the parameter vector; ties: the most similar text). A weak match, the empty prompt
-  and an effect no train paraphrase names keep their own embedding (embedding None)."""
+  wording far better than other words for the same effect (model v3.2 on held-out clips: 28.9 dB
+  with each effect's train twin against 26.0 with the val wording,
+  `reports/model_v3/stretch7/fidelity_run_v3d/`). So a prompt whose effect is read with
+  enough confidence (the map's probability >= effect_map.anchor_min_prob, or match's score >=
+  ANCHOR_MIN_SCORE) is given an embedding of the train prompts with that effect and exactly
+  those parameters, or, where none has them, of those nearest to them (L1 over the parameter
+  vector): their mean (target "centroid"; the model trained on mixes of same-effect train
+  embeddings, train.prompt_mix) or the one most similar to the prompt (target "paraphrase"). An
+  unsure read, the empty prompt and an effect no train paraphrase names keep their own embedding
+  (embedding None)."""
+  if method not in ANCHOR_METHODS:
+    raise ValueError(f"method must be one of {ANCHOR_METHODS}, got {method!r}")
+  if target not in ANCHOR_TARGETS:
+    raise ValueError(f"target must be one of {ANCHOR_TARGETS}, got {target!r}")
   if encoder is None:
     from lsd_jax.models import text_encoder  # pylint: disable=import-outside-toplevel
     encoder = text_encoder.default_encoder()
   table = load_embedding_table() if table is None else table
-  names, scores = match_many(list(texts), encoder, table)
-  train = np.flatnonzero(np.asarray(table.splits) == "train")
+  texts = list(texts)
+  names, scores, own, min_score = read_effects(texts, encoder, table, method, effect_map)
+  # The empty prompt is no wording (its zero embedding is "no effect" by convention): not an anchor.
+  train = np.array([i for i in np.flatnonzero(np.asarray(table.splits) == "train") if table.texts[i]])
   train_names = np.asarray([effects.spec_name(table.spec(int(i))) for i in train])
   out = []
-  need_own = [t for t in texts if t.strip()]
-  own = dict(zip(need_own, encoder.encode(need_own))) if need_own else {}
-  for text, name, score in zip(texts, names, scores):
+  for text, name, score, mine in zip(texts, names, scores, own):
     rows = train[train_names == name]
-    mine = np.asarray(own[text], np.float32) if text in own else None
-    if not text.strip() or float(score) < ANCHOR_MIN_SCORE or rows.size == 0:
+    if not text.strip() or float(score) < min_score or rows.size == 0:
       out.append(Anchor(None, str(name), float(score), "", mine))
       continue
     frame, temporal = parse_name(name)
     want = params_from_words(text, frame, temporal)
     dist = np.abs(np.asarray(table.params)[rows] - want[None]).sum(1)
-    best = rows[dist <= dist.min() + 1e-6]
-    if best.size > 1:  # the most similar wording among the equally near
-      e = np.asarray(table.embeddings, np.float32)[best]
-      best = best[[int(np.argmax(e @ mine))]]
-    i = int(best[0])
-    out.append(Anchor(np.asarray(table.embeddings[i], np.float32), str(name), float(score), table.texts[i], mine))
+    near = rows[dist <= dist.min() + 1e-6]
+    e = np.asarray(table.embeddings, np.float32)[near]
+    if target == "centroid":
+      emb = e.mean(0)
+      i, used = int(near[int(np.argmax(e @ emb))]), tuple(int(j) for j in near)
+    else:  # the most similar wording among the equally near
+      i = int(near[int(np.argmax(e @ mine))]) if near.size > 1 else int(near[0])
+      emb, used = np.asarray(table.embeddings[i], np.float32), (i,)
+    out.append(Anchor(np.asarray(emb, np.float32), str(name), float(score), table.texts[i], mine, used))
   return out
 
 
-def anchor_prompt_set(chosen: dict, encoder=None, table: EmbeddingTable | None = None) -> tuple[dict, dict]:
+def anchor_prompt_set(chosen: dict, encoder=None, table: EmbeddingTable | None = None, *,
+                      method: str = ANCHOR_METHOD, target: str = ANCHOR_TARGET,
+                      effect_map=None) -> tuple[dict, dict]:
   """A prompt set {name: (text, embedding, spec)} (as `pick_val_prompts` gives it) with each
   text's anchor embedding where `anchor_many` finds one, and the anchors by name."""
   names = list(chosen)
-  anchors = dict(zip(names, anchor_many([chosen[n][0] for n in names], encoder, table)))
+  anchors = dict(zip(names, anchor_many([chosen[n][0] for n in names], encoder, table,
+                                        method=method, target=target, effect_map=effect_map)))
   out = {n: (t, anchors[n].embedding, spec) if anchors[n].embedding is not None else (t, e, spec)
          for n, (t, e, spec) in chosen.items()}
   return out, anchors

@@ -204,7 +204,7 @@ class StreamModel:
     self.fns = make_step_fns(cfg, self.mesh, tensor if self.mesh is not None else None)
     self._text_encoder = text_encoder
     # Prompt anchoring (datasets.prompts.anchor_many): a prompt that matches a known effect well
-    # is given the embedding of the train paraphrase asking for the same effect and parameters.
+    # is given the mean embedding of the train prompts asking for that effect and parameters.
     # Default: on for a trained model (it follows its train wording best), off for random weights.
     self.anchor_prompts = bool(info.trained if anchor_prompts is None and info is not None else anchor_prompts)
     self.anchors: dict[str, Any] = {}  # text -> prompts.Anchor, for the prompts anchored so far
@@ -264,14 +264,16 @@ class StreamModel:
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("prompt anchoring failed (%s); using the prompt's own embedding", e)
       return None
-    self.encoder_calls += 2  # match's and the prompt's own
+    self.encoder_calls += 1 if prompts.ANCHOR_METHOD == "map" else 2  # map: one call; match: its own and the prompt's
     with self._lock:
       self.anchors[text] = anchor
     if anchor.embedding is None:
-      logging.info("prompt %r: weak match (%s, %.2f), its own embedding", text, anchor.name, anchor.score)
+      logging.info("prompt %r: unsure (%s, %s %.2f), its own embedding", text, anchor.name, prompts.ANCHOR_METHOD,
+                   anchor.score)
       return anchor.own
-    logging.info("prompt %r anchored to the train paraphrase %r (%s, match %.2f)", text, anchor.text,
-                 anchor.name, anchor.score)
+    logging.info("prompt %r anchored to %s (%s, %s %.2f)", text,
+                 f"the mean of {len(anchor.rows)} train prompts like {anchor.text!r}" if len(anchor.rows) > 1
+                 else f"the train paraphrase {anchor.text!r}", anchor.name, prompts.ANCHOR_METHOD, anchor.score)
     return anchor.embedding
 
   def add_embedding(self, text: str, embedding) -> None:

@@ -38,9 +38,9 @@ MESH = flags.DEFINE_string(
     "block's attention heads and MLP columns; the autoencoder is replicated): model:M or M, e.g. "
     "model:4. The model's heads and MLP width must divide by M. Default: one device.")
 ANCHOR_PROMPTS = flags.DEFINE_bool(
-    "anchor_prompts", None, "Anchor each prompt that matches a known effect well to the train "
-    "paraphrase asking for the same effect and strength (the model follows its train wording best: "
-    "+2 dB held-out for model v3). Default: on for a trained model, off for random weights; "
+    "anchor_prompts", None, "Anchor each prompt that matches a known effect well to the mean "
+    "embedding of the train prompts asking for the same effect and strength (the model follows its "
+    "train wording best: +2 dB held-out for model v3). Default: on for a trained model, off for random weights; "
     "--noanchor_prompts feeds every prompt's own embedding.")
 SEED = flags.DEFINE_integer(
     "seed", 0, "Stream seed: the noise of every frame derives from it (lsd-serve: the first "

@@ -151,7 +151,8 @@ def test_val_match_accuracy(encoder):
   table = prompts.load_embedding_table()
   val = np.flatnonzero(table.splits == "val")
   names, scores = prompts.match_many([table.texts[i] for i in val], encoder, table)
-  truth = [table.names()[i] for i in val]
+  names_all = table.names()
+  truth = [names_all[i] for i in val]
   hit = np.array([a == b for a, b in zip(names, truth)])
   single = np.array(["+" not in t for t in truth])
   print(f"val match accuracy: all {hit.mean():.3f}, single effects {hit[single].mean():.3f} "
@@ -183,24 +184,34 @@ def test_train_twins_share_the_val_prompts_effect_and_parameters():
     np.testing.assert_allclose(np.asarray(spec.params), np.asarray(vspec.params))
 
 
-def test_anchor_many_gives_the_train_paraphrase_of_the_same_effect_and_strength(encoder):
+@pytest.mark.parametrize("target", prompts.ANCHOR_TARGETS)
+@pytest.mark.parametrize("method", prompts.ANCHOR_METHODS)
+def test_anchor_many_gives_train_prompts_of_the_same_effect_and_strength(encoder, method, target):
   table = prompts.load_embedding_table()
   val = prompts.pick_val_prompts(table)
+  min_score = prompts.read_effects(["x"], encoder, table, method)[3]
   # "make it look like van gogh" was the weak example until the train phrases grew (2026-12-01):
   # it now reaches pencil_sketch at 0.52 through "artist's sketch" and "pencil shading".
   texts = [val["thermal"][0], val["mirror"][0], "heavy snow with a cartoon look", "turn me into a cat", ""]
-  thermal, mirror, combo, weak, empty = prompts.anchor_many(texts, encoder, table)
+  thermal, mirror, combo, weak, empty = prompts.anchor_many(texts, encoder, table, method=method, target=target)
+  emb, names = np.asarray(table.embeddings, np.float32), table.names()
   for a, name in ((thermal, "thermal"), (mirror, "mirror")):
-    assert a.name == name and a.score >= prompts.ANCHOR_MIN_SCORE
-    i = table.texts.index(a.text)
-    assert table.splits[i] == "train" and a.text != val[name][0]
-    np.testing.assert_array_equal(a.embedding, np.asarray(table.embeddings[i], np.float32))
-    np.testing.assert_allclose(np.asarray(table.params[i]), np.asarray(val[name][2].params))  # same strength
+    assert a.name == name and a.score >= min_score and a.text in [table.texts[i] for i in a.rows]
+    for i in a.rows:
+      assert table.splits[i] == "train" and table.texts[i] != val[name][0] and names[i] == name
+      np.testing.assert_allclose(np.asarray(table.params[i]), np.asarray(val[name][2].params))  # same strength
+    if target == "paraphrase":
+      assert len(a.rows) == 1
+    else:  # every train prompt with that effect and those parameters
+      same = [i for i in np.flatnonzero(table.splits == "train") if names[i] == name
+              and np.allclose(table.params[i], val[name][2].params)]
+      assert sorted(a.rows) == same and len(same) > 1
+    np.testing.assert_array_equal(a.embedding, emb[list(a.rows)].mean(0))
   assert combo.name == "cartoon+snowfall" and combo.embedding is not None
-  i = table.texts.index(combo.text)
   heavy = prompts.params_from_words("heavy snow with a cartoon look", "cartoon", "snowfall")
-  np.testing.assert_allclose(np.asarray(table.params[i]), heavy)  # "heavy" read and kept
-  assert weak.embedding is None and weak.score < prompts.ANCHOR_MIN_SCORE and weak.text == ""
+  for i in combo.rows:
+    np.testing.assert_allclose(np.asarray(table.params[i]), heavy)  # "heavy" read and kept
+  assert weak.embedding is None and weak.score < min_score and weak.text == "" and not weak.rows
   assert empty.embedding is None and empty.name == "identity"
 
 

