@@ -17,14 +17,20 @@ def test_block_mlp_through_the_gemm_kernels(interpret, monkeypatch):
   calls = []
   real = mlp_gemm_mgpu._forward  # pylint: disable=protected-access
   monkeypatch.setattr(mlp_gemm_mgpu, "_forward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-  ks = jax.random.split(jax.random.key(int(np.random.default_rng().integers(1 << 30))), 4)
-  x = jax.random.normal(ks[0], (1, 2, 40, 128), jnp.float32)  # two frames of 40 tokens: M = 80
-  cond = jax.random.normal(ks[1], (1, 2, 128), jnp.float32)
   block = layers.DiTBlock(heads=2, kernel_impl="xla")
-  params = nn.meta.unbox(block.init(ks[2], x, cond)["params"])
-  leaves, tree = jax.tree.flatten(params)  # every leaf non-zero (the adaLN-zero gates too)
-  params = jax.tree.unflatten(tree, [0.3 * jax.random.normal(jax.random.fold_in(ks[3], i), p.shape)
-                                     / (np.sqrt(p.shape[0]) if p.ndim == 2 else 1.0) for i, p in enumerate(leaves)])
+
+  @jax.jit  # one program for every draw: eagerly, each leaf's shape compiles its own
+  def draw(key):
+    ks = jax.random.split(key, 4)
+    x = jax.random.normal(ks[0], (1, 2, 40, 128), jnp.float32)  # two frames of 40 tokens: M = 80
+    cond = jax.random.normal(ks[1], (1, 2, 128), jnp.float32)
+    params = nn.meta.unbox(jax.eval_shape(block.init, ks[2], x, cond)["params"])
+    leaves, tree = jax.tree.flatten(params)  # every leaf non-zero (the adaLN-zero gates too)
+    params = jax.tree.unflatten(tree, [0.3 * jax.random.normal(jax.random.fold_in(ks[3], i), p.shape)
+                                       / (np.sqrt(p.shape[0]) if p.ndim == 2 else 1.0) for i, p in enumerate(leaves)])
+    return x, cond, params
+
+  x, cond, params = draw(jax.random.key(int(np.random.default_rng().integers(1 << 30))))
   ref = block.apply({"params": params}, x, cond)
   with api.kernel_ops({"mlp"}, backends=("mosaic",)):
     out = layers.DiTBlock(heads=2, kernel_impl="mosaic").apply({"params": params}, x, cond)

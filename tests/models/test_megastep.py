@@ -26,15 +26,20 @@ def denoiser_case(width=128, heads=2, depth=2, hw=16, batch=1, seed=0):
   cfg = DenoiserConfig(DenoiserSize(width=width, depth=depth, heads=heads), latent_channels=4)
   den = Denoiser(cfg)
   k = cfg.history_len
-  ks = jax.random.split(jax.random.key(seed), 8)
-  args = (jax.random.normal(ks[0], (batch, 1, hw, hw, 4)), jax.random.normal(ks[1], (batch, 1, hw, hw, 4)),
-          jnp.full((batch, 1), 0.6), jnp.full((batch, 1), 0.25), jax.random.normal(ks[4], (batch, 384)),
-          jax.random.normal(ks[2], (batch, 1, k, hw, hw, 4)), jax.random.uniform(ks[3], (batch, 1, k)))
-  params = nn.meta.unbox(jax.jit(den.init)(ks[5], *args)["params"])  # jitted: flax's eager init is slow
-  leaves, tree = jax.tree.flatten(params)
-  params = jax.tree.unflatten(tree, [
-      0.3 * jax.random.normal(jax.random.fold_in(ks[6], i), p.shape)
-      / (np.sqrt(p.shape[0]) if p.ndim == 2 else 1.0) for i, p in enumerate(leaves)])
+
+  @jax.jit  # one program for every draw: eagerly, each leaf's shape compiles its own
+  def draw(key):
+    ks = jax.random.split(key, 8)
+    args = (jax.random.normal(ks[0], (batch, 1, hw, hw, 4)), jax.random.normal(ks[1], (batch, 1, hw, hw, 4)),
+            jnp.full((batch, 1), 0.6), jnp.full((batch, 1), 0.25), jax.random.normal(ks[4], (batch, 384)),
+            jax.random.normal(ks[2], (batch, 1, k, hw, hw, 4)), jax.random.uniform(ks[3], (batch, 1, k)))
+    leaves, tree = jax.tree.flatten(nn.meta.unbox(jax.eval_shape(den.init, ks[5], *args)["params"]))
+    params = jax.tree.unflatten(tree, [
+        0.3 * jax.random.normal(jax.random.fold_in(ks[6], i), p.shape)
+        / (np.sqrt(p.shape[0]) if p.ndim == 2 else 1.0) for i, p in enumerate(leaves)])
+    return params, args
+
+  params, args = draw(jax.random.key(seed))
   return cfg, den, params, args
 
 
@@ -112,16 +117,21 @@ def test_with_kernel_params_only_where_it_runs():
 def _flax_block(d, heads, batch, dtype):
   """A `DiTBlock`'s Flax params (every leaf random, the modulation included), the same block in
   the one-block kernel's layout, and inputs with a non-zero mean."""
-  key = jax.random.key(int(np.random.default_rng().integers(1 << 30)))
   block = layers.DiTBlock(heads)
-  shapes = jax.eval_shape(block.init, key, jnp.zeros((1, 1, 64, d), dtype), jnp.zeros((1, 1, d), dtype))
-  leaves, tree = jax.tree.flatten(nn.meta.unbox(shapes["params"]))
-  flax_params = jax.tree.unflatten(tree, [
-      (1.0 / np.sqrt(p.shape[0]) if len(p.shape) == 2 else 0.1) * jax.random.normal(jax.random.fold_in(key, i), p.shape)
-      for i, p in enumerate(leaves)])
+
+  @jax.jit  # one program for every draw: eagerly, each leaf's shape compiles its own
+  def draw(key):
+    shapes = jax.eval_shape(block.init, key, jnp.zeros((1, 1, 64, d), dtype), jnp.zeros((1, 1, d), dtype))
+    leaves, tree = jax.tree.flatten(nn.meta.unbox(shapes["params"]))
+    flax_params = jax.tree.unflatten(tree, [
+        (1.0 / np.sqrt(p.shape[0]) if len(p.shape) == 2 else 0.1) * jax.random.normal(jax.random.fold_in(key, i), p.shape)
+        for i, p in enumerate(leaves)])
+    x = (2.0 * jax.random.normal(jax.random.fold_in(key, 2), (batch, 64, d)) + 0.5).astype(dtype)
+    cond = jax.random.normal(jax.random.fold_in(key, 3), (batch, d)).astype(dtype)
+    return flax_params, x, cond
+
+  flax_params, x, cond = draw(jax.random.key(int(np.random.default_rng().integers(1 << 30))))
   kernel_params = {**{n: flax_params[n] for n in mb.PARAM_NAMES}, "mod": flax_params["Dense_0"]["Dense_0"]}
-  x = (2.0 * jax.random.normal(jax.random.fold_in(key, 2), (batch, 64, d)) + 0.5).astype(dtype)
-  cond = jax.random.normal(jax.random.fold_in(key, 3), (batch, d)).astype(dtype)
   return flax_params, kernel_params, x, cond
 
 

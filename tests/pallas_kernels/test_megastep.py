@@ -6,6 +6,8 @@ checked against the split one, the reference and XLA, and the model's whole step
 against the Flax `Denoiser` (the CPU version of that check is tests/models/test_megastep.py).
 Errors are relative Frobenius norms; bf16 operands get 1e-2."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +21,12 @@ BF16_TOL = 1e-2
 
 def _trunk_inputs(batch, length, d, heads, depth, p_in=40, p_out=32, seed=None):
   seed = int(np.random.default_rng().integers(1 << 30)) if seed is None else seed
-  key = jax.random.key(seed)
+  return _draw(jax.random.key(seed), batch, length, d, heads, depth, p_in, p_out)
+
+
+# One program for all the draws: eagerly, each weight's shape compiles its own (~0.3 s each).
+@functools.partial(jax.jit, static_argnums=tuple(range(1, 8)))
+def _draw(key, batch, length, d, heads, depth, p_in, p_out):
   packed = ms.random_packed(key, d, heads, depth, p_in, p_out)
   patches = jax.random.normal(jax.random.fold_in(key, 100), (batch, length, p_in), jnp.bfloat16)
   pos = (0.5 * jax.random.normal(jax.random.fold_in(key, 101), (length, d))).astype(jnp.bfloat16)
