@@ -25,7 +25,7 @@
 #   eval     export, held-out fidelity at S = 1, 2, 4, autoencoder PSNR at 256x256 and 832x480
 #   latency  the light autoencoder's and the v3 frame's latency, train-step MFU
 #   collect  metrics, curves, logs and the v3 export into $OUT (at most 8 files)
-# Knobs: END (seconds a training stage may use), FID_EXTRA (eval_fidelity flags, e.g.
+# Knobs: END (seconds a training stage may use), AB_EXTRA (start: a second arm), COLLECT (collect_runs), FID_EXTRA (eval_fidelity flags, e.g.
 # --prompts=both), V3_EXTRA (more --config.x=y for the v3 run), ALL_EXTRA (for every run: a CPU
 # dry run passes a small resolution).
 set -uo pipefail
@@ -146,9 +146,13 @@ for stage in "$@"; do
       run_c=${CONFIG:-v3b}
       for _ in $(seq 120); do grep -q "cache ready" "$W/cache.log" 2>/dev/null && break; sleep 2; done
       grep -q "cache ready" "$W/cache.log" || { echo "no decoded cache after 240 s:"; tail -5 "$W/cache.log"; }
-      train run_$run_c experiments/configs/lsd.py:$run_c --config.autoencoder_dir=/tmp/ae_committed \
-        --config.init_from=${INIT_FROM:-/tmp/v2} --config.data.worker_count=${RUN_WORKERS:-8} \
-        --config.max_minutes=${RUN_MIN:-16} ${RUN_EXTRA:-}
+      # AB_EXTRA (set, even empty): a second arm run_${run_c}_b beside the first, the same flags plus
+      # AB_EXTRA (an A/B of one change on the same GPU at the same time; RUN_WORKERS each)
+      for arm in a b; do [ $arm = b ] && [ -z "${AB_EXTRA+x}" ] && break
+        name=run_$run_c; ab=""; [ $arm = b ] && name=run_${run_c}_b && ab=${AB_EXTRA:-}
+        train $name experiments/configs/lsd.py:$run_c --config.autoencoder_dir=/tmp/ae_committed \
+          --config.init_from=${INIT_FROM:-/tmp/v2} --config.data.worker_count=${RUN_WORKERS:-8} \
+          --config.max_minutes=${RUN_MIN:-16} ${RUN_EXTRA:-} $ab; done
       # CAP_STRENGTHS: the capacity run's prompt strengths (default 1.0; "all" for all three)
       cap_s=${CAP_STRENGTHS:-1.0}; cap_name=strong; [ "$cap_s" = all ] && cap_s="" && cap_name=all
       # CAP_EFFECT: the capacity run's one effect (default thermal; identity separates capacity from the sampler;
@@ -206,7 +210,8 @@ for stage in "$@"; do
     collect_runs)  # metrics of everything, the light autoencoder and the all-effects run's weights
       (cd "$W" && tar czf "$OUT/runs.tgz" --exclude='checkpoints' --exclude='export' --exclude='*.pid' \
          $(ls -d */ *.log *.json 2>/dev/null) 2>/dev/null)
-      for d in "$W"/run_*; do [ -f "$d/export/params.safetensors" ] || continue; n=$(basename "$d"); mkdir -p "$OUT/$n"
+      # COLLECT: the runs whose weights come back (default every run_*; two models' parts are 8 files)
+      for d in "$W"/${COLLECT:-run_*}; do [ -f "$d/export/params.safetensors" ] || continue; n=$(basename "$d"); mkdir -p "$OUT/$n"
         cp "$d/export/config.json" "$OUT/$n/"; split -b ${PART_MB:-15}m "$d/export/params.safetensors" "$OUT/$n/params.part_"; done
       [ -d "$AE/autoencoder" ] && tar czf "$OUT/ae_light.tgz" -C "$W" ae_light/autoencoder
       find "$OUT" -type f | wc -l; du -sh "$OUT" ;;
