@@ -45,7 +45,8 @@ def test_light_round_trip_at_832x480():
   cfg = lsd.LSDConfig(size="small", height=480, width=832, autoencoder="light")
   ae, _ = lsd.build(cfg)
   params = jax.eval_shape(lambda: lsd.init_params(jax.random.key(0), cfg))["autoencoder"]
-  params = jax.tree.map(lambda s: jax.random.normal(jax.random.key(1), s.shape, s.dtype) * 0.05, params)
+  params = jax.jit(lambda: jax.tree.map(  # one program (op by op: one per leaf shape)
+      lambda s: jax.random.normal(jax.random.key(1), s.shape, s.dtype) * 0.05, params))()
   frames = jax.random.randint(jax.random.key(2), (1, 480, 832, 3), 0, 256).astype(jnp.uint8)
   z = lsd.encode(ae, params, frames)
   assert z.shape == (1, 60, 104, 8)
