@@ -137,6 +137,10 @@ SHARED_FIXTURE_FILES = {
     "tests/train/test_loop.py": "smoke autoencoders",
     "tests/train/test_light_autoencoder.py": "smoke autoencoders",
     "tests/train/test_heldout.py": "smoke autoencoders",
+    # module fixtures (and the eager draws and compiles behind them) that each worker would build
+    "tests/diffusion/test_sampler.py": "random denoisers",  # `model`, one per history mode
+    "tests/models/test_prune.py": "small denoiser",  # `model`, a randomised small denoiser
+    "tests/train/test_warm_start.py": "exported model",  # `exported`
 }
 
 

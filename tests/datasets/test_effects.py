@@ -15,6 +15,7 @@ render_clip = jax.jit(fx.render_clip)
 render_step = jax.jit(fx.render_step)
 init_state = jax.jit(fx.init_state, static_argnums=1)
 apply_frame_effect = jax.jit(fx.apply_frame_effect)
+conv_sep = jax.jit(fx._conv_sep)  # jitted, as the effects run it (op by op, each op compiles alone)
 
 
 def _clip(seed=0, t=T, h=H, w=W):
@@ -76,14 +77,13 @@ def test_blur_matches_scipy_edge_mode():
     taps_y, taps_x = rng.uniform(size=2 * r + 1), rng.uniform(size=2 * r + 1)
     ref = ndimage.correlate1d(ndimage.correlate1d(x.astype(np.float64), taps_y, axis=0,
                                                   mode="nearest"), taps_x, axis=1, mode="nearest")
-    got = fx._conv_sep(jnp.asarray(x), jnp.asarray(taps_y, jnp.float32),
-                       jnp.asarray(taps_x, jnp.float32))
+    got = conv_sep(jnp.asarray(x), jnp.asarray(taps_y, jnp.float32), jnp.asarray(taps_x, jnp.float32))
     np.testing.assert_allclose(np.asarray(got), ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("frame_effect", ["identity", "sepia"])
 def test_echo_is_the_exact_recursion(frame_effect):
-  clip = _clip(seed=1, t=6)
+  clip = _clip(seed=1)  # T frames: the shape the other render_clip tests compile (3 recursion steps)
   spec = fx.make_spec(frame_effect, "echo", density=0.7)
   out = np.asarray(render_clip(spec, clip, jax.random.key(0)))
   a = float(fx.echo_alpha(spec.params))
@@ -218,7 +218,8 @@ def test_render_batch_of_present_effects_only():
   np.testing.assert_array_equal(np.asarray(some(batch, clips, keys)), np.asarray(full(batch, clips, keys)))
   # fewer branches compiled: the lowered program of the restricted render is smaller
   assert len(some.lower(batch, clips, keys).as_text()) < 0.5 * len(full.lower(batch, clips, keys).as_text())
-  missing = fx.render_batch(batch, clips, keys, chunk=2, present=(present[0][:-1], present[1]))
+  missing = jax.jit(functools.partial(fx.render_batch, chunk=2, present=(present[0][:-1], present[1])))(
+      batch, clips, keys)  # jitted, as the train step renders (op by op, each op compiles alone)
   gone = [i for i, s in enumerate(specs) if int(s.frame_id) == present[0][-1]]
   assert gone and np.isnan(np.asarray(missing)[gone]).all()
   assert np.isfinite(np.delete(np.asarray(missing), gone, axis=0)).all()

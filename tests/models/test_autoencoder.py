@@ -45,11 +45,12 @@ def test_light_round_trip_at_832x480():
   cfg = lsd.LSDConfig(size="small", height=480, width=832, autoencoder="light")
   ae, _ = lsd.build(cfg)
   params = jax.eval_shape(lambda: lsd.init_params(jax.random.key(0), cfg))["autoencoder"]
-  params = jax.tree.map(lambda s: jax.random.normal(jax.random.key(1), s.shape, s.dtype) * 0.05, params)
+  params = jax.jit(lambda: jax.tree.map(  # one program (op by op: one per leaf shape)
+      lambda s: jax.random.normal(jax.random.key(1), s.shape, s.dtype) * 0.05, params))()
   frames = jax.random.randint(jax.random.key(2), (1, 480, 832, 3), 0, 256).astype(jnp.uint8)
-  z = lsd.encode(ae, params, frames)
+  z = jax.jit(lambda p, x: lsd.encode(ae, p, x))(params, frames)  # jitted: eager is op by op
   assert z.shape == (1, 60, 104, 8)
-  out = lsd.decode(ae, params, z)
+  out = jax.jit(lambda p, z: lsd.decode(ae, p, z))(params, z)
   assert out.shape == (1, 480, 832, 3) and bool(jnp.isfinite(out).all())
 
 
@@ -103,6 +104,6 @@ def test_committed_autoencoders_load_and_reconstruct(folder, kind):
   yy, xx = np.mgrid[0:64, 0:96] / 64.0
   img = np.stack([0.5 + 0.4 * np.sin(3 * xx), 0.5 + 0.4 * np.cos(2 * yy + xx),
                   0.3 + 0.5 * ((xx - 0.7) ** 2 + (yy - 0.5) ** 2 < 0.1)], -1).astype(np.float32)
-  out = lsd.decode(ae, params, lsd.encode(ae, params, jnp.asarray(img[None])))
+  out = jax.jit(lambda p, x: lsd.decode(ae, p, lsd.encode(ae, p, x)))(params, img[None])  # jitted: eager is op by op
   assert out.shape == (1, 64, 96, 3)
   assert float(metrics.psnr(np.asarray(out[0]), img)) > 28.0

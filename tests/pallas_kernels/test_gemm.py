@@ -21,7 +21,7 @@ import pytest
 from jax.sharding import AbstractDevice, AbstractMesh, AxisType, use_abstract_mesh
 
 from pallas_kernels import api, bench, fp8, gemm_mgpu, mlp_gemm_mgpu, reference, xla
-from tests.pallas_kernels.test_kernels import BF16_TOL, _grad_err, _mlp_args, _normal
+from tests.pallas_kernels.test_kernels import BF16_TOL, _grad_err, _jit, _mlp_args, _normal
 
 G = gemm_mgpu.TuningConfig
 M, N = gemm_mgpu.Dim.M, gemm_mgpu.Dim.N
@@ -35,9 +35,9 @@ def _linear_args(lead, k, n, bias=True):
 
 def _check_linear(lead, k, n, activation, bias, config):
   x, w, b = _linear_args(lead, k, n, bias)
-  out = gemm_mgpu.linear(x, w, b, activation=activation, config=config)
+  out = _jit(gemm_mgpu.linear, activation=activation, config=config)(x, w, b)
   assert out.shape == (*lead, n) and out.dtype == x.dtype
-  assert bench.rel_err(out, reference.linear_reference(x, w, b, activation=activation)) < BF16_TOL
+  assert bench.rel_err(out, _jit(reference.linear_reference, activation=activation)(x, w, b)) < BF16_TOL
 
 
 @pytest.mark.parametrize("lead,k,n,activation,bias,config", [
@@ -77,11 +77,11 @@ def test_linear_interpret_large_fc1_full_shape(interpret):
 def test_linear_catches_a_dropped_bias_and_activation(interpret):
   """The check can fail: the kernel without the bias, or without the GELU, is far off."""
   x, w, b = _linear_args((128,), 128, 256)
-  ref = reference.linear_reference(x, w, b, activation="gelu_tanh")
+  ref = _jit(reference.linear_reference, activation="gelu_tanh")(x, w, b)
   cfg = G(tile_m=64, tile_n=64, num_ctas=2)
-  assert bench.rel_err(gemm_mgpu.linear(x, w, b, activation="gelu_tanh", config=cfg), ref) < BF16_TOL
-  assert bench.rel_err(gemm_mgpu.linear(x, w, None, activation="gelu_tanh", config=cfg), ref) > 0.1
-  assert bench.rel_err(gemm_mgpu.linear(x, w, b, config=cfg), ref) > 0.1
+  assert bench.rel_err(_jit(gemm_mgpu.linear, activation="gelu_tanh", config=cfg)(x, w, b), ref) < BF16_TOL
+  assert bench.rel_err(_jit(gemm_mgpu.linear, activation="gelu_tanh", config=cfg)(x, w, None), ref) > 0.1
+  assert bench.rel_err(_jit(gemm_mgpu.linear, config=cfg)(x, w, b), ref) > 0.1
 
 
 def test_linear_grad_interpret(interpret):
@@ -164,18 +164,18 @@ def test_kernels_lower_at_the_model_shapes(monkeypatch):
 ])
 def test_mlp_gemm_interpret(interpret, b, l, d, f, config):
   args = _mlp_args(b, l, d, f)
-  out = mlp_gemm_mgpu.mlp(*args, config=config)
+  out = _jit(mlp_gemm_mgpu.mlp, config=config)(*args)
   assert out.shape == (b, l, d) and out.dtype == args[0].dtype
-  assert bench.rel_err(out, reference.mlp_reference(*args)) < BF16_TOL
-  assert bench.rel_err(out, xla.mlp_xla(*args)) < BF16_TOL
+  assert bench.rel_err(out, _jit(reference.mlp_reference)(*args)) < BF16_TOL
+  assert bench.rel_err(out, _jit(xla.mlp_xla)(*args)) < BF16_TOL
 
 
 def test_mlp_gemm_rounds_the_hidden_like_xla(interpret):
   """fc1's output is rounded to bf16 once, as `xla.mlp_xla` does: the kernel is nearer to XLA
   than either is to the f32 reference."""
   args = _mlp_args(1, 128, 128, 256)
-  out = mlp_gemm_mgpu.mlp(*args, config=mlp_gemm_mgpu.TuningConfig(G(tile_m=64, num_ctas=2), G(tile_m=64, num_ctas=2)))
-  ref, via_xla = reference.mlp_reference(*args), xla.mlp_xla(*args)
+  out = _jit(mlp_gemm_mgpu.mlp, config=mlp_gemm_mgpu.TuningConfig(G(tile_m=64, num_ctas=2), G(tile_m=64, num_ctas=2)))(*args)
+  ref, via_xla = _jit(reference.mlp_reference)(*args), _jit(xla.mlp_xla)(*args)
   assert bench.rel_err(out, via_xla) < 0.5 * bench.rel_err(via_xla, ref)
 
 

@@ -96,13 +96,20 @@ def _normal(shape, scale=1.0, offset=0.0):
   return jnp.asarray(x.astype(jnp.bfloat16))
 
 
+def _jit(fn, **static):
+  """`fn` with `static` bound, jitted, as the model runs it: op by op, every op around a kernel
+  (and every op of a reference) compiles a program of its own."""
+  return jax.jit(functools.partial(fn, **static))
+
+
 def _grad_err(fn, ref_fn, args):
   ct = _normal(jax.eval_shape(fn, *args).shape)
   loss = lambda f: lambda *a: jnp.vdot(f(*a).astype(jnp.float32), ct.astype(jnp.float32))  # noqa
   argnums = tuple(i for i, a in enumerate(args) if a is not None)
-  g = jax.grad(loss(fn), argnums)(*args)
-  f32 = [None if a is None else a.astype(jnp.float32) for a in args]
-  g_ref = jax.grad(loss(ref_fn), argnums)(*f32)
+  # Jitted: op by op, the backward pass compiled a program per op (the kernels run as they would)
+  grad = lambda f, xs: jax.jit(jax.grad(loss(f), argnums))(*xs)  # noqa: E731
+  g = grad(fn, args)
+  g_ref = grad(ref_fn, [None if a is None else a.astype(jnp.float32) for a in args])
   return max(bench.rel_err(a, b) for a, b in zip(g, g_ref))
 
 
@@ -150,8 +157,8 @@ ATTN_CASES = _cases(  # backend, (B, L, heads, head_dim, frame_len, window), tun
 def test_attention_interpret(backend, shape, tuning):
   b, l, n, h, frame_len, window = shape
   q, k, v = _qkv(b, l, l, n, h)
-  out = backend.kernel("attention", **tuning)(q, k, v, frame_len=frame_len, window=window)
-  ref = reference.attention_reference(q, k, v, frame_len=frame_len, window=window)
+  out = _jit(backend.kernel("attention", **tuning), frame_len=frame_len, window=window)(q, k, v)
+  ref = _jit(reference.attention_reference, frame_len=frame_len, window=window)(q, k, v)
   assert out.shape == q.shape and out.dtype == q.dtype
   assert bench.rel_err(out, ref) < BF16_TOL
 
@@ -209,8 +216,8 @@ def test_triton_attention_falls_back_outside_support():
 def test_ln_modulate_linear_interpret(backend, shape, tuning):
   b, l, d, f, bias = shape
   args = _ln_args(b, l, d, f, bias)
-  out = backend.kernel("ln_modulate_linear", **tuning)(*args)
-  ref = reference.ln_modulate_linear_reference(*args)
+  out = _jit(backend.kernel("ln_modulate_linear", **tuning))(*args)
+  ref = _jit(reference.ln_modulate_linear_reference)(*args)
   assert out.shape == (b, l, f) and out.dtype == args[0].dtype
   assert bench.rel_err(out, ref) < BF16_TOL
 
@@ -257,9 +264,9 @@ _GEMM = gemm_mgpu.TuningConfig
 def test_mlp_interpret(backend, shape, tuning):
   b, l, d, f = shape
   args = _mlp_args(b, l, d, f)
-  out = backend.kernel("mlp", **tuning)(*args)
+  out = _jit(backend.kernel("mlp", **tuning))(*args)
   assert out.shape == (b, l, d) and out.dtype == args[0].dtype
-  assert bench.rel_err(out, reference.mlp_reference(*args)) < BF16_TOL
+  assert bench.rel_err(out, _jit(reference.mlp_reference)(*args)) < BF16_TOL
 
 
 @pytest.mark.parametrize("backend,shape,tuning", _cases(
@@ -277,8 +284,8 @@ def test_mosaic_mlp_on_chip_interpret(interpret, shape, tile_n):
   XLA on the H100; the registered Mosaic `mlp` is two epilogue-fused GEMMs, `mlp_gemm_mgpu`)."""
   b, l, d, f = shape
   args = _mlp_args(b, l, d, f)
-  out = mlp_mgpu.mlp(*args, config=mlp_mgpu.TuningConfig(tile_n=tile_n))
-  assert out.shape == (b, l, d) and bench.rel_err(out, reference.mlp_reference(*args)) < BF16_TOL
+  out = _jit(mlp_mgpu.mlp, config=mlp_mgpu.TuningConfig(tile_n=tile_n))(*args)
+  assert out.shape == (b, l, d) and bench.rel_err(out, _jit(reference.mlp_reference)(*args)) < BF16_TOL
 
 
 def test_mosaic_mlp_falls_back_when_too_wide():

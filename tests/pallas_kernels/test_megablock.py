@@ -38,8 +38,9 @@ def test_megablock_interpret(interpret, batch, length, tile_n, slots):
   d, heads = 128, 2
   params, x, cond = _inputs(batch, length, d, heads)
   mod = mb.modulation(params["mod"], cond)
-  out = mb.megablock(x, mod, params, heads=heads, config=mb.TuningConfig(tile_n, slots))
-  ref = mb.megablock_reference(x, mod, params, heads=heads)
+  # jitted, as the model runs it: op by op, every op around the kernel compiles alone
+  out = jax.jit(functools.partial(mb.megablock, heads=heads, config=mb.TuningConfig(tile_n, slots)))(x, mod, params)
+  ref = jax.jit(functools.partial(mb.megablock_reference, heads=heads))(x, mod, params)
   assert out.shape == x.shape and out.dtype == x.dtype
   for b in range(batch):  # every frame (CTA column) written and right
     assert bench.rel_err(out[b], ref[b]) < BF16_TOL
@@ -51,7 +52,7 @@ def test_megablock_phases_interpret(interpret):
   d, heads, length = 128, 2, 128
   params, x, cond = _inputs(1, length, d, heads)
   mod = mb.modulation(params["mod"], cond)
-  _, _, qkv, *_ = mb.megablock_phases(x, mod, params, heads=heads, last_phase="qkv")
+  _, _, qkv, *_ = jax.jit(functools.partial(mb.megablock_phases, heads=heads, last_phase="qkv"))(x, mod, params)
   shift, scale = (m[:, None] for m in jnp.split(mod.astype(jnp.float32), 6, axis=-1)[:2])
   x32 = x.astype(jnp.float32)
   mean = x32.mean(-1, keepdims=True)

@@ -37,8 +37,9 @@ def _draw(key, batch, length, d, heads, depth, p_in, p_out):
 
 def _check_trunk(batch, length, d, heads, depth, config, split, p_out=32):
   patches, pos, mods, fmod, packed = _trunk_inputs(batch, length, d, heads, depth, p_out=p_out)
-  out = ms.trunk(patches, pos, mods, fmod, packed, heads=heads, config=config, split=split)
-  ref = ms.trunk_reference(patches, pos, mods, fmod, packed, heads=heads)
+  # jitted, as the model runs it: op by op, every op between the phases compiles alone
+  out = jax.jit(functools.partial(ms.trunk, heads=heads, config=config, split=split))(patches, pos, mods, fmod, packed)
+  ref = jax.jit(functools.partial(ms.trunk_reference, heads=heads))(patches, pos, mods, fmod, packed)
   assert out.shape == (batch, length, 64) and out.dtype == jnp.bfloat16
   for b in range(batch):  # every frame written and right
     assert bench.rel_err(out[b, :, :p_out], ref[b, :, :p_out]) < BF16_TOL
@@ -56,9 +57,9 @@ def test_trunk_interpret(interpret, batch, length, config):
 def test_reference_catches_a_wrong_modulation(interpret):
   """The check above can fail: the same kernel fed LN2's shift and scale swapped is far off."""
   patches, pos, mods, fmod, packed = _trunk_inputs(1, 64, 128, 2, 1, seed=3)
-  ref = ms.trunk_reference(patches, pos, mods, fmod, packed, heads=2)
+  ref = jax.jit(functools.partial(ms.trunk_reference, heads=2))(patches, pos, mods, fmod, packed)
   bad = mods.at[:, :, 3].set(mods[:, :, 4]).at[:, :, 4].set(mods[:, :, 3])
-  out = ms.trunk(patches, pos, bad, fmod, packed, heads=2, split=True)
+  out = jax.jit(functools.partial(ms.trunk, heads=2, split=True))(patches, pos, bad, fmod, packed)
   assert bench.rel_err(out[..., :32], ref[..., :32]) > 5 * BF16_TOL
 
 

@@ -10,11 +10,12 @@ from lsd_jax.train import state as state_lib
 from tests.conftest import randomize
 
 
-@pytest.fixture
-def exported(tmp_path):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """An exported tiny model (the tests only read it)."""
   cfg = lsd.LSDConfig(size="tiny", height=32, width=32, latent_scale=1.7)
   params = randomize(lsd.init_params(jax.random.key(0), cfg), jax.random.key(1), 0.05)
-  return export.save(str(tmp_path / "model"), cfg, params, metadata={"steps": 7}), cfg
+  return export.save(str(tmp_path_factory.mktemp("exported") / "model"), cfg, params, metadata={"steps": 7}), cfg
 
 
 def test_autoencoder_from_an_exported_model(exported):
