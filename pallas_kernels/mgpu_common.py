@@ -1,4 +1,5 @@
-"""Pieces shared by the Mosaic GPU matmul-shaped kernels (ln_modulate_linear, mlp).
+"""Pieces shared by the Mosaic GPU matmul-shaped kernels (ln_modulate_linear, mlp, and the mega
+kernels megablock and megastep).
 
 Both keep a `tile_m x K` activation tile resident in shared memory, stored as K/64 chunks of
 `tile_m x 64` (each one TMA box and one wgmma A operand), and stream the weight through a ring of

@@ -6,9 +6,10 @@
       --config.autoencoder_dir=/tmp/ae_smoke --workdir=/tmp/lsd_smoke
 
 `v3` is model v3's first recipe (`V3_TRAIN`, on a light autoencoder: pass one trained with
-`autoencoder.py:small_light`), `v3b` the shipped model's, `v3c` the next one (prompt mixing),
-`v3d` v3c with the history kept for temporal effects, `v3e` v3d with the effects under their
-floor drawn more often;
+`autoencoder.py:small_light`), `v3b` models v3's and v3.1's, `v3c` v3b with prompt mixing,
+`v3d` v3c with the history kept for temporal effects (model v3.2's), `v3e` v3d with the effects
+under their floor drawn more often (model v3.3's; the shipped v3.4 is v3e with
+`--config.data.effect_weights=`, which an A/B found no worse without them);
 `<name>_smoke` is the same at the tiny size on a CPU.
 `small` (model v2) and `base` at 256x256 with K = 3 history frames in `concat` mode,
 residual (the denoiser diffuses target minus input latent; the first shipped model did not);

@@ -1,4 +1,4 @@
-"""Why a model misses an effect: the same frames scored under four conditions.
+"""Why a model misses an effect: the same frames scored under three conditions.
 
 For each effect and clip split (held-out clips, and clips of the training split) the model's
 PSNR against the exact ground truth after the first K + 1 frames is measured

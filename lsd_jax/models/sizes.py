@@ -1,6 +1,6 @@
 """Named model sizes in one table, and their parameter and FLOP counts per frame.
 
-`count_params` and `flops_per_frame` are analytic; `tests/models/test_sizes.py` checks them
+`count_params`, `denoiser_flops` and `autoencoder_flops` are analytic; `tests/models/test_sizes.py` checks them
 against the real parameter trees and XLA's own cost analysis.
 """
 
