@@ -29,7 +29,7 @@
 # --prompts=both), V3_EXTRA (more --config.x=y for the v3 run), ALL_EXTRA (for every run: a CPU
 # dry run passes a small resolution).
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; W=/tmp/w; mkdir -p "$OUT" "$W"
+OUT=${OUT:-/tmp/out}; W=${W:-/tmp/w}; mkdir -p "$OUT" "$W"  # W: the runs' folder (a test points it elsewhere)
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache TF_CPP_MIN_LOG_LEVEL=1
 LIB=/tmp/library/manifest.json; TEACHER=${TEACHER:-$PWD/checkpoints/ae_small_conv}; AE=$W/ae_light
@@ -148,7 +148,8 @@ for stage in "$@"; do
       grep -q "cache ready" "$W/cache.log" || { echo "no decoded cache after 240 s:"; tail -5 "$W/cache.log"; }
       # AB_EXTRA (set, even empty): a second arm run_${run_c}_b beside the first, the same flags plus
       # AB_EXTRA (an A/B of one change on the same GPU at the same time; RUN_WORKERS each)
-      for arm in a b; do [ $arm = b ] && [ -z "${AB_EXTRA+x}" ] && break
+      # RUN_MIN=0: no all-effects run (e.g. the capacity run alone)
+      for arm in a b; do [ "${RUN_MIN:-16}" = 0 ] && break; [ $arm = b ] && [ -z "${AB_EXTRA+x}" ] && break
         name=run_$run_c; ab=""; [ $arm = b ] && name=run_${run_c}_b && ab=${AB_EXTRA:-}
         train $name experiments/configs/lsd.py:$run_c --config.autoencoder_dir=/tmp/ae_committed \
           --config.init_from=${INIT_FROM:-/tmp/v2} --config.data.worker_count=${RUN_WORKERS:-8} \
@@ -165,7 +166,7 @@ for stage in "$@"; do
       if [ "${AE_MIN:-3}" != 0 ]; then rm -rf "$W/ae_from" && cp -r /tmp/ae_committed "$W/ae_from" && rm -rf "$AE"
         train ae_light experiments/configs/autoencoder.py:small_light --config.teacher_autoencoder=$TEACHER \
           --config.data.worker_count=3 --config.max_minutes=${AE_MIN:-3} --config.init_from=$W/ae_from; fi
-      sleep 5; progress ;;
+      sleep ${START_SETTLE:-5}; progress ;;  # START_SETTLE: seconds before the first progress report
     watch)  # report progress every 60 s until END seconds into the call or every run has ended
       while [ "$(left)" -gt 0 ]; do alive=0
         for p in "$W"/*.pid; do kill -0 "$(cat "$p")" 2>/dev/null && alive=1; done

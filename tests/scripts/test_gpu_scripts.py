@@ -7,6 +7,7 @@ import filecmp
 import glob
 import os
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -162,3 +163,38 @@ def test_carry_room_out_and_back(tmp_path):
   assert all((repo / r).read_text() == t for r, t in files.items())
   assert not (tmp_path / "stash").exists() and git("status", "--porcelain").stdout == ""
   assert run("nothing").returncode == 2
+
+
+def test_v3_start_runs_the_arms_asked_for(tmp_path):
+  """`gpu_v3.sh start`: one all-effects run; with AB_EXTRA a second arm beside it (run_<config>_b,
+  the same flags plus AB_EXTRA); with RUN_MIN=0 none. `python3` is a stub that records its
+  arguments, so nothing trains."""
+  stub = tmp_path / "bin"
+  stub.mkdir()
+  (stub / "python3").write_text('#!/bin/sh\necho "$@"\n')
+  (stub / "python3").chmod(0o755)
+
+  def start(**knobs):
+    work = tmp_path / f"w{len(list(tmp_path.glob('w*')))}"
+    work.mkdir()
+    (work / "cache.log").write_text("cache ready\n")
+    env = _env(tmp_path, W=str(work), START_SETTLE="0", PATH=f"{stub}{os.pathsep}{os.environ['PATH']}", CONFIG="v3e", CAP_MIN="0",
+               AE_MIN="0", RUN_EXTRA="--config.optim.lr=1.5e-4", **knobs)
+    proc = subprocess.run(["bash", "scripts/gpu_v3.sh", "start"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for _ in range(100):  # the runs start detached: wait for each stub to have written its line
+      raws = {p.stem: p.read_text() for p in work.glob("*.raw")}
+      if all(raws.values()) and len(raws) == len(list(work.glob("*.pid"))):
+        return raws
+      time.sleep(0.05)
+    raise AssertionError(f"runs did not start: {raws}")
+
+  one = start()
+  assert list(one) == ["run_v3e"] and "--config.optim.lr=1.5e-4" in one["run_v3e"]
+  assert "effect_weights" not in one["run_v3e"]
+  two = start(AB_EXTRA="--config.data.effect_weights=")
+  assert sorted(two) == ["run_v3e", "run_v3e_b"]
+  assert "--config.optim.lr=1.5e-4" in two["run_v3e_b"] and two["run_v3e_b"].rstrip().endswith("--config.data.effect_weights=")
+  assert "effect_weights" not in two["run_v3e"] and f"--workdir={tmp_path}" in two["run_v3e_b"]
+  assert start(RUN_MIN="0") == {}
