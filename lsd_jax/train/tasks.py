@@ -117,7 +117,8 @@ def step_config(config, model: lsd.LSDConfig | None = None,
       p_no_prompt=t.p_no_prompt, prompt_repeats=t.get("prompt_repeats", 1),
       loss_weight=t.get("loss_weight", "velocity"), p_history_swap=t.get("p_history_swap", 0.0),
       temporal_history_scale=t.get("temporal_history_scale", 1.0),
-      prompt_mix=t.get("prompt_mix", 0.0), effects_present=_present(table))
+      prompt_mix=t.get("prompt_mix", 0.0), prompt_centroid=t.get("prompt_centroid", 0.0),
+      effects_present=_present(table))
 
 
 def _present(table: pipeline.PromptTable | None):
@@ -127,15 +128,21 @@ def _present(table: pipeline.PromptTable | None):
 TWINS_PER_ROW = 8
 
 
-def twin_rows(table: pipeline.PromptTable, per_row: int = TWINS_PER_ROW, seed: int = 0) -> np.ndarray:
-  """N x per_row rows of the table that ask for exactly the same effect and parameters as each
-  row (drawn with replacement among the others of its spec; the row itself where it has none):
-  what `steps.mix_prompts` mixes an embedding with."""
+def _spec_groups(table: pipeline.PromptTable) -> tuple[list, dict]:
+  """Each row's spec (effect ids and exact parameters) and the rows of each spec."""
   keys = [(int(f), int(t), np.asarray(p, np.float32).tobytes())
           for f, t, p in zip(table.frame_ids, table.temporal_ids, table.params)]
   groups: dict = {}
   for i, k in enumerate(keys):
     groups.setdefault(k, []).append(i)
+  return keys, groups
+
+
+def twin_rows(table: pipeline.PromptTable, per_row: int = TWINS_PER_ROW, seed: int = 0) -> np.ndarray:
+  """N x per_row rows of the table that ask for exactly the same effect and parameters as each
+  row (drawn with replacement among the others of its spec; the row itself where it has none):
+  what `steps.mix_prompts` mixes an embedding with."""
+  keys, groups = _spec_groups(table)
   rng = np.random.default_rng(seed)
   out = np.empty((len(keys), per_row), np.int32)
   for i, k in enumerate(keys):
@@ -144,11 +151,31 @@ def twin_rows(table: pipeline.PromptTable, per_row: int = TWINS_PER_ROW, seed: i
   return out
 
 
+def spec_centroids(table: pipeline.PromptTable) -> np.ndarray:
+  """N x D float32: each row's spec mean, the mean embedding of the rows with exactly its effect
+  and parameters (itself included), as `prompts.anchor_many` makes a centroid anchor from the
+  train rows of a spec; what `steps.centroid_prompts` gives a prompt. The empty prompt (the zero
+  embedding, "no effect") shares identity's spec, but it is no wording: it stays zero and is left
+  out of identity's mean, as anchoring leaves it out."""
+  emb = np.asarray(table.embeddings, np.float32)
+  worded = np.linalg.norm(emb, axis=1) > 1e-6
+  keys, groups = _spec_groups(table)
+  means = {}
+  for k, rows in groups.items():
+    rows = [i for i in rows if worded[i]]
+    means[k] = emb[rows].mean(0) if rows else np.zeros(emb.shape[1], np.float32)
+  out = np.stack([means[k] for k in keys]).astype(np.float32)
+  out[~worded] = 0.0
+  return out
+
+
 def prompt_bank(table: pipeline.PromptTable) -> dict[str, np.ndarray]:
   """The prompt table as the arrays `steps.repeat_prompts` draws extra prompts from, with each
-  row's same-spec twins (`twin_rows`, for `steps.mix_prompts`)."""
+  row's same-spec twins (`twin_rows`, for `steps.mix_prompts`) and spec means (`spec_centroids`,
+  for `steps.centroid_prompts`)."""
   return {"effect_frame_id": table.frame_ids, "effect_temporal_id": table.temporal_ids,
-          "effect_params": table.params, "prompt_emb": table.embeddings, "twin_rows": twin_rows(table)}
+          "effect_params": table.params, "prompt_emb": table.embeddings, "twin_rows": twin_rows(table),
+          "centroid_emb": spec_centroids(table)}
 
 
 def _optimizer(config):

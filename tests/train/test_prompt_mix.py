@@ -71,3 +71,63 @@ def test_mix_prompts_stays_between_a_prompt_and_one_of_its_twins(table):
   assert moved > len(ids) // 2
   with pytest.raises(ValueError, match="twin_rows"):
     steps.mix_prompts(batch, jax.random.key(1), {"prompt_emb": bank["prompt_emb"]}, 0.5)
+
+
+def test_spec_centroids_are_what_anchoring_gives_each_spec(table):
+  """Each row's centroid is the mean of the worded train prompts with exactly its effect and
+  parameters, computed as prompts.anchor_many computes a centroid anchor (from the embedding
+  table's train rows, the empty prompt left out); the empty prompt's stays zero."""
+  from lsd_jax.datasets import effects, prompts
+
+  cent = tasks.spec_centroids(table)
+  emb = np.asarray(table.embeddings, np.float32)
+  assert cent.shape == emb.shape and cent.dtype == np.float32
+  empty = np.flatnonzero(np.linalg.norm(emb, axis=1) < 1e-6)
+  assert empty.size and not cent[empty].any()
+  full = prompts.load_embedding_table("train")
+  worded = np.array([i for i in range(len(full.texts)) if full.texts[i]])
+  names = np.asarray([effects.spec_name(full.spec(int(i))) for i in worded])
+  params = np.asarray(full.params)[worded]
+  checked = 0
+  for i in range(0, len(table.texts), 37):
+    if i in empty:
+      continue
+    name = effects.spec_name(effects.EffectSpec(table.frame_ids[i], table.temporal_ids[i], table.params[i]))
+    rows = worded[(names == name) & (np.abs(params - np.asarray(table.params[i])[None]).sum(1) < 1e-6)]
+    np.testing.assert_allclose(cent[i], np.asarray(full.embeddings, np.float32)[rows].mean(0), atol=1e-6)
+    checked += 1
+  assert checked > 50
+  # identity's mean is over its phrases only: the empty prompt shares its spec
+  ident = [i for i in range(len(table.texts)) if table.texts[i] and _spec(table, i) == _spec(table, int(empty[0]))]
+  np.testing.assert_allclose(cent[ident[0]], emb[ident].mean(0), atol=1e-6)
+
+
+def test_centroid_prompts_give_the_spec_mean(table):
+  bank = {k: jnp.asarray(v) for k, v in tasks.prompt_bank(table).items()}
+  emb = np.asarray(table.embeddings, np.float32)
+  cent = tasks.spec_centroids(table)
+  empty = int(np.flatnonzero(np.linalg.norm(emb, axis=1) < 1e-6)[0])
+  ids = np.array([empty] + list(range(1, 2000, 20)), np.int32)
+  batch = {"prompt_id": jnp.asarray(ids), "prompt_emb": jnp.asarray(emb[ids])}
+  assert steps.centroid_prompts(batch, jax.random.key(0), bank, 0.0) is batch
+  out = np.asarray(steps.centroid_prompts(batch, jax.random.key(1), bank, 1.0)["prompt_emb"])
+  np.testing.assert_allclose(out, cent[ids], atol=1e-6)
+  assert not out[0].any()  # the empty prompt stays "no effect"
+  assert not np.allclose(out[1:], emb[ids[1:]], atol=1e-3)  # and the worded ones moved
+  half = np.asarray(steps.centroid_prompts(batch, jax.random.key(2), bank, 0.5)["prompt_emb"])
+  took = [np.allclose(h, c, atol=1e-6) and not np.allclose(h, e, atol=1e-6)
+          for h, c, e in zip(half[1:], cent[ids[1:]], emb[ids[1:]])]
+  kept = [np.allclose(h, e, atol=1e-6) for h, e in zip(half[1:], emb[ids[1:]])]
+  assert all(t or k for t, k in zip(took, kept)) and 0 < sum(took) < len(took)
+  with pytest.raises(ValueError, match="centroid_emb"):
+    steps.centroid_prompts(batch, jax.random.key(1), {"prompt_emb": bank["prompt_emb"]}, 0.5)
+
+
+def test_v3f_recipe_prompts_by_the_spec_mean():
+  from experiments.configs import lsd as lsd_config
+
+  cfg = lsd_config.get_config("v3f")
+  assert cfg.train.prompt_centroid == 0.3 and cfg.data.effect_weights == ""
+  assert cfg.train.temporal_history_scale == 0.2 and cfg.train.prompt_mix == 0.5  # v3d's
+  assert tasks.step_config(cfg).prompt_centroid == 0.3
+  assert lsd_config.get_config("v3f_smoke").train.prompt_centroid == 0.3
