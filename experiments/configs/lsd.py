@@ -68,8 +68,8 @@ V3E_EFFECT_WEIGHTS = "pixel_art:3,posterize:2,identity:2,neon_outlines:2"
 # v3f: v3d (v3e without its effect weights, the recipe of models v3.4 and v3.5) with 30% of the
 # samples prompted by their spec's mean train embedding (steps.centroid_prompts): what prompt
 # anchoring feeds the model at inference, and no train prompt has. Model v3.5 scores 30.1 dB
-# anchored over the 16 deterministic effects, 27.2 with the raw val wording and 29.5 with its
-# train twins (reports/model_v3/, stretch 10). Not yet trained on a GPU.
+# anchored over the 16 deterministic effects and 27.2 with the raw val wording (over 19 effects:
+# 26.9 raw, 29.5 with the train twins; reports/model_v3/, stretch 10). Not yet trained on a GPU.
 V3F_TRAIN = {**V3D_TRAIN, "prompt_centroid": 0.3}
 
 

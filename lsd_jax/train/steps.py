@@ -179,9 +179,9 @@ def centroid_prompts(batch, key, bank, p: float):
   prompt that asks for exactly its effect and parameters (`bank["centroid_emb"]`, the row's spec
   mean, `tasks.spec_centroids`). That mean is what prompt anchoring gives the model at inference
   (`prompts.anchor_many`, target "centroid": the streaming default), and no train prompt has it:
-  model v3.5 scores 30.1 dB anchored over the deterministic effects against 27.2 with the raw val
-  wording and 29.5 with the train twins (reports/model_v3/README.md, stretch 10), so training on
-  it meets the inference input where it is. The empty prompt (no effect) stays zero. Needs
+  model v3.5 scores 30.1 dB anchored over the 16 deterministic effects against 27.2 with the raw
+  val wording (reports/model_v3/README.md, stretch 10), so training on it meets the inference
+  input where it is. The empty prompt (no effect) stays zero. Needs
   `prompt_id`, as `mix_prompts` does; applied after it."""
   if p <= 0:
     return batch
