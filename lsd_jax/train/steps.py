@@ -117,6 +117,18 @@ class LSDStepConfig:
   temporal_history_scale: float = 1.0
   effects_present: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # render_targets' `present`
 
+  def __post_init__(self):
+    # A chance outside [0, 1] would be clipped silently by the `uniform < p` draws (a typo of 30
+    # for 0.3 trains every sample that way): say so before anything compiles.
+    for name in ("bootstrap_frac", "p_no_prompt", "p_history_swap", "prompt_mix", "prompt_centroid"):
+      v = getattr(self, name)
+      if not 0.0 <= v <= 1.0:
+        raise ValueError(f"train.{name} is a chance and must be in [0, 1], got {v}")
+    if self.prompt_repeats < 1:
+      raise ValueError(f"train.prompt_repeats must be at least 1, got {self.prompt_repeats}")
+    if self.temporal_history_scale < 0:
+      raise ValueError(f"train.temporal_history_scale must be >= 0, got {self.temporal_history_scale}")
+
 
 PROMPT_FIELDS = ("effect_frame_id", "effect_temporal_id", "effect_params", "prompt_emb")
 

@@ -131,3 +131,17 @@ def test_v3f_recipe_prompts_by_the_spec_mean():
   assert cfg.train.temporal_history_scale == 0.2 and cfg.train.prompt_mix == 0.5  # v3d's
   assert tasks.step_config(cfg).prompt_centroid == 0.3
   assert lsd_config.get_config("v3f_smoke").train.prompt_centroid == 0.3
+
+
+@pytest.mark.parametrize("field,value,match", [("prompt_centroid", 30.0, "prompt_centroid is a chance"),
+                                               ("prompt_mix", -0.1, "prompt_mix is a chance"),
+                                               ("prompt_repeats", 0, "prompt_repeats must be at least 1")])
+def test_a_chance_outside_0_1_is_refused_before_training(field, value, match):
+  from experiments.configs import lsd as lsd_config
+
+  cfg = lsd_config.get_config("v3f_smoke")
+  cfg.train[field] = value
+  with pytest.raises(ValueError, match=match):
+    tasks.step_config(cfg)
+  cfg.train[field] = lsd_config.get_config("v3f_smoke").train[field]
+  tasks.step_config(cfg)  # the recipe's own values pass
