@@ -152,6 +152,17 @@ def repeat_prompts(batch, key, bank, repeats: int):
   return out
 
 
+def _prompt_rows(batch, bank, table: str, option: str):
+  """The batch's prompt-table rows (`prompt_id`), checked against its prompts and against the
+  bank holding `table` (`tasks.prompt_bank`), for the prompt transforms that look rows up."""
+  if bank is None or table not in bank or "prompt_id" not in batch:
+    raise ValueError(f"{option} needs the prompt bank's {table} (tasks.prompt_bank) and the batch's prompt_id")
+  ids = batch["prompt_id"]
+  if ids.shape[0] != batch["prompt_emb"].shape[0]:
+    raise ValueError(f"prompt_id has {ids.shape[0]} rows for {batch['prompt_emb'].shape[0]} prompts")
+  return ids
+
+
 def mix_prompts(batch, key, bank, p: float):
   """With probability p, each sample's prompt embedding becomes a random point between its own and
   the embedding of another train prompt that asks for exactly the same effect and parameters
@@ -163,12 +174,8 @@ def mix_prompts(batch, key, bank, p: float):
   it to the drawn prompts)."""
   if p <= 0:
     return batch
-  if bank is None or "twin_rows" not in bank or "prompt_id" not in batch:
-    raise ValueError("prompt_mix needs the prompt bank's twin_rows (tasks.prompt_bank) and the batch's prompt_id")
-  ids = batch["prompt_id"]
+  ids = _prompt_rows(batch, bank, "twin_rows", "prompt_mix")
   n = ids.shape[0]
-  if n != batch["prompt_emb"].shape[0]:
-    raise ValueError(f"prompt_id has {n} rows for {batch['prompt_emb'].shape[0]} prompts")
   k_hit, k_pick, k_a = jax.random.split(key, 3)
   twins = jnp.asarray(bank["twin_rows"])
   other_row = twins[ids, jax.random.randint(k_pick, (n,), 0, twins.shape[1])]
@@ -193,18 +200,13 @@ def centroid_prompts(batch, key, bank, p: float):
   (`prompts.anchor_many`, target "centroid": the streaming default), and no train prompt has it:
   model v3.5 scores 30.1 dB anchored over the 16 deterministic effects against 27.2 with the raw
   val wording (reports/model_v3/README.md, stretch 10), so training on it meets the inference
-  input where it is. The empty prompt (no effect) stays zero. Needs
-  `prompt_id`, as `mix_prompts` does; applied after it."""
+  input where it is. The empty prompt (no effect) stays zero. Needs `prompt_id`, as `mix_prompts`
+  does; applied after it."""
   if p <= 0:
     return batch
-  if bank is None or "centroid_emb" not in bank or "prompt_id" not in batch:
-    raise ValueError("prompt_centroid needs the prompt bank's centroid_emb (tasks.prompt_bank) and the batch's prompt_id")
-  ids = batch["prompt_id"]
-  n = ids.shape[0]
-  if n != batch["prompt_emb"].shape[0]:
-    raise ValueError(f"prompt_id has {n} rows for {batch['prompt_emb'].shape[0]} prompts")
+  ids = _prompt_rows(batch, bank, "centroid_emb", "prompt_centroid")
   centre = jnp.take(jnp.asarray(bank["centroid_emb"]), ids, axis=0).astype(batch["prompt_emb"].dtype)
-  hit = jax.random.uniform(key, (n, 1)) < p
+  hit = jax.random.uniform(key, (ids.shape[0], 1)) < p
   out = dict(batch)
   out["prompt_emb"] = jnp.where(hit, centre, batch["prompt_emb"])
   return out
