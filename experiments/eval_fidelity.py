@@ -31,15 +31,42 @@ _ANCHOR_METHOD = flags.DEFINE_enum("anchor_method", None, ["map", "match"],
 _ANCHOR_TARGET = flags.DEFINE_enum("anchor_target", None, ["centroid", "paraphrase"],
                                    "with --anchor_prompts: which train embedding is given (prompts.ANCHOR_TARGETS; "
                                    "default prompts.ANCHOR_TARGET)")
+_SAVE_TEXT = flags.DEFINE_string("save_text_embeddings", None,
+                                  "with --anchor_prompts: write every text the anchoring embeds, with its MiniLM "
+                                  "embedding, to this .npz and stop before evaluating (for --text_embeddings)")
+_TEXT = flags.DEFINE_string("text_embeddings", None,
+                            "with --anchor_prompts: read the texts' embeddings from this .npz "
+                            "(--save_text_embeddings) instead of running the text encoder, on a machine "
+                            "without the MiniLM package")
 _TAU_INF = flags.DEFINE_float("tau_inf", None, "history noise level at inference (default: the model's own)")
 flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0, message="--tau_inf must be in [0, 1)")
 
 
 def main(argv):
   del argv
+  if (_SAVE_TEXT.value or _TEXT.value) and not _ANCHOR.value:
+    raise app.UsageError("--save_text_embeddings and --text_embeddings go with --anchor_prompts")
+  if _SAVE_TEXT.value and _TEXT.value:
+    raise app.UsageError("give --save_text_embeddings (record) or --text_embeddings (replay), not both")
   from lsd_jax.datasets import prompts, sources
   from lsd_jax.eval import bar, fidelity
-  from lsd_jax.models import export
+  from lsd_jax.models import export, text_encoder
+
+  table = prompts.load_embedding_table()
+  anchor_method = _ANCHOR_METHOD.value or prompts.ANCHOR_METHOD
+  anchor_target = _ANCHOR_TARGET.value or prompts.ANCHOR_TARGET
+  if _SAVE_TEXT.value:  # record only: no model, no clips
+    encoder = text_encoder.RecordingEncoder(text_encoder.default_encoder())
+    sets = [prompts.pick_val_prompts(table)] + ([prompts.pick_train_twins(table)] if _PROMPTS.value == "both" else [])
+    for chosen in sets:
+      if not _COMPOSITIONS.value:
+        chosen = {k: v for k, v in chosen.items() if "+" not in k}
+      prompts.anchor_prompt_set(chosen, encoder, table=table, method=anchor_method, target=anchor_target)
+    encoder.save(_SAVE_TEXT.value)
+    print(f"{len(encoder.seen)} texts and their embeddings written to {_SAVE_TEXT.value}")
+    return
+  # prompts' default (None) is the MiniLM encoder; --text_embeddings replays a recorded one
+  encoder = text_encoder.LookupEncoder(_TEXT.value) if _TEXT.value else None
 
   cfg, params, meta = export.load(_MODEL.value)
   if _TAU_INF.value is not None:
@@ -47,20 +74,17 @@ def main(argv):
   src = sources.VideoClipSource.from_manifest(_MANIFEST.value, "heldout", height=cfg.height, width=cfg.width,
                                               num_frames=_FRAMES.value, seed=7, strides=(1,))
   clips = [src[i] for i in range(_CLIPS.value)]
-  table = prompts.load_embedding_table()
   steps = tuple(int(s) for s in _STEPS.value)
   bar_steps = cfg.steps if cfg.steps in steps else steps[0]
   os.makedirs(_OUT.value, exist_ok=True)
-
-  anchor_method = _ANCHOR_METHOD.value or prompts.ANCHOR_METHOD
-  anchor_target = _ANCHOR_TARGET.value or prompts.ANCHOR_TARGET
 
   def run(chosen, suffix):
     if not _COMPOSITIONS.value:
       chosen = {k: v for k, v in chosen.items() if "+" not in k}
     anchors = {}
     if _ANCHOR.value:
-      chosen, anchors = prompts.anchor_prompt_set(chosen, table=table, method=anchor_method, target=anchor_target)
+      chosen, anchors = prompts.anchor_prompt_set(chosen, encoder, table=table, method=anchor_method,
+                                                  target=anchor_target)
     results = fidelity.evaluate(cfg, params, clips, chosen, steps_list=steps)
     for name, a in anchors.items():
       results[name]["anchor"] = {"matched": a.name, "score": a.score, "anchor": a.text, "rows": len(a.rows)}

@@ -20,6 +20,7 @@
 #   mfu      the train step alone (device-resident batch) at MFU_BATCHES host clips, and the effect
 #            render inside it (RENDER_N samples) timed apart: what batch to train at, what the step lacks
 #   wait     until every started run ends; diagnose: diagnose.py (+ eval_fidelity) on each export;
+#            anchored: eval_fidelity --anchor_prompts on each all-effects export and the warm start;
 #            particles: experiments/evaluate.py on the four particle effects of each all-effects export
 #   collect_runs  metrics, the autoencoder and the all-effects run's weights into $OUT
 #   eval     export, held-out fidelity at S = 1, 2, 4, autoencoder PSNR at 256x256 and 832x480
@@ -201,6 +202,14 @@ for stage in "$@"; do
           --out="$W/diagnose_$n" 2>&1 | grep "^| \*\*mean\|^| thermal"
         case $n in run_*) python3 experiments/eval_fidelity.py --model="$d/export" --manifest=$LIB --clips=4 --frames=24 \
           --out="$W/fidelity_$n" ${FID_EXTRA:-} 2>&1 | grep "mean";; esac; done ;;
+    anchored)  # every all-effects run's export and the warm start (/tmp/v2) on the anchored protocol (what
+               # lsd-stream and lsd-serve do); the image lacks the MiniLM package, so the texts' embeddings
+               # come recorded (eval_fidelity.py --save_text_embeddings=.carry/text/anchor_texts.npz)
+      for d in "$W"/run_* /tmp/v2; do [ -f "$d/export/config.json" ] || [ -f "$d/config.json" ] || continue
+        m=$d/export; [ -f "$m/config.json" ] || m=$d; n=$(basename "$d")
+        python3 experiments/eval_fidelity.py --model="$m" --manifest=$LIB --clips=4 --frames=24 \
+          --anchor_prompts --text_embeddings=.carry/text/anchor_texts.npz ${FID_EXTRA:-} \
+          --out="$W/fidelity_anchored_$n" 2>&1 | grep -E "mean|holds|needed|Error"; done ;;
     particles)  # every all-effects run's export: the four particle effects through experiments/evaluate.py
                 # (the CPU protocol of reports/eval_particles_v3.1_tracked_cpu_2026-12-01: do they move?)
       for d in "$W"/run_*; do [ -f "$d/export/config.json" ] || continue; n=$(basename "$d")

@@ -39,6 +39,7 @@ def base(task: str) -> ml_collections.ConfigDict:
       "ema_decay": 0.999, "latent_penalty": 1e-4,
       "tau_kind": "uniform", "tau_max": 0.5, "p_stream_start": 0.1, "p_no_history": 0.0,
       "p_history_swap": 0.0, "prompt_mix": 0.0, "prompt_centroid": 0.0,
+      "prompt_noise": 0.0, "prompt_noise_scale": 1.0,
       "augment": [dict(a) for a in FULL_AUGMENT],
       "bootstrap_frac": 0.25, "max_log2": 7, "level_kind": "logit_normal", "level_mean": 0.0,
       "p_no_prompt": 0.05, "prompt_repeats": 1, "loss_weight": "velocity",

@@ -209,6 +209,56 @@ class TextEncoder:
     return out_NxD
 
 
+class RecordingEncoder:
+  """An encoder that keeps every text it embeds, so that `save` can write them for a
+  `LookupEncoder` on a machine without the MiniLM package (the lent GPU's image lacks it)."""
+
+  def __init__(self, encoder):
+    self.encoder = encoder
+    self.seen: dict[str, np.ndarray] = {}
+
+  def encode(self, texts: Sequence[str]) -> np.ndarray:
+    out_NxD = np.asarray(self.encoder.encode(texts), np.float32)
+    for text, row in zip(texts, out_NxD):
+      self.seen[text] = row
+    return out_NxD
+
+  def save(self, path: str | pathlib.Path) -> None:
+    texts = list(self.seen)
+    rows = np.stack([self.seen[t] for t in texts]) if texts else np.zeros((0, EMBED_DIM), np.float32)
+    np.savez_compressed(path, texts=np.array(texts, dtype=np.str_), embeddings=rows.astype(np.float32))
+
+
+class LookupEncoder:
+  """`encode` from a file that `RecordingEncoder.save` wrote: the same float32 rows, for exactly
+  the texts it recorded (the empty prompt is the zero vector, as with TextEncoder)."""
+
+  def __init__(self, path: str | pathlib.Path):
+    self.path = str(path)
+    try:
+      with np.load(self.path) as f:
+        texts, rows = [str(t) for t in f["texts"]], np.asarray(f["embeddings"], np.float32)
+    except (OSError, ValueError, KeyError) as e:
+      raise ValueError(f"{self.path} is not a text-embeddings file (texts and embeddings, written by "
+                       f"RecordingEncoder.save): {e}") from e
+    if rows.shape != (len(texts), EMBED_DIM):
+      raise ValueError(f"{self.path}: embeddings {rows.shape} do not fit {len(texts)} texts x {EMBED_DIM}")
+    self._rows = dict(zip(texts, rows))
+
+  def encode(self, texts: Sequence[str]) -> np.ndarray:
+    if isinstance(texts, str):
+      raise TypeError("encode takes a list of strings, not a single string")
+    missing = [t for t in texts if t.strip() and t not in self._rows]
+    if missing:
+      raise KeyError(f"{len(missing)} text(s) not in {self.path}, e.g. {missing[0]!r}: record them where the "
+                     "text encoder runs (eval_fidelity.py --save_text_embeddings)")
+    out_NxD = np.zeros((len(texts), EMBED_DIM), np.float32)
+    for i, text in enumerate(texts):
+      if text.strip():
+        out_NxD[i] = self._rows[text]
+    return out_NxD
+
+
 @functools.cache
 def default_encoder() -> TextEncoder:
   """A process-wide encoder (loading takes about a second)."""

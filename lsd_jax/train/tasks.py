@@ -118,6 +118,7 @@ def step_config(config, model: lsd.LSDConfig | None = None,
       loss_weight=t.get("loss_weight", "velocity"), p_history_swap=t.get("p_history_swap", 0.0),
       temporal_history_scale=t.get("temporal_history_scale", 1.0),
       prompt_mix=t.get("prompt_mix", 0.0), prompt_centroid=t.get("prompt_centroid", 0.0),
+      prompt_noise=t.get("prompt_noise", 0.0), prompt_noise_scale=t.get("prompt_noise_scale", 1.0),
       effects_present=_present(table))
 
 

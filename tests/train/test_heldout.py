@@ -168,6 +168,7 @@ def test_v3_recipe_trains_end_to_end(smoke_light_ae, tmp_path):
   assert cfg.train.prompt_repeats == 4 and cfg.model.tau_inf == 0.5
   cfg.train.prompt_mix = 0.5  # v3c's prompt mixing rides along (steps.mix_prompts)
   cfg.train.prompt_centroid = 0.3  # and v3f's spec-mean prompts (steps.centroid_prompts)
+  cfg.train.prompt_noise = 0.5  # and v3g's noised prompts (steps.noise_prompts)
   cfg.train.update({"p_no_history": 0.33, "p_history_swap": 0.33, "temporal_history_scale": 0.2})  # and v3d's
   assert (cfg.heldout.every, cfg.heldout.clips, cfg.heldout.frames, cfg.total_steps) == (10, 1, 6, 20)
   cfg.autoencoder_dir = ae_dir

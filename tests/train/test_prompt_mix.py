@@ -145,3 +145,43 @@ def test_a_chance_outside_0_1_is_refused_before_training(field, value, match):
     tasks.step_config(cfg)
   cfg.train[field] = lsd_config.get_config("v3f_smoke").train[field]
   tasks.step_config(cfg)  # the recipe's own values pass
+
+
+def test_noise_prompts_move_worded_prompts_to_the_asked_cosine(table):
+  emb = np.asarray(table.embeddings, np.float32)
+  empty = int(np.flatnonzero(np.linalg.norm(emb, axis=1) < 1e-6)[0])
+  ids = np.array([empty] + list(range(1, 2000, 5)), np.int32)
+  batch = {"prompt_emb": jnp.asarray(emb[ids]).astype(jnp.bfloat16)}
+  assert steps.noise_prompts(batch, jax.random.key(0), 0.0, 1.0) is batch
+  assert steps.noise_prompts(batch, jax.random.key(0), 0.5, 0.0) is batch
+  own = np.asarray(batch["prompt_emb"], np.float32)
+  for scale in (0.5, 1.0):
+    out = steps.noise_prompts(batch, jax.random.key(1), 1.0, scale)["prompt_emb"]
+    assert out.dtype == jnp.bfloat16
+    out = np.asarray(out, np.float32)
+    assert not out[0].any()  # the empty prompt stays "no effect"
+    norms = np.linalg.norm(out[1:], axis=1)
+    np.testing.assert_allclose(norms, np.linalg.norm(own[1:], axis=1), rtol=2e-2)
+    cos = (out[1:] * own[1:]).sum(1) / (norms * np.linalg.norm(own[1:], axis=1))
+    assert cos.mean() == pytest.approx(1 / np.sqrt(1 + scale ** 2), abs=0.02)
+    assert cos.max() < 0.99  # every worded prompt moved
+  half = np.asarray(steps.noise_prompts(batch, jax.random.key(2), 0.5, 1.0)["prompt_emb"], np.float32)
+  kept = np.all(half[1:] == own[1:], axis=1)
+  assert 0.35 < kept.mean() < 0.65
+  other = np.asarray(steps.noise_prompts(batch, jax.random.key(3), 0.5, 1.0)["prompt_emb"], np.float32)
+  assert not np.array_equal(other, half)  # the key draws the directions
+
+
+def test_v3g_recipe_noises_half_the_prompts():
+  from experiments.configs import lsd as lsd_config
+
+  cfg = lsd_config.get_config("v3g")
+  assert cfg.train.prompt_noise == 0.5 and cfg.train.prompt_noise_scale == 1.0 and cfg.train.prompt_centroid == 0.0
+  assert cfg.train.temporal_history_scale == 0.2 and cfg.train.prompt_mix == 0.5  # v3d's
+  sc = tasks.step_config(cfg)
+  assert (sc.prompt_noise, sc.prompt_noise_scale) == (0.5, 1.0)
+  assert lsd_config.get_config("v3g_smoke").train.prompt_noise == 0.5
+  with pytest.raises(ValueError, match="prompt_noise is a chance"):
+    steps.LSDStepConfig(prompt_noise=1.5)
+  with pytest.raises(ValueError, match="prompt_noise_scale must be >= 0"):
+    steps.LSDStepConfig(prompt_noise_scale=-1.0)
