@@ -8,6 +8,10 @@
 #                                            reads them) and, with nomodel, checkpoints/lsd_small/ out of
 #                                            the tree into $LSD_STASH (default ../lsd_stash)
 #   bash scripts/gpu_carry.sh in             move them back; never commit while they are out
+#   bash scripts/gpu_carry.sh model          copy the shipped model to .carry/model/lsd_small: with the tree
+#                                            out (`out nomodel`) a call can carry it alone, so the calls
+#                                            after `setup cache` need no local step (V2_DIR=.carry/model/lsd_small
+#                                            for gpu_v3.sh; stretch 12)
 #   bash scripts/gpu_carry.sh size           the tree (tracked files present, untracked not ignored) and
 #                                            .carry, in MiB
 # Stretch 7's calls (scripts/gpu_v3.sh): `out nomodel`, then carry .carry/av .carry/library
@@ -49,10 +53,13 @@ case "${1:-}" in
     find "$STASH" -depth -type d -empty -delete
     if [ -e "$STASH" ]; then echo "$STASH still holds files: $(find "$STASH" -type f | head -3)"; exit 1; fi
     git status --short | head -5 ;;
+  model)
+    src=checkpoints/lsd_small; [ -d "$src" ] || src=$STASH/checkpoints/lsd_small
+    rm -rf .carry/model && mkdir -p .carry/model && cp -r "$src" .carry/model/ && du -sh .carry/model ;;
   size)
     tree=$( (git ls-files -z; git ls-files -z -o --exclude-standard) | while IFS= read -r -d '' f; do
               [ -f "$f" ] && stat -c %s "$f"; done | awk '{s += $1} END {print s + 0}')
     carry=0; if [ -d .carry ]; then carry=$(find .carry -type f -exec stat -c %s {} + | awk '{s += $1} END {print s + 0}'); fi
     awk -v t="$tree" -v c="$carry" 'BEGIN {printf "tree %.1f MiB, .carry %.1f MiB, together %.1f of 64 MiB\n", t / 2^20, c / 2^20, (t + c) / 2^20}' ;;
-  *) echo "usage: gpu_carry.sh build | out [nomodel] | in | size"; exit 2 ;;
+  *) echo "usage: gpu_carry.sh build | out [nomodel] | in | model | size"; exit 2 ;;
 esac

@@ -153,6 +153,9 @@ def test_carry_room_out_and_back(tmp_path):
   assert before.returncode == 0 and "of 64 MiB" in before.stdout
   out = run("out", "nomodel")
   assert out.returncode == 0, out.stdout + out.stderr
+  model = run("model")  # the shipped model copied from the stash into .carry, for a call to carry alone
+  assert model.returncode == 0, model.stdout + model.stderr
+  assert (repo / ".carry/model/lsd_small/params.safetensors").read_text() == "w" * 1000
   gone = [r for r in files if r.split("/")[0] in ("reports", "notebooks", "docs") or r.startswith(("data/samples", "checkpoints/lsd_small"))]
   assert all(not (repo / r).exists() for r in gone) and all((tmp_path / "stash" / r).exists() for r in gone)
   assert (repo / "data/prompt_embeddings.npz").exists() and (repo / "checkpoints/ae_small_light/x").exists()
@@ -161,7 +164,8 @@ def test_carry_room_out_and_back(tmp_path):
   back = run("in")
   assert back.returncode == 0, back.stdout + back.stderr
   assert all((repo / r).read_text() == t for r, t in files.items())
-  assert not (tmp_path / "stash").exists() and git("status", "--porcelain").stdout == ""
+  assert not (tmp_path / "stash").exists()
+  assert git("status", "--porcelain").stdout.strip() == "?? .carry/"  # the copy is untracked (ignored in the project)
   assert run("nothing").returncode == 2
 
 
