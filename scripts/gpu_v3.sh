@@ -205,8 +205,9 @@ for stage in "$@"; do
     anchored)  # every all-effects run's export and the warm start (/tmp/v2) on the anchored protocol (what
                # lsd-stream and lsd-serve do); the image lacks the MiniLM package, so the texts' embeddings
                # come recorded (eval_fidelity.py --save_text_embeddings=.carry/text/anchor_texts.npz)
-      for d in "$W"/run_* /tmp/v2; do [ -f "$d/export/config.json" ] || [ -f "$d/config.json" ] || continue
-        m=$d/export; [ -f "$m/config.json" ] || m=$d; n=$(basename "$d")
+      # a run's folder holds its training config.json too: a model folder is known by its weights
+      for d in "$W"/run_* /tmp/v2; do [ -f "$d/export/params.safetensors" ] || [ -f "$d/params.safetensors" ] || continue
+        m=$d/export; [ -f "$m/params.safetensors" ] || m=$d; n=$(basename "$d")
         python3 experiments/eval_fidelity.py --model="$m" --manifest=$LIB --clips=4 --frames=24 \
           --anchor_prompts --text_embeddings=.carry/text/anchor_texts.npz ${FID_EXTRA:-} \
           --out="$W/fidelity_anchored_$n" 2>&1 | grep -E "mean|holds|needed|Error"; done ;;

@@ -202,3 +202,28 @@ def test_v3_start_runs_the_arms_asked_for(tmp_path):
   assert "--config.optim.lr=1.5e-4" in two["run_v3e_b"] and two["run_v3e_b"].rstrip().endswith("--config.data.effect_weights=")
   assert "effect_weights" not in two["run_v3e"] and f"--workdir={tmp_path}" in two["run_v3e_b"]
   assert start(RUN_MIN="0") == {}
+
+
+def test_v3_anchored_evaluates_model_folders_only(tmp_path):
+  """`gpu_v3.sh anchored`: a run's export is evaluated with the recorded text embeddings; a run
+  folder that holds only its training config.json (no weights: still training, or killed) is
+  skipped, not handed to eval_fidelity as a model (stretch 12's call did that)."""
+  stub = tmp_path / "bin"
+  stub.mkdir()
+  (stub / "python3").write_text('#!/bin/sh\necho "mean $@"\n')
+  (stub / "python3").chmod(0o755)
+  work = tmp_path / "w"
+  (work / "run_live").mkdir(parents=True)
+  (work / "run_live" / "config.json").write_text("{}")  # training, no export yet
+  (work / "run_done" / "export").mkdir(parents=True)
+  for f in ("config.json", "params.safetensors"):
+    (work / "run_done" / "export" / f).write_text("x")
+  env = _env(tmp_path, W=str(work), PATH=f"{stub}{os.pathsep}{os.environ['PATH']}")
+  proc = subprocess.run(["bash", "scripts/gpu_v3.sh", "anchored"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  calls = [line for line in proc.stdout.splitlines() if line.startswith("mean ")]
+  runs = [c for c in calls if str(work) in c]
+  assert len(runs) == 1 and f"--model={work}/run_done/export" in runs[0], proc.stdout
+  assert "--anchor_prompts" in runs[0] and "--text_embeddings=.carry/text/anchor_texts.npz" in runs[0]
+  assert "run_live" not in proc.stdout
