@@ -78,6 +78,9 @@ V3F_TRAIN = {**V3D_TRAIN, "prompt_centroid": 0.3}
 # 0.64 from the nearest train prompt of another effect (reports/model_v3/README.md, stretch 12),
 # and neither prompt mixing between train twins (v3c) nor the spec means (v3f) moved the raw
 # val wording: the denoiser must stop keying on the train phrasings' exact embeddings.
+# On an H200 (stretch 13, 6,000 steps from v3.5): raw val wording 26.83 dB (v3.5 26.00), the train
+# twins 28.93 (29.47); annealed 2,500 steps with v3d at lr 5e-5 it is model v3.6 (27.02 raw, 28.69
+# anchored, v3.5 28.68).
 V3G_TRAIN = {**V3D_TRAIN, "prompt_noise": 0.5, "prompt_noise_scale": 1.0}
 
 
