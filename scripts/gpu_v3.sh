@@ -19,6 +19,10 @@
 #   run      the all-effects CONFIG run (INIT_FROM: warm start), beside the capacity runs
 #   mfu      the train step alone (device-resident batch) at MFU_BATCHES host clips, and the effect
 #            render inside it (RENDER_N samples) timed apart: what batch to train at, what the step lacks
+#   anneal   for each run in ANNEAL_FROM (default run_$CONFIG), once its export is there: a run
+#            <run>_anneal from that export with ANNEAL_CONFIG (default v3d: no prompt noise), lr
+#            ANNEAL_LR (5e-5), ANNEAL_STEPS (2,500) on a cosine, at most ANNEAL_MIN (4) minutes
+#            (stretch 13: v3g then this gave model v3.6; in one chain, no local step)
 #   wait     until every started run ends; diagnose: diagnose.py (+ eval_fidelity) on each export;
 #            anchored: eval_fidelity --anchor_prompts on each all-effects export and the warm start;
 #            particles: experiments/evaluate.py on the four particle effects of each all-effects export
@@ -192,6 +196,15 @@ for stage in "$@"; do
       timeout ${MFU_TIMEOUT:-300} python3 experiments/benchmark_train.py --config=experiments/configs/lsd.py:${CONFIG:-v3b} \
         --config.autoencoder_dir=$PWD/checkpoints/ae_small_light --batch_sizes=${MFU_BATCHES:-32} --iters=10 --repeats=3 \
         --out_dir="$W/mfu" 2>&1 | grep -v -E "^[IW][0-9]{4}" | grep "|" | tail -4 ;;
+    anneal)  # each ANNEAL_FROM run's export continued without CONFIG's extras (stretch 13's model v3.6)
+      for from in ${ANNEAL_FROM:-run_${CONFIG:-v3b}}; do
+        [ -f "$W/$from.pid" ] && wait_run "$from"
+        if [ ! -f "$W/$from/export/params.safetensors" ]; then echo "anneal: $from has no export; not annealed"; continue; fi
+        train "${from}_anneal" experiments/configs/lsd.py:${ANNEAL_CONFIG:-v3d} --config.autoencoder_dir=/tmp/ae_committed \
+          --config.init_from="$W/$from/export" --config.data.worker_count=${RUN_WORKERS:-8} \
+          --config.total_steps=${ANNEAL_STEPS:-2500} --config.optim.lr=${ANNEAL_LR:-5e-5} --config.optim.warmup_steps=50 \
+          --config.max_minutes=${ANNEAL_MIN:-4} ${ANNEAL_EXTRA:-}; done
+      sleep ${START_SETTLE:-5}; progress ;;
     wait) for p in "$W"/*.pid; do wait_run "$(basename "$p" .pid)"; done
           for l in "$W"/cap_*.log "$W"/run_*.log; do [ -f "$l" ] || continue; echo "-- $(basename "$l")"
             grep -E "held-out PSNR|steps/s" "$l" | tail -2 | cut -c1-200; done ;;
@@ -206,7 +219,9 @@ for stage in "$@"; do
                # lsd-stream and lsd-serve do); the image lacks the MiniLM package, so the texts' embeddings
                # come recorded (eval_fidelity.py --save_text_embeddings=.carry/text/anchor_texts.npz)
       # a run's folder holds its training config.json too: a model folder is known by its weights
-      for d in "$W"/run_* /tmp/v2; do [ -f "$d/export/params.safetensors" ] || [ -f "$d/params.safetensors" ] || continue
+      # ANCHOR_WARM=0: not the warm start (/tmp/v2, or WARM_DIR; measured already, e.g. the shipped model)
+      warm=${WARM_DIR:-/tmp/v2}; [ "${ANCHOR_WARM:-1}" = 0 ] && warm=""
+      for d in "$W"/run_* $warm; do [ -f "$d/export/params.safetensors" ] || [ -f "$d/params.safetensors" ] || continue
         m=$d/export; [ -f "$m/params.safetensors" ] || m=$d; n=$(basename "$d")
         python3 experiments/eval_fidelity.py --model="$m" --manifest=$LIB --clips=4 --frames=24 \
           --anchor_prompts --text_embeddings=.carry/text/anchor_texts.npz ${FID_EXTRA:-} \

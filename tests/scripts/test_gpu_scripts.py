@@ -227,3 +227,58 @@ def test_v3_anchored_evaluates_model_folders_only(tmp_path):
   assert len(runs) == 1 and f"--model={work}/run_done/export" in runs[0], proc.stdout
   assert "--anchor_prompts" in runs[0] and "--text_embeddings=.carry/text/anchor_texts.npz" in runs[0]
   assert "run_live" not in proc.stdout
+
+
+def test_v3_anneal_continues_each_finished_run(tmp_path):
+  """`gpu_v3.sh anneal`: each ANNEAL_FROM run with an export gets a `<run>_anneal` run from that
+  export, with ANNEAL_CONFIG and the anneal's rate and steps; a run without an export is named and
+  skipped. `python3` is a stub that records its arguments, so nothing trains."""
+  stub = tmp_path / "bin"
+  stub.mkdir()
+  (stub / "python3").write_text('#!/bin/sh\necho "$@"\n')
+  (stub / "python3").chmod(0o755)
+  work = tmp_path / "w"
+  (work / "run_v3g" / "export").mkdir(parents=True)
+  (work / "run_v3g" / "export" / "params.safetensors").write_text("x")
+  (work / "run_v3g_b").mkdir()  # killed before its export
+  env = _env(tmp_path, W=str(work), START_SETTLE="0", PATH=f"{stub}{os.pathsep}{os.environ['PATH']}",
+             ANNEAL_FROM="run_v3g run_v3g_b", ANNEAL_STEPS="1200", ANNEAL_LR="3e-5")
+  proc = subprocess.run(["bash", "scripts/gpu_v3.sh", "anneal"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  assert "run_v3g_b has no export; not annealed" in proc.stdout
+  for _ in range(100):  # detached: wait for the stub's line
+    raw = work / "run_v3g_anneal.raw"
+    if raw.exists() and raw.read_text():
+      break
+    time.sleep(0.05)
+  args = (work / "run_v3g_anneal.raw").read_text()
+  assert "experiments/configs/lsd.py:v3d" in args and f"--config.init_from={work}/run_v3g/export" in args
+  assert "--config.total_steps=1200" in args and "--config.optim.lr=3e-5" in args
+  assert f"--workdir={work}/run_v3g_anneal" in args
+  assert sorted(p.name for p in work.glob("*.raw")) == ["run_v3g_anneal.raw"]
+
+
+def test_v3_anchored_skips_the_warm_start_when_asked(tmp_path):
+  """`gpu_v3.sh anchored` evaluates the warm start (WARM_DIR, default /tmp/v2) beside the runs,
+  and with ANCHOR_WARM=0 leaves it out (measured already: stretch 13 spent 70 s on it)."""
+  stub = tmp_path / "bin"
+  stub.mkdir()
+  (stub / "python3").write_text('#!/bin/sh\necho "mean $@"\n')
+  (stub / "python3").chmod(0o755)
+  work, warm = tmp_path / "w", tmp_path / "v2"
+  (work / "run_done" / "export").mkdir(parents=True)
+  (work / "run_done" / "export" / "params.safetensors").write_text("x")
+  warm.mkdir()
+  (warm / "params.safetensors").write_text("x")
+
+  def models(**knobs):
+    env = _env(tmp_path, W=str(work), WARM_DIR=str(warm), PATH=f"{stub}{os.pathsep}{os.environ['PATH']}", **knobs)
+    proc = subprocess.run(["bash", "scripts/gpu_v3.sh", "anchored"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return sorted(a.split("=", 1)[1] for line in proc.stdout.splitlines() if line.startswith("mean ")
+                  for a in line.split() if a.startswith("--model="))
+
+  assert models() == sorted([f"{work}/run_done/export", str(warm)])
+  assert models(ANCHOR_WARM="0") == [f"{work}/run_done/export"]
