@@ -30,7 +30,7 @@
 #   eval     export, held-out fidelity at S = 1, 2, 4, autoencoder PSNR at 256x256 and 832x480
 #   latency  the light autoencoder's and the v3 frame's latency, train-step MFU
 #   collect  metrics, curves, logs and the v3 export into $OUT (at most 8 files)
-# Knobs: END (seconds a training stage may use), AB_EXTRA (start: a second arm), COLLECT (collect_runs), FID_EXTRA (eval_fidelity flags, e.g.
+# Knobs: RUNS (diagnose, anchored, particles: which runs, a glob inside $W, e.g. "run_*_anneal"), END (seconds a training stage may use), AB_EXTRA (start: a second arm), COLLECT (collect_runs), FID_EXTRA (eval_fidelity flags, e.g.
 # --prompts=both), V3_EXTRA (more --config.x=y for the v3 run), ALL_EXTRA (for every run: a CPU
 # dry run passes a small resolution).
 set -uo pipefail
@@ -55,6 +55,9 @@ progress() {  # the last held-out and rate lines of every run
   for r in "$W"/*.raw; do [ -f "$r" ] || continue; n=$(basename "$r" .raw); quiet < "$r" > "$W/$n.log"
     echo "-- $n $(kill -0 "$(cat "$W/$n.pid")" 2>/dev/null && echo running || echo ended)"
     grep -E "held-out PSNR|steps/s|Error|error:" "$W/$n.log" | tail -2 | cut -c1-220; done
+}
+runs_in() {  # runs_in PATTERNS: the folders of $W matching RUNS (if set) or PATTERNS, globbed inside $W
+  (cd "$W" && for p in ${RUNS:-$1}; do [ -d "$p" ] && echo "$W/$p"; done)
 }
 wait_run() { while kill -0 "$(cat "$W/$1.pid")" 2>/dev/null; do sleep 2; done; quiet < "$W/$1.raw" > "$W/$1.log"; }
 thermal() {  # a thermal-only capacity run from scratch
@@ -209,7 +212,7 @@ for stage in "$@"; do
           for l in "$W"/cap_*.log "$W"/run_*.log; do [ -f "$l" ] || continue; echo "-- $(basename "$l")"
             grep -E "held-out PSNR|steps/s" "$l" | tail -2 | cut -c1-200; done ;;
     diagnose)  # every finished run's export: the three-condition diagnosis and, for all-effects runs, eval_fidelity
-      for d in "$W"/cap_* "$W"/run_*; do [ -f "$d/export/config.json" ] || continue; n=$(basename "$d")
+      for d in $(runs_in "cap_* run_*"); do [ -f "$d/export/config.json" ] || continue; n=$(basename "$d")
         e=${CAP_EFFECT:-thermal}; case $n in run_*) e=thermal,grayscale,negative,identity,cartoon,pencil_sketch;; esac
         python3 experiments/diagnose.py --model="$d/export" --manifest=$LIB --effects=$e --clips=2 --frames=8 \
           --out="$W/diagnose_$n" 2>&1 | grep "^| \*\*mean\|^| thermal"
@@ -221,14 +224,14 @@ for stage in "$@"; do
       # a run's folder holds its training config.json too: a model folder is known by its weights
       # ANCHOR_WARM=0: not the warm start (/tmp/v2, or WARM_DIR; measured already, e.g. the shipped model)
       warm=${WARM_DIR:-/tmp/v2}; [ "${ANCHOR_WARM:-1}" = 0 ] && warm=""
-      for d in "$W"/run_* $warm; do [ -f "$d/export/params.safetensors" ] || [ -f "$d/params.safetensors" ] || continue
+      for d in $(runs_in "run_*") $warm; do [ -f "$d/export/params.safetensors" ] || [ -f "$d/params.safetensors" ] || continue
         m=$d/export; [ -f "$m/params.safetensors" ] || m=$d; n=$(basename "$d")
         python3 experiments/eval_fidelity.py --model="$m" --manifest=$LIB --clips=4 --frames=24 \
           --anchor_prompts --text_embeddings=.carry/text/anchor_texts.npz ${FID_EXTRA:-} \
           --out="$W/fidelity_anchored_$n" 2>&1 | grep -E "mean|holds|needed|Error"; done ;;
     particles)  # every all-effects run's export: the four particle effects through experiments/evaluate.py
                 # (the CPU protocol of reports/eval_particles_v3.1_tracked_cpu_2026-12-01: do they move?)
-      for d in "$W"/run_*; do [ -f "$d/export/config.json" ] || continue; n=$(basename "$d")
+      for d in $(runs_in "run_*"); do [ -f "$d/export/config.json" ] || continue; n=$(basename "$d")
         python3 experiments/evaluate.py --model="$d/export" --manifest=$LIB --steps=2 --effects=snowfall,rain,fireflies,bubbles \
           --clips=4 --clip_frames=32 --stream_frames=1000 --switch_every=125 --chunk=125 \
           --title="$n: particle statistics" --out="$W/particles_$n" 2>&1 | quiet | tail -2

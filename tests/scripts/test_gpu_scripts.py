@@ -261,7 +261,8 @@ def test_v3_anneal_continues_each_finished_run(tmp_path):
 
 def test_v3_anchored_skips_the_warm_start_when_asked(tmp_path):
   """`gpu_v3.sh anchored` evaluates the warm start (WARM_DIR, default /tmp/v2) beside the runs,
-  and with ANCHOR_WARM=0 leaves it out (measured already: stretch 13 spent 70 s on it)."""
+  and with ANCHOR_WARM=0 leaves it out (measured already: stretch 13 spent 70 s on it); RUNS (a
+  glob inside $W) picks the runs."""
   stub = tmp_path / "bin"
   stub.mkdir()
   (stub / "python3").write_text('#!/bin/sh\necho "mean $@"\n')
@@ -282,3 +283,8 @@ def test_v3_anchored_skips_the_warm_start_when_asked(tmp_path):
 
   assert models() == sorted([f"{work}/run_done/export", str(warm)])
   assert models(ANCHOR_WARM="0") == [f"{work}/run_done/export"]
+  (work / "run_done_anneal" / "export").mkdir(parents=True)
+  (work / "run_done_anneal" / "export" / "params.safetensors").write_text("x")
+  assert models(ANCHOR_WARM="0") == [f"{work}/run_done/export", f"{work}/run_done_anneal/export"]
+  assert models(ANCHOR_WARM="0", RUNS="run_*_anneal") == [f"{work}/run_done_anneal/export"]  # RUNS picks
+  assert models(ANCHOR_WARM="0", RUNS="nothing_*") == []
