@@ -164,7 +164,7 @@ def stream_mesh(tp: int, streams: int, devices: int | None = None) -> Mesh | Non
 
 
 @functools.lru_cache(maxsize=1)
-def _random_weights(size: str) -> dict[str, Any]:
+def random_weights(size: str) -> dict[str, Any]:
   """`lsd.random_params` of a named size in bf16 on the device (parameter shapes do not depend
   on the resolution, so one draw serves a size's whole row of the grid)."""
   host = lsd.random_params(0, lsd.LSDConfig(size=size))
@@ -245,7 +245,7 @@ def bench_cell(grid: Grid, size: str, res: str, model=None, skip=frozenset(), sa
   key = jax.random.key(0)
   if model is None:
     base_cfg = lsd.LSDConfig(size=size, height=height, width=width)
-    params = _random_weights(size)
+    params = random_weights(size)
   else:
     base_cfg = dataclasses.replace(model[0], height=height, width=width, kernel_impl="xla")
     params = jax.tree.map(lambda p: jnp.asarray(p, jnp.bfloat16), model[1])
