@@ -8,11 +8,18 @@ cuGraphLaunch per command buffer) and which kernels a graph launch started. Writ
 timeline.json, timeline.md and traces/<variant>/ under --out_dir; a later run into the same
 folder adds its variants to the report (one process per variant keeps the others if it fails).
 
+A profiler session makes XLA run its command buffers (CUDA graphs) op by op unless the process
+starts with XLA_FLAGS=--xla_enable_command_buffers_during_profiling=true: trace in both modes
+(two processes) to see what an untraced call launches and what each op costs one by one; the
+report names each table's mode.
+
   # issue 17 on an H200: small (step + the shipped model's frame), then large at 832x480
+  export XLA_FLAGS=--xla_enable_command_buffers_during_profiling=true
   python -m experiments.launch_timeline --sizes=small --resolutions=256x256 --impls=xla,mosaic \
       --what=step,stream --checkpoint=checkpoints/lsd_small --out_dir=$OUT/timeline
   python -m experiments.launch_timeline --sizes=large --resolutions=832x480 --impls=xla \
       --what=step --out_dir=$OUT/timeline
+  # the stage that runs these: pallas_kernels/gpu_session.sh timeline
   # CPU smoke (no device kernels: the report says so): --sizes=tiny --iters=3 --warmup=1
 """
 
@@ -37,7 +44,8 @@ flags.DEFINE_list("impls", ["xla", "mosaic"], "pallas_kernels implementations to
 flags.DEFINE_list("kernel_ops", ["attention"], "Ops the kernel backends run as kernels (as benchmark_latency).")
 flags.DEFINE_list("what", ["step", "stream"], "step: one denoiser step; stream: one StreamSession frame.")
 flags.DEFINE_string("checkpoint", "", "A shipped-model folder for the stream frame ('' : random weights).")
-flags.DEFINE_integer("steps", 0, "Shortcut steps S of the stream frame (0: the checkpoint's own, 2 for random weights).")
+flags.DEFINE_integer("steps", 0, "Shortcut steps S of the stream frame (0: the checkpoint's own; 2 for "
+                     "random weights).")
 flags.DEFINE_integer("iters", 20, "Traced calls per variant.", lower_bound=1)
 flags.DEFINE_integer("warmup", 5, "Untraced calls first (after the compile).", lower_bound=0)
 flags.DEFINE_bool("python_tracer", False, "Also trace Python calls (adds host time inside the windows).")
@@ -74,8 +82,10 @@ def cases():
     cells = ([("", "")] if what == "stream" and FLAGS.checkpoint else
              [(s, r) for s in FLAGS.sizes for r in FLAGS.resolutions])
     for size, res in cells:
-      for impl in FLAGS.impls:
-        yield f"{what} {FLAGS.checkpoint or size} {res} {impl}", (lambda b=build, s=size, r=res, i=impl: b(s, r, i))
+      for impl in FLAGS.impls:  # a failure's label (the case, once built, names itself)
+        model = os.path.basename(os.path.normpath(FLAGS.checkpoint)) if what == "stream" and FLAGS.checkpoint else size
+        label = f"{what} {model} {res or '(its own WxH)'} {impl}, {timeline_capture.profiling_mode()}"
+        yield label, (lambda b=build, s=size, r=res, i=impl: b(s, r, i))
 
 
 def main(argv) -> None:
@@ -92,7 +102,7 @@ def main(argv) -> None:
       try:
         case = build()
         report = timeline_capture.measure(case, FLAGS.out_dir, FLAGS.iters, FLAGS.warmup, FLAGS.python_tracer)
-        result = timeline_capture.save(FLAGS.out_dir, {case.name: report})
+        result = timeline_capture.save(FLAGS.out_dir, {case.key: report})
       except Exception as e:  # noqa: BLE001  (one variant's compile or trace failing keeps the rest)
         logging.exception("%s failed", label)
         result = timeline_capture.save(FLAGS.out_dir, {label: {"error": f"{type(e).__name__}: {e}"[:2000]}})

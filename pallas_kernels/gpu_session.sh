@@ -5,12 +5,35 @@
 # The kernels' benchmark main()s report through absl logging; the stages keep those lines.
 # Stages: tests (the Mosaic kernels' GPU tests; the Triton and mega-kernel ones have their own
 # stages, each a call's worth), kernels, bench_small_base, bench_large, bench_cmdbuf, triton (= triton_tests,
-# triton_kernels), megablock, megastep, megastep_bench, grid, profile, gemm, gemm_step. Logs and
-# results go to $OUT.
+# triton_kernels), megablock, megastep, megastep_bench, grid, profile, gemm, gemm_step, timeline. Logs
+# and results go to $OUT.
 export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 # A persistent compilation cache in /tmp, kept on a warm machine between calls (grid, profile).
 persistent_cache() { export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1; }
+# Packs the launch timeline's folder $1 into two files under $OUT, each under TL_MAX_MB (15) MiB:
+# timeline_traces.tgz (the perfetto traces and XSpaces; where too large, without the XSpaces, then
+# only the perfetto traces under 3 MiB) and timeline_report.tgz (timeline.json, .md, the logs, and
+# traces_left_out.txt naming what the traces' file lacks).
+pack_timeline() {
+  local dir=$1 max=$((${TL_MAX_MB:-15} * 1048576)) tr="$OUT/timeline_traces.tgz"
+  local size=0 level; mkdir -p "$dir/traces"  # none when every run failed: an empty folder, still packed
+  for level in all no_xplane small_perfetto; do
+    case $level in
+      all) tar czf "$tr" -C "$dir" --exclude='*.trace.json.gz' traces;;
+      no_xplane) tar czf "$tr" -C "$dir" --exclude='*.trace.json.gz' --exclude='*.xplane.pb' traces;;
+      small_perfetto) (cd "$dir" && find traces -name perfetto_trace.json.gz -size -3M -print0 \
+                       | tar czf "$tr" --null -T -);;
+    esac
+    size=$(stat -c %s "$tr"); [ "$size" -le "$max" ] && break
+  done
+  [ "$size" -le "$max" ] || rm -f "$tr"
+  (cd "$dir" && find traces -type f ! -name '*.trace.json.gz' | sort > all_traces.txt
+   { tar tzf "$tr" 2>/dev/null || true; } | grep -v '/$' | sort | comm -23 all_traces.txt - > traces_left_out.txt
+   rm all_traces.txt)
+  tar czf "$OUT/timeline_report.tgz" -C "$dir" --exclude=traces .
+  echo "timeline: packed at level $level; $(wc -l < "$dir/traces_left_out.txt") trace files left out"
+}
 for stage in "$@"; do
   case $stage in
     tests) JAX_PLATFORMS=cuda timeout 150 python3 -m pytest -q -rs -m gpu -k "not triton" tests/pallas_kernels/test_kernels.py 2>&1 | tail -40 > "$OUT/tests.log"; tail -5 "$OUT/tests.log";;
@@ -94,6 +117,37 @@ for stage in "$@"; do
           --frame_only=none:0x0:0 --out_dir="$OUT" --label=gemm_step_${cell%%:*}_${ops/,/_} 2>&1 \
           | grep -v -E "^[IW][0-9]{4}" | tail -6
       done; done;;
+    # timeline (issue 17 items 1 and 4): where a call's host-to-host time goes (experiments/launch_timeline.py:
+    # jax.profiler traces, CUDA API calls, graph launches, memcpys, device gaps), XLA vs mosaic. A profiler
+    # session makes XLA run its command buffers op by op unless --xla_enable_command_buffers_during_profiling,
+    # so the first three runs trace with it (what an untraced call launches): small at 256x256 (the step,
+    # then the shipped model's stream frame; random small weights where the model is in neither the tree
+    # nor /tmp/teacher), the large step at 832x480 (S = 1) one process per implementation (its compile is
+    # slow; a time-out keeps the variants before it); the last traces the small step in XLA's default
+    # mode (op by op). At most TL_SMALL_S + 2 x TL_LARGE_S + TL_OPS_S = 285 s; TL_SMALL / TL_LARGE
+    # (size:WxH), TL_IMPLS, TL_ITERS, TL_CHECKPOINT ('' : random weights) for other runs.
+    timeline) persistent_cache
+      tl=${TL_DIR:-/tmp/timeline}; rm -rf "$tl"; mkdir -p "$tl"
+      small=${TL_SMALL:-small:256x256} large=${TL_LARGE:-large:832x480} impls=${TL_IMPLS:-xla,mosaic}
+      if [ -n "${TL_CHECKPOINT+set}" ]; then ck=$TL_CHECKPOINT; else ck=
+        for d in checkpoints/lsd_small /tmp/teacher; do [ -r "$d/params.safetensors" ] && { ck=$d; break; }; done
+      fi
+      tl_args=(--iters=${TL_ITERS:-20} --out_dir="$tl")
+      graphs="${XLA_FLAGS:-} --xla_enable_command_buffers_during_profiling=true"
+      XLA_FLAGS=$graphs timeout ${TL_SMALL_S:-100} python3 -m experiments.launch_timeline --impls="$impls" \
+        --sizes=${small%%:*} --resolutions=${small##*:} --what=step,stream --checkpoint="$ck" "${tl_args[@]}" \
+        > "$tl/small.log" 2>&1; echo "timeline small: exit $?"
+      for impl in ${impls//,/ }; do
+        XLA_FLAGS=$graphs timeout ${TL_LARGE_S:-70} python3 -m experiments.launch_timeline --impls=$impl \
+          --sizes=${large%%:*} --resolutions=${large##*:} --what=step "${tl_args[@]}" > "$tl/large_$impl.log" 2>&1
+        echo "timeline large $impl: exit $?"
+      done
+      timeout ${TL_OPS_S:-45} python3 -m experiments.launch_timeline --impls="$impls" --sizes=${small%%:*} \
+        --resolutions=${small##*:} --what=step "${tl_args[@]}" > "$tl/small_op_by_op.log" 2>&1
+      echo "timeline small op by op: exit $?"
+      pack_timeline "$tl"
+      if [ -f "$tl/timeline.md" ]; then grep -v -E "^\| /(host|device)" "$tl/timeline.md" | head -150
+      else tail -20 "$tl/small.log"; fi;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

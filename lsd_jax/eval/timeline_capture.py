@@ -9,6 +9,14 @@ whatever copy back the timed benchmark makes). `step_case` is the denoiser step 
 
 The Python tracer is off by default: it records every Python call, and the host time it adds
 would land inside the windows this tool measures (TraceMe annotations and the GPU tracer stay).
+
+While a profiler session is active, XLA runs each command buffer (CUDA graph) as its thunks one
+by one (`CommandBufferThunk::ExecuteOnStream`, "Profiler (CUPTI) + CUDA graphs lead to memory
+corruption"), unless the process was started with
+`XLA_FLAGS=--xla_enable_command_buffers_during_profiling=true` (default false in jax 0.11.2's
+XLA): a default trace shows the op-by-op launches, not what an untraced call runs. Each variant
+therefore records the mode it was traced in (`profiling_mode`, part of its table's title) and
+the host clock's p50 of as many untraced calls beside the traced one.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import time
 from typing import Any, Callable
@@ -45,9 +54,26 @@ class Case:
     return f"{self.what} {self.model} {self.resolution} {self.impl}"
 
   @property
+  def key(self) -> str:
+    """The variant's entry in timeline.json: its name and the trace mode."""
+    return f"{self.name}, {profiling_mode()}"
+
+  @property
   def group(self) -> str:
-    """The variants one table compares (the implementations of one thing)."""
-    return f"{self.what} {self.model} {self.resolution}"
+    """The variants one table compares (the implementations of one thing, in one trace mode)."""
+    return f"{self.what} {self.model} {self.resolution}, {profiling_mode()}"
+
+
+def profiling_mode(xla_flags: str | None = None) -> str:
+  """How XLA's command buffers ran under the profiler, from XLA_FLAGS (see the module docstring)."""
+  flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+  names = r"xla_enable_command_buffers_during_profiling|xla_gpu_enable_command_buffer"
+  values = dict(re.findall(rf"--({names})=(\S*)", flags))
+  if values.get("xla_gpu_enable_command_buffer") == "":
+    return "command buffers off"
+  if values.get("xla_enable_command_buffers_during_profiling", "false").lower() in ("true", "1"):
+    return "command buffers on in the trace"
+  return "command buffers off in the trace (XLA's default)"
 
 
 def step_case(size: str, resolution: str, impl: str) -> Case:
@@ -62,15 +88,25 @@ def step_case(size: str, resolution: str, impl: str) -> Case:
               lambda: jax.block_until_ready(step(step_params, x)))
 
 
+def _host_ms(call: Callable[[], Any], iters: int) -> list[float]:
+  times = []
+  for _ in range(iters):
+    t = time.perf_counter()
+    call()
+    times.append((time.perf_counter() - t) * 1e3)
+  return times
+
+
 def capture(case: Case, log_dir: str, iters: int, warmup: int, python_tracer: bool = False) -> dict:
-  """Compiles and warms `case` up, then traces `iters` calls, each inside a
-  `timeline.CALL_PREFIX<i>` annotation, into `log_dir`; returns the compile time, the host
-  clock's own per-call times and the perfetto trace's path."""
+  """Compiles and warms `case` up, times `iters` untraced calls, then traces `iters` calls, each
+  inside a `timeline.CALL_PREFIX<i>` annotation, into `log_dir`; returns the compile time, the
+  host clock's per-call times untraced and traced, and the perfetto trace's path."""
   t0 = time.perf_counter()
   case.call()
   compile_s = time.perf_counter() - t0
   for _ in range(warmup):
     case.call()
+  untraced_ms = _host_ms(case.call, iters)
   shutil.rmtree(log_dir, ignore_errors=True)
   options = jax.profiler.ProfileOptions()
   options.python_tracer_level = int(python_tracer)
@@ -81,7 +117,8 @@ def capture(case: Case, log_dir: str, iters: int, warmup: int, python_tracer: bo
       with jax.profiler.TraceAnnotation(f"{timeline.CALL_PREFIX}{i}"):
         case.call()
       host_ms.append((time.perf_counter() - t) * 1e3)
-  return {"compile_s": compile_s, "host_ms": host_ms, "trace": timeline.find_trace(log_dir)}
+  return {"compile_s": compile_s, "host_ms": host_ms, "untraced_ms": untraced_ms,
+          "trace": timeline.find_trace(log_dir)}
 
 
 def run_info() -> dict:
@@ -92,14 +129,15 @@ def run_info() -> dict:
 
 def measure(case: Case, out_dir: str, iters: int, warmup: int, python_tracer: bool = False) -> dict:
   """`capture` + `timeline.analyze`: one variant's entry of timeline.json."""
-  slug = case.name.replace(" ", "_")
+  slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", case.key)
   got = capture(case, os.path.join(out_dir, "traces", slug), iters, warmup, python_tracer)
   report = timeline.analyze(timeline.load(got["trace"]))
-  host = sorted(got["host_ms"])
+  p50 = lambda ms: sorted(ms)[len(ms) // 2]  # noqa: E731
   report.update(what=case.what, model=case.model, resolution=case.resolution, impl=case.impl,
                 runs=case.runs, group=case.group, compile_s=got["compile_s"], iters=iters,
-                trace=os.path.relpath(got["trace"], out_dir), host_clock_p50_ms=host[len(host) // 2],
-                **dict(case.extra))
+                trace=os.path.relpath(got["trace"], out_dir), host_clock_p50_ms=p50(got["host_ms"]),
+                untraced_p50_ms=p50(got["untraced_ms"]), xla_flags=os.environ.get("XLA_FLAGS", ""),
+                profiling_mode=profiling_mode(), **dict(case.extra))
   logging.info("%s: wall p50 %.3f ms (host clock %.3f ms), %d device events", case.name,
                (report["median"].get("wall_us") or 0) * 1e-3, report["host_clock_p50_ms"], report["device_events"])
   return report
@@ -111,19 +149,26 @@ def markdown(result: dict) -> str:
   info = result["info"]
   variants = {n: r for n, r in result["variants"].items() if "error" not in r}
   lines = [f"# Launch timeline: {info['device']} ({info['platform']}), jax {info['jax']}, {info['date']}", "",
-           f"XLA_FLAGS: `{info['xla_flags'] or '(none)'}`. Medians over the traced calls; each call is "
-           "host to host (the call, its wait, its copy back). Ratios: each column over the first.", ""]
+           "Medians over the traced calls; each call is host to host (the call, its wait, its copy back). "
+           "Ratios: each column over the first. A table's title says how XLA's command buffers ran in its "
+           "trace (a profiler session runs them op by op unless "
+           "`--xla_enable_command_buffers_during_profiling=true`).", ""]
   lines += [f"**{n} failed**: {r['error']}\n" for n, r in result["variants"].items() if "error" in r]
   groups: dict[str, list] = {}
   for name, r in variants.items():
-    groups.setdefault(r["group"], []).append((f"{r['impl']}" + (f" ({r['runs']})" if r["runs"] != r["impl"] else ""), r))
+    column = r["impl"] + (f" ({r['runs']})" if r["runs"] != r["impl"] else "")  # e.g. auto (mosaic)
+    groups.setdefault(r["group"], []).append((column, r))
   for group, cols in groups.items():
     lines.append(timeline.comparison_markdown(group, cols))
     lines.append("| | " + " | ".join(n for n, _ in cols) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
                  + "| calls traced | " + " | ".join(str(r["calls"]) for _, r in cols) + " |\n"
                  + "| host clock p50 (ms, traced) | " + " | ".join(f"{r['host_clock_p50_ms']:.3f}" for _, r in cols)
-                 + " |\n| compile (s) | " + " | ".join(f"{r['compile_s']:.1f}" for _, r in cols) + " |\n")
-  for name, r in variants.items():
+                 + " |\n| host clock p50 (ms, untraced) | " + " | ".join(f"{r['untraced_p50_ms']:.3f}" for _, r in cols)
+                 + " |\n| compile (s) | " + " | ".join(f"{r['compile_s']:.1f}" for _, r in cols)
+                 + " |\n| XLA_FLAGS | " + " | ".join(f"`{r['xla_flags']}`" if r["xla_flags"] else "-" for _, r in cols)
+                 + " |\n")
+  for r in variants.values():
+    name = f"{r['what']} {r['model']} {r['resolution']} {r['impl']} ({r['profiling_mode']})"
     lines.append(timeline.api_markdown(name, r))
     lines.append(timeline.histogram_markdown(name, r))
   return "\n".join(lines)
@@ -137,7 +182,7 @@ def save(out_dir: str, reports: dict[str, dict]) -> dict:
   if os.path.exists(path):
     with open(path) as f:
       result["variants"] = json.load(f).get("variants", {})
-  result["variants"].update(reports)
+  result["variants"].update(reports)  # keyed by name and mode: the same variant in two modes is two
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
   with open(os.path.join(out_dir, "timeline.md"), "w") as f:

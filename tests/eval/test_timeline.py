@@ -23,8 +23,9 @@ PY, API_T, S7, S8, DERIVED = 10, 20, 7, 8, 99
 
 
 def _meta():
-  m = lambda ph_name, pid, name, tid=None: {"ph": "M", "pid": pid, "name": ph_name, "args": {"name": name},  # noqa: E731
-                                            **({} if tid is None else {"tid": tid})}
+  def m(ph_name, pid, name, tid=None):
+    return {"ph": "M", "pid": pid, "name": ph_name, "args": {"name": name}, **({} if tid is None else {"tid": tid})}
+
   return [m("process_name", HOST, "/host:CPU"), m("process_name", CUPTI, "/host:CUPTI"),
           m("process_name", GPU, "/device:GPU:0"), m("thread_name", HOST, "python", PY),
           m("thread_name", CUPTI, "Host Threads/20", API_T),
@@ -186,26 +187,42 @@ def test_find_trace(tmp_path):
   assert timeline.analyze(timeline.load(found))["calls"] == 2
 
 
+@pytest.mark.parametrize("flags,mode", [
+    ("", "command buffers off in the trace (XLA's default)"),
+    ("--xla_backend_optimization_level=0 --xla_enable_command_buffers_during_profiling=true",
+     "command buffers on in the trace"),
+    ("--xla_enable_command_buffers_during_profiling=false", "command buffers off in the trace (XLA's default)"),
+    ("--xla_gpu_enable_command_buffer= --xla_enable_command_buffers_during_profiling=true", "command buffers off")])
+def test_profiling_mode(flags, mode):
+  assert timeline_capture.profiling_mode(flags) == mode
+
+
 def test_experiment_on_the_cpu(tmp_path):
-  """The tiny step and stream frame, XLA, traced on the CPU; then a mosaic step (tiny's head_dim
-  32 is refused by the kernel) into the same folder: its failure is recorded beside the others."""
+  """The tiny step and stream frame, XLA, traced on the CPU with command buffers kept on in the
+  trace; then the step in XLA's default mode and a mosaic step (tiny's head_dim 32 is refused by
+  the kernel) into the same folder: each mode its own table, the failure recorded beside them."""
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+  graphs = {**env, "XLA_FLAGS": env.get("XLA_FLAGS", "") + " --xla_enable_command_buffers_during_profiling=true"}
   base = [sys.executable, "-m", "experiments.launch_timeline", "--sizes=tiny", "--resolutions=64x64",
           "--iters=2", "--warmup=0", f"--out_dir={tmp_path}"]
-  first = subprocess.run(base + ["--impls=xla", "--what=step,stream"], cwd=ROOT, env=env, capture_output=True,
+  first = subprocess.run(base + ["--impls=xla", "--what=step,stream"], cwd=ROOT, env=graphs, capture_output=True,
                          text=True, timeout=300)
   assert first.returncode == 0, first.stderr[-3000:]
-  second = subprocess.run(base + ["--impls=mosaic", "--what=step"], cwd=ROOT, env=env, capture_output=True,
+  second = subprocess.run(base + ["--impls=xla,mosaic", "--what=step"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
   assert second.returncode == 0, second.stderr[-3000:]
   result = json.loads((tmp_path / "timeline.json").read_text())
-  step, stream = result["variants"]["step tiny 64x64 xla"], result["variants"]["stream random-tiny S=2 64x64 xla"]
-  for r in (step, stream):
+  on, off = "command buffers on in the trace", "command buffers off in the trace (XLA's default)"
+  assert sorted(result["variants"]) == sorted([f"step tiny 64x64 xla, {on}", f"stream random-tiny S=2 64x64 xla, {on}",
+                                               f"step tiny 64x64 xla, {off}", f"step tiny 64x64 mosaic, {off}"])
+  for key in (f"step tiny 64x64 xla, {on}", f"stream random-tiny S=2 64x64 xla, {on}", f"step tiny 64x64 xla, {off}"):
+    r = result["variants"][key]
     assert r["calls"] == 2 and not r["has_device"] and r["notes"] == [timeline.NO_DEVICE]
     assert os.path.isfile(tmp_path / r["trace"]) and r["histogram"]
-    assert r["median"]["wall_us"] > 0
-  assert "head_dim" in result["variants"]["step tiny 64x64 mosaic"]["error"]
+    assert r["median"]["wall_us"] > 0 and r["untraced_p50_ms"] > 0 and r["profiling_mode"] in key
+  assert "head_dim" in result["variants"][f"step tiny 64x64 mosaic, {off}"]["error"]
   md = (tmp_path / "timeline.md").read_text()
-  assert "### step tiny 64x64" in md and "### stream random-tiny S=2 64x64" in md
-  assert timeline.NO_DEVICE in md and "**step tiny 64x64 mosaic failed**" in md
+  assert f"### step tiny 64x64, {on}" in md and f"### step tiny 64x64, {off}" in md
+  assert f"### stream random-tiny S=2 64x64, {on}" in md
+  assert timeline.NO_DEVICE in md and f"**step tiny 64x64 mosaic, {off} failed**" in md
   assert md == timeline_capture.markdown(result)
