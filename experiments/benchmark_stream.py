@@ -77,10 +77,7 @@ def _model(size: str) -> engine.StreamModel:
       model.add_embedding("pencil sketch", np.load(FLAGS.prompt_npy))
     return model
   cfg = lsd.LSDConfig(size=size, height=height, width=width, steps=FLAGS.steps)
-  info = engine.ModelInfo(name=f"random-{size}", label=f"{size} (random weights)", trained=False,
-                          checkpoint=None, size=size, resolution=FLAGS.resolution,
-                          steps=FLAGS.steps)
-  model = engine.StreamModel(cfg, lsd.random_params(0, cfg), info, param_dtype=dtype)
+  model = engine.StreamModel.random(cfg, param_dtype=dtype)
   if FLAGS.prompt_npy and os.path.exists(FLAGS.prompt_npy):
     model.add_embedding("pencil sketch", np.load(FLAGS.prompt_npy))
   return model

@@ -60,9 +60,7 @@ def stream_case(size: str, resolution: str, impl: str) -> timeline_capture.Case:
   else:
     width, height = (int(v) for v in resolution.split("x"))
     cfg = lsd.LSDConfig(size=size, height=height, width=width, steps=FLAGS.steps or 2)
-    info = engine.ModelInfo(name=f"random-{size}", label=f"{size} (random weights)", trained=False,
-                            checkpoint=None, size=size, resolution=resolution, steps=cfg.steps)
-    model = engine.StreamModel(cfg, lsd.random_params(0, cfg), info, kernel_impl=impl, param_dtype=bf16)
+    model = engine.StreamModel.random(cfg, kernel_impl=impl, param_dtype=bf16)
   session = engine.StreamSession(model)
   rng = np.random.default_rng(0)
   frames = itertools.cycle([rng.integers(0, 256, (model.height, model.width, 3), dtype=np.uint8) for _ in range(4)])

@@ -31,10 +31,12 @@ from typing import Any, Callable
 
 from absl import logging
 import jax
+import numpy as np
 
 from lsd_jax.eval import latency, timeline
 from lsd_jax.models import frame as model_frame
 from lsd_jax.models import lsd
+from pallas_kernels import bench
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,25 +90,15 @@ def step_case(size: str, resolution: str, impl: str) -> Case:
               lambda: jax.block_until_ready(step(step_params, x)))
 
 
-def _host_ms(call: Callable[[], Any], iters: int) -> list[float]:
-  times = []
-  for _ in range(iters):
-    t = time.perf_counter()
-    call()
-    times.append((time.perf_counter() - t) * 1e3)
-  return times
-
-
 def capture(case: Case, log_dir: str, iters: int, warmup: int, python_tracer: bool = False) -> dict:
   """Compiles and warms `case` up, times `iters` untraced calls, then traces `iters` calls, each
   inside a `timeline.CALL_PREFIX<i>` annotation, into `log_dir`; returns the compile time, the
-  host clock's per-call times untraced and traced, and the perfetto trace's path."""
+  host clock's p50 untraced (`bench.time_fn`, as benchmark_latency times) and per traced call,
+  and the perfetto trace's path."""
   t0 = time.perf_counter()
   case.call()
   compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    case.call()
-  untraced_ms = _host_ms(case.call, iters)
+  untraced_p50_ms = bench.time_fn(case.call, warmup=warmup, iters=iters)["p50_ms"]
   shutil.rmtree(log_dir, ignore_errors=True)
   options = jax.profiler.ProfileOptions()
   options.python_tracer_level = int(python_tracer)
@@ -117,7 +109,7 @@ def capture(case: Case, log_dir: str, iters: int, warmup: int, python_tracer: bo
       with jax.profiler.TraceAnnotation(f"{timeline.CALL_PREFIX}{i}"):
         case.call()
       host_ms.append((time.perf_counter() - t) * 1e3)
-  return {"compile_s": compile_s, "host_ms": host_ms, "untraced_ms": untraced_ms,
+  return {"compile_s": compile_s, "host_ms": host_ms, "untraced_p50_ms": untraced_p50_ms,
           "trace": timeline.find_trace(log_dir)}
 
 
@@ -132,11 +124,10 @@ def measure(case: Case, out_dir: str, iters: int, warmup: int, python_tracer: bo
   slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", case.key)
   got = capture(case, os.path.join(out_dir, "traces", slug), iters, warmup, python_tracer)
   report = timeline.analyze(timeline.load(got["trace"]))
-  p50 = lambda ms: sorted(ms)[len(ms) // 2]  # noqa: E731
   report.update(what=case.what, model=case.model, resolution=case.resolution, impl=case.impl,
                 runs=case.runs, group=case.group, compile_s=got["compile_s"], iters=iters,
-                trace=os.path.relpath(got["trace"], out_dir), host_clock_p50_ms=p50(got["host_ms"]),
-                untraced_p50_ms=p50(got["untraced_ms"]), xla_flags=os.environ.get("XLA_FLAGS", ""),
+                trace=os.path.relpath(got["trace"], out_dir), host_clock_p50_ms=float(np.percentile(got["host_ms"], 50)),
+                untraced_p50_ms=got["untraced_p50_ms"], xla_flags=os.environ.get("XLA_FLAGS", ""),
                 profiling_mode=profiling_mode(), **dict(case.extra))
   logging.info("%s: wall p50 %.3f ms (host clock %.3f ms), %d device events", case.name,
                (report["median"].get("wall_us") or 0) * 1e-3, report["host_clock_p50_ms"], report["device_events"])

@@ -217,6 +217,14 @@ class StreamModel:
     cfg, params, info = load_model(checkpoint, seed=seed)
     return cls(cfg, params, info, **kw)
 
+  @classmethod
+  def random(cls, cfg: lsd.LSDConfig, *, seed: int = 0, **kw) -> "StreamModel":
+    """`cfg`'s model on random weights (every leaf, `lsd.random_params`), labelled so: what the
+    benchmarks time without a checkpoint."""
+    info = ModelInfo(name=f"random-{cfg.size}", label=f"{cfg.size} (random weights)", trained=False,
+                     checkpoint=None, size=cfg.size, resolution=f"{cfg.width}x{cfg.height}", steps=cfg.steps)
+    return cls(cfg, lsd.random_params(seed, cfg), info, **kw)
+
   @property
   def height(self) -> int:
     return self.cfg.height

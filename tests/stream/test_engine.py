@@ -305,3 +305,19 @@ def test_trained_models_anchor_their_prompts(model):
                              text_encoder=trained.text_encoder, anchor_prompts=False)
   np.testing.assert_allclose(plain.embed(text), own, atol=1e-6)
   assert not engine.StreamModel(TINY, model.params, model.info, text_encoder=trained.text_encoder).anchor_prompts
+
+
+def test_random_model_is_labelled_and_seeded():
+  """`StreamModel.random`: the benchmarks' model without a checkpoint, its weights those of
+  `lsd.random_params(seed, cfg)` and its info saying they are random."""
+  from lsd_jax.models import lsd  # pylint: disable=import-outside-toplevel
+
+  m = engine.StreamModel.random(TINY, seed=3)
+  assert not m.info.trained and m.info.checkpoint is None and m.info.name == "random-tiny"
+  assert m.info.label == "tiny (random weights)" and m.info.resolution == "64x64" and m.info.steps == TINY.steps
+  want = jax.tree.leaves(lsd.random_params(3, TINY))
+  got = jax.tree.leaves(m.params)
+  assert len(got) == len(want) and all(np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+                                       for a, b in zip(got, want))
+  assert not all(np.array_equal(np.asarray(a), np.asarray(b))
+                 for a, b in zip(got, jax.tree.leaves(engine.StreamModel.random(TINY, seed=4).params)))
