@@ -18,10 +18,13 @@ tokenizers). Writes stream_bench.json and stream_bench.md under --out_dir.
   python -m experiments.benchmark_stream --sizes=tiny,small --soak_frames=100000 \
       --out_dir=$OUT
   # CPU smoke: --sizes=tiny --iters=50 --soak_frames=300 --mem_every=100
+  # the autoencoder's convs as cuDNN calls vs as GEMMs (issue 17), one latency row each:
+  #   --checkpoint=checkpoints/lsd_small --ae_conv=xla,gemm --soak_frames=0
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -32,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsd_jax.models import lsd
+from lsd_jax.models import gemm_conv, lsd
 from lsd_jax.stream import engine, latency_stats, realtime
 
 FLAGS = flags.FLAGS
@@ -52,6 +55,13 @@ flags.DEFINE_integer("mem_every", 10_000, "Record memory and interval latency ev
 flags.DEFINE_float("soak_max_s", 400.0, "Stop the soak after this long (recorded if it happens).")
 flags.DEFINE_string("prompt_npy", "reports/stream/prompt_pencil_sketch.npy",
                     "A saved 384-d prompt embedding ('' for the empty prompt only).")
+flags.DEFINE_list("ae_conv", ["xla"], "The autoencoder's convolutions, a latency row each: xla (cuDNN "
+                  "calls on a GPU, outside XLA's command buffers) and/or gemm (im2col + GEMM). The soak "
+                  "runs the first.")
+flags.DEFINE_list("bake_params", ["false"], "false and/or true, a latency row each: the weights as "
+                  "arguments of every call, or baked into the compiled frame as constants "
+                  "(StreamModel(bake_params=True): a call passes 7 arguments, not 116 more). The soak "
+                  "runs the first.")
 flags.DEFINE_string("out_dir", "reports/stream", "Where stream_bench.json / .md go.")
 
 
@@ -68,16 +78,17 @@ def _device_mb() -> float | None:
   return None if not stats else stats.get("bytes_in_use", 0) / 2**20
 
 
-def _model(size: str) -> engine.StreamModel:
+def _model(size: str, ae_conv: str, bake: bool = False) -> engine.StreamModel:
   width, height = (int(v) for v in FLAGS.resolution.split("x"))
   dtype = jnp.dtype(FLAGS.param_dtype)
   if FLAGS.checkpoint:
-    model = engine.StreamModel.load(FLAGS.checkpoint, steps=FLAGS.steps, param_dtype=dtype)
+    model = engine.StreamModel.load(FLAGS.checkpoint, steps=FLAGS.steps, param_dtype=dtype, ae_conv=ae_conv,
+                                    bake_params=bake)
     if FLAGS.prompt_npy and os.path.exists(FLAGS.prompt_npy):  # no text encoder needed
       model.add_embedding("pencil sketch", np.load(FLAGS.prompt_npy))
     return model
   cfg = lsd.LSDConfig(size=size, height=height, width=width, steps=FLAGS.steps)
-  model = engine.StreamModel.random(cfg, param_dtype=dtype)
+  model = engine.StreamModel.random(cfg, param_dtype=dtype, ae_conv=ae_conv, bake_params=bake)
   if FLAGS.prompt_npy and os.path.exists(FLAGS.prompt_npy):
     model.add_embedding("pencil sketch", np.load(FLAGS.prompt_npy))
   return model
@@ -88,12 +99,20 @@ def _synthetic_frames(model: engine.StreamModel, n: int = 16) -> list[np.ndarray
   return [rng.integers(0, 256, (model.height, model.width, 3), dtype=np.uint8) for _ in range(n)]
 
 
+def _bakes() -> list[bool]:
+  words = {"false": False, "true": True}
+  bad = [v for v in FLAGS.bake_params if v.lower() not in words]
+  if bad or not FLAGS.bake_params:
+    raise app.UsageError(f"--bake_params takes false and/or true, got {FLAGS.bake_params}")
+  return [words[v.lower()] for v in FLAGS.bake_params]
+
+
 def _prompt() -> str:
   return "pencil sketch" if FLAGS.prompt_npy and os.path.exists(FLAGS.prompt_npy) else ""
 
 
-def latency(size: str) -> dict:
-  model = _model(size)
+def latency(size: str, ae_conv: str, bake: bool = False) -> dict:
+  model = _model(size, ae_conv, bake)
   session = engine.StreamSession(model, prompt=_prompt())
   compile_s = session.warmup(profile=True)
   frames = _synthetic_frames(model)
@@ -113,7 +132,8 @@ def latency(size: str) -> dict:
       stages[k].add(v)
   row = {"size": model.cfg.size, "model": model.info.label, "trained": model.info.trained,
          "resolution": f"{model.width}x{model.height}", "steps": model.cfg.steps,
-         "param_dtype": FLAGS.param_dtype, "compile_s": compile_s, "iters": FLAGS.iters,
+         "param_dtype": FLAGS.param_dtype, "ae_conv": model.cfg.ae_conv, "bake_params": model.bake_params,
+         "compile_s": compile_s, "iters": FLAGS.iters,
          "latency_ms": hist.summary_ms(), "fps": FLAGS.iters / wall,
          "profile_ms": {k: h.summary_ms() for k, h in stages.items()},
          "compilations": model.compilations()}
@@ -135,7 +155,7 @@ class _Synthetic:
 
 
 def soak(size: str) -> dict:
-  model = _model(size)
+  model = _model(size, FLAGS.ae_conv[0], _bakes()[0])
   session = engine.StreamSession(model, prompt=_prompt())
   session.warmup()
   frames = _synthetic_frames(model)
@@ -178,11 +198,12 @@ def soak(size: str) -> dict:
 
 def _markdown(result: dict) -> str:
   lines = [f"Device: {result['device']}; jax {jax.__version__}; {result['date']}.", "",
-           "| model | WxH | S | params | p50 ms | p95 ms | p99 ms | max ms | fps | encode / denoise / "
-           "decode p50 ms (profile mode) | compile s |", "|" + "---|" * 11]
+           "| model | WxH | S | params | AE conv | weights | p50 ms | p95 ms | p99 ms | max ms | fps | encode / denoise / "
+           "decode p50 ms (profile mode) | compile s |", "|" + "---|" * 13]
   for r in result["latency"]:
     lat, pr = r["latency_ms"], r["profile_ms"]
-    lines.append(f"| {r['model']} | {r['resolution']} | {r['steps']} | {r['param_dtype']} | "
+    lines.append(f"| {r['model']} | {r['resolution']} | {r['steps']} | {r['param_dtype']} | {r.get('ae_conv', 'xla')} | "
+                 f"{'baked' if r.get('bake_params') else 'arguments'} | "
                  f"{lat['p50']:.3f} | {lat['p95']:.3f} | {lat['p99']:.3f} | {lat['max']:.3f} | "
                  f"{r['fps']:.1f} | {pr['encode']['p50']:.3f} / {pr['denoise']['p50']:.3f} / "
                  f"{pr['decode']['p50']:.3f} | {r['compile_s']:.1f} |")
@@ -210,12 +231,19 @@ def main(argv) -> None:
   result = {"device": f"{d.platform}: {d.device_kind}", "date": time.strftime("%Y-%m-%d"),
             "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "flags": {k: FLAGS[k].value for k in ("sizes", "resolution", "steps", "iters",
-                                                   "param_dtype", "soak_frames", "checkpoint")},
+                                                   "param_dtype", "soak_frames", "checkpoint", "ae_conv",
+                                                   "bake_params")},
             "latency": []}
+  for conv in FLAGS.ae_conv:
+    try:
+      gemm_conv.conv_fn(conv)
+    except ValueError as e:
+      raise app.UsageError(f"--ae_conv: {e}")
   for size in ([""] if FLAGS.checkpoint else FLAGS.sizes):
-    result["latency"].append(latency(size))
-    print(json.dumps({k: result["latency"][-1][k] for k in ("model", "latency_ms", "fps")}),
-          flush=True)
+    for conv, bake in itertools.product(FLAGS.ae_conv, _bakes()):
+      result["latency"].append(latency(size, conv, bake))
+      print(json.dumps({k: result["latency"][-1][k] for k in ("model", "ae_conv", "bake_params", "latency_ms",
+                                                              "fps")}), flush=True)
   if FLAGS.soak_size and FLAGS.soak_frames > 0:
     result["soak"] = soak(FLAGS.soak_size)
   with open(os.path.join(FLAGS.out_dir, "stream_bench.json"), "w") as f:

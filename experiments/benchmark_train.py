@@ -66,7 +66,7 @@ flags.DEFINE_string("baseline", "", "A train_mfu JSON whose one-device run is th
 def model_flops(config, batch: int) -> dict[str, float]:
   """Analytic FLOPs of one LSD train step (see the module docstring)."""
   m, d = config.model, config.data
-  size = sizes.get_size(m.size).with_autoencoder(m.get("autoencoder", "conv"))
+  size = lsd.LSDConfig.from_config(config).model_size  # its autoencoder kind and patch
   k = m.history_len
   den = sizes.denoiser_flops(size, d.height, d.width, m.history_mode, k)
   enc = sizes.autoencoder_flops(size, d.height, d.width)["encode"]

@@ -42,28 +42,33 @@ _RENDER_WORKERS = flags.DEFINE_integer("render_workers", 0, "processes rendering
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 10_000, "frames between saves of the stream's progress")
 _MAX_MINUTES = flags.DEFINE_float("max_minutes", 0.0, "stop the stream after this long, resumable (0: no limit)")
 _TAU_INF = flags.DEFINE_float("tau_inf", None, "history noise level at inference (default: the model's own)")
+_NOISE = flags.DEFINE_float("noise_scale", None, "initial noise scale at inference, a sampling temperature in "
+                            "[0, 2] (default: the model's own)")
 flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0, message="--tau_inf must be in [0, 1)")
 
 
 def evaluate_model_dir(model_dir: str, out_dir: str | None, ec, *, manifest: str = "data/library/manifest.json",
-                       title: str = "Evaluation", tau_inf: float | None = None) -> dict[str, Any]:
+                       title: str = "Evaluation", tau_inf: float | None = None,
+                       noise_scale: float | None = None) -> dict[str, Any]:
   """Loads an exported model folder, runs the protocol, writes the report files (when `out_dir`).
 
   With `out_dir` the run is resumable: its state lives in `out_dir/resume/` until the stream is
   complete (then it is removed; the report and per_frame.npz hold everything). A run stopped by
   `ec.max_minutes` (or killed) continues when started again with the same `out_dir`; the report
   of a stopped run covers the frames streamed so far and says so (`stream.complete` false).
-  `tau_inf` replaces the model's history noise level at inference (recorded in the results; part
+  `tau_inf` replaces the model's history noise level at inference (`noise_scale`, likewise, its
+  initial noise's scale) (recorded in the results; part
   of the resume fingerprint, so a run is never continued at another level)."""
   from lsd_jax.eval import loading, protocol, report
 
-  cfg, params, meta = loading.load_model(model_dir, tau_inf=tau_inf)
+  cfg, params, meta = loading.load_model(model_dir, tau_inf=tau_inf, noise_scale=noise_scale)
   clips = loading.heldout_clips(manifest, ec.clips, ec.clip_frames, cfg.height, cfg.width)
   state_dir = os.path.join(out_dir, "resume") if out_dir else None
   if state_dir:
     os.makedirs(state_dir, exist_ok=True)
   results, res = protocol.evaluate(cfg, params, clips, ec, state_dir)
-  results.update(model_dir=model_dir, metadata=meta, device=jax.devices()[0].device_kind, tau_inf=cfg.tau_inf)
+  results.update(model_dir=model_dir, metadata=meta, device=jax.devices()[0].device_kind, tau_inf=cfg.tau_inf,
+                 noise_scale=cfg.noise_scale)
   if out_dir:
     results["files"] = report.write(results, res, out_dir, title)
     if res.complete:
@@ -76,7 +81,7 @@ def main(argv):
   ec = eval_flags.eval_config(segment=_SEGMENT.value, seed=_SEED.value, render_workers=_RENDER_WORKERS.value,
                               checkpoint_every=_CHECKPOINT_EVERY.value, max_minutes=_MAX_MINUTES.value)
   results = evaluate_model_dir(_MODEL.value, _OUT.value, ec, manifest=eval_flags.MANIFEST.value, title=_TITLE.value,
-                               tau_inf=_TAU_INF.value)
+                               tau_inf=_TAU_INF.value, noise_scale=_NOISE.value)
   logging.info("wrote %s", results["files"])
   s = results["stream"]
   if not s["complete"]:

@@ -43,6 +43,7 @@ def main(argv):
 
     chosen, _ = prompts.anchor_prompt_set(chosen)
   roll = fidelity.rollout_fn(cfg, cfg.steps)
+  noise = fidelity.prompt_noise_scales(cfg, {n: v[0] for n, v in chosen.items()})  # per prompt, as streamed
   render = jax.jit(effects.render_clip)
   per_row = 4  # effects per row, each as input | output | ground truth
   rows = -(-len(chosen) // per_row)
@@ -52,7 +53,8 @@ def main(argv):
   for i, (name, (text, emb, spec)) in enumerate(chosen.items()):
     target = np.asarray(render(effects.EffectSpec(*(jnp.asarray(x) for x in spec)), clip.astype(np.float32) / 255.0,
                                jax.random.key(1000)))
-    out = np.asarray(roll(params, clip, jnp.asarray(emb), jax.random.key(0)))
+    out = np.asarray(roll(params, clip, jnp.asarray(emb), jax.random.key(0),
+                          *(() if noise is None else (jnp.float32(noise[name]),))))
     psnr = 10 * np.log10(1 / max(float(np.mean(np.square(out[-1] - target[-1]))), 1e-12))
     cells = axes[i // per_row, 3 * (i % per_row):3 * (i % per_row) + 3]
     for ax, img, title in zip(cells, (clip[-1] / 255.0, out[-1], target[-1]),
@@ -62,7 +64,9 @@ def main(argv):
     logging.info("%s (%s): %.2f dB", name, text, psnr)
   steps = meta.get("steps", "?")
   fig.suptitle(f"{os.path.basename(os.path.normpath(_MODEL.value))} ({steps} steps), S = {cfg.steps}, "
-               f"tau_inf {cfg.tau_inf}{', prompts anchored' if _ANCHOR.value else ''}: held-out frame {_FRAMES.value}",
+               f"tau_inf {cfg.tau_inf}{'' if cfg.noise_scale == 1.0 else f', noise scale {cfg.noise_scale:g}'}"
+               f"{f' (particle prompts {cfg.particle_noise_scale:g})' if cfg.per_prompt_noise else ''}"
+               f"{', prompts anchored' if _ANCHOR.value else ''}: held-out frame {_FRAMES.value}",
                fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)

@@ -19,6 +19,9 @@ report names each table's mode.
       --what=step,stream --checkpoint=checkpoints/lsd_small --out_dir=$OUT/timeline
   python -m experiments.launch_timeline --sizes=large --resolutions=832x480 --impls=xla \
       --what=step --out_dir=$OUT/timeline
+  # the autoencoder's convs as cuDNN calls vs as GEMMs (in the command buffers), side by side
+  python -m experiments.launch_timeline --what=stream --impls=xla --ae_conv=xla,gemm \
+      --checkpoint=checkpoints/lsd_small --out_dir=$OUT/timeline
   # the stage that runs these: pallas_kernels/gpu_session.sh timeline
   # CPU smoke (no device kernels: the report says so): --sizes=tiny --iters=3 --warmup=1
 """
@@ -33,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsd_jax.eval import timeline_capture
-from lsd_jax.models import lsd
+from lsd_jax.models import gemm_conv, lsd
 from lsd_jax.stream import engine
 from pallas_kernels import api
 
@@ -48,26 +51,39 @@ flags.DEFINE_integer("steps", 0, "Shortcut steps S of the stream frame (0: the c
                      "random weights).")
 flags.DEFINE_integer("iters", 20, "Traced calls per variant.", lower_bound=1)
 flags.DEFINE_integer("warmup", 5, "Untraced calls first (after the compile).", lower_bound=0)
+flags.DEFINE_list("ae_conv", ["xla"], "The stream frame's autoencoder convolutions, each a variant: xla "
+                  "(cuDNN calls on a GPU, outside the command buffers) and/or gemm (im2col + GEMM).")
+flags.DEFINE_bool("bake_params", False, "The stream frame with its weights baked in as constants "
+                  "(StreamModel(bake_params=True): a call passes 7 arguments, not every parameter leaf).")
 flags.DEFINE_bool("python_tracer", False, "Also trace Python calls (adds host time inside the windows).")
 flags.DEFINE_string("out_dir", "reports/latency/timeline", "Where timeline.json, .md and traces/ go.")
 
 
-def stream_case(size: str, resolution: str, impl: str) -> timeline_capture.Case:
+def _variant(impl: str, ae_conv: str, bake: bool = False) -> str:
+  """A variant's implementation name: the ae_conv in it when not the default (the names of earlier
+  reports stay, and both convs of one implementation sit in one table)."""
+  name = impl if ae_conv == "xla" else f"{impl} ae_conv={ae_conv}"
+  return f"{name} baked" if bake else name
+
+
+def stream_case(size: str, resolution: str, impl: str, ae_conv: str = "xla") -> timeline_capture.Case:
   """One frame through a StreamSession (empty prompt: no text encoder), cycling 4 random frames."""
   bf16 = jnp.bfloat16
+  kw = {"kernel_impl": impl, "param_dtype": bf16, "ae_conv": ae_conv, "bake_params": FLAGS.bake_params}
   if FLAGS.checkpoint:
-    model = engine.StreamModel.load(FLAGS.checkpoint, steps=FLAGS.steps or None, kernel_impl=impl, param_dtype=bf16)
+    model = engine.StreamModel.load(FLAGS.checkpoint, steps=FLAGS.steps or None, **kw)
   else:
     width, height = (int(v) for v in resolution.split("x"))
     cfg = lsd.LSDConfig(size=size, height=height, width=width, steps=FLAGS.steps or 2)
-    model = engine.StreamModel.random(cfg, kernel_impl=impl, param_dtype=bf16)
+    model = engine.StreamModel.random(cfg, **kw)
   session = engine.StreamSession(model)
   rng = np.random.default_rng(0)
   frames = itertools.cycle([rng.integers(0, 256, (model.height, model.width, 3), dtype=np.uint8) for _ in range(4)])
   return timeline_capture.Case(
-      "stream", f"{model.info.name} S={model.cfg.steps}", f"{model.width}x{model.height}", impl,
+      "stream", f"{model.info.name} S={model.cfg.steps}", f"{model.width}x{model.height}", _variant(impl, ae_conv, model.bake_params),
       api.resolve(impl), lambda: session(next(frames)),
-      extra=(("trained", model.info.trained), ("steps", model.cfg.steps)))
+      extra=(("trained", model.info.trained), ("steps", model.cfg.steps), ("ae_conv", ae_conv),
+             ("bake_params", model.bake_params)))
 
 
 def cases():
@@ -79,11 +95,13 @@ def cases():
     build = timeline_capture.step_case if what == "step" else stream_case
     cells = ([("", "")] if what == "stream" and FLAGS.checkpoint else
              [(s, r) for s in FLAGS.sizes for r in FLAGS.resolutions])
+    convs = FLAGS.ae_conv if what == "stream" else ["xla"]  # the step is the denoiser's alone
     for size, res in cells:
-      for impl in FLAGS.impls:  # a failure's label (the case, once built, names itself)
+      for impl, conv in itertools.product(FLAGS.impls, convs):  # a failure's label (a built case names itself)
         model = os.path.basename(os.path.normpath(FLAGS.checkpoint)) if what == "stream" and FLAGS.checkpoint else size
-        label = f"{what} {model} {res or '(its own WxH)'} {impl}, {timeline_capture.profiling_mode()}"
-        yield label, (lambda b=build, s=size, r=res, i=impl: b(s, r, i))
+        label = f"{what} {model} {res or '(its own WxH)'} {_variant(impl, conv, what == 'stream' and FLAGS.bake_params)}, {timeline_capture.profiling_mode()}"
+        args = (size, res, impl) if what == "step" else (size, res, impl, conv)
+        yield label, (lambda b=build, a=args: b(*a))
 
 
 def main(argv) -> None:
@@ -93,6 +111,11 @@ def main(argv) -> None:
       api.resolve(impl)
     except ValueError as e:
       raise app.UsageError(str(e))
+  for conv in FLAGS.ae_conv:
+    try:
+      gemm_conv.conv_fn(conv)
+    except ValueError as e:
+      raise app.UsageError(f"--ae_conv: {e}")
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   result = None
   with api.kernel_ops(FLAGS.kernel_ops, backends=("mosaic", "triton")):

@@ -5,7 +5,7 @@
 # The kernels' benchmark main()s report through absl logging; the stages keep those lines.
 # Stages: tests (the Mosaic kernels' GPU tests; the Triton and mega-kernel ones have their own
 # stages, each a call's worth), kernels, bench_small_base, bench_large, bench_cmdbuf, triton (= triton_tests,
-# triton_kernels), megablock, megastep, megastep_bench, grid, profile, gemm, gemm_step, timeline. Logs
+# triton_kernels), megablock, megastep, megastep_bench, grid, profile, gemm, gemm_step, ae_conv, timeline. Logs
 # and results go to $OUT.
 export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -117,6 +117,14 @@ for stage in "$@"; do
           --frame_only=none:0x0:0 --out_dir="$OUT" --label=gemm_step_${cell%%:*}_${ops/,/_} 2>&1 \
           | grep -v -E "^[IW][0-9]{4}" | tail -6
       done; done;;
+    # ae_conv (issue 17 item 4): the small frame host to host with the autoencoder's convolutions as
+    # cuDNN calls (xla) and as im2col + GEMM (gemm), each with the weights as arguments and baked in
+    # as constants (--bake_params), one benchmark_stream row each in one process, on the shipped
+    # model (or AE_CHECKPOINT); at most AE_CONV_S (240) s.
+    ae_conv) persistent_cache
+      timeout ${AE_CONV_S:-240} python3 experiments/benchmark_stream.py --checkpoint=${AE_CHECKPOINT:-checkpoints/lsd_small} \
+        --sizes=small --soak_size= --iters=${AE_CONV_ITERS:-2000} --ae_conv=xla,gemm --bake_params=false,true --out_dir="$OUT" 2>&1 \
+        | grep -v -E "^[IW][0-9]{4}" | tail -8;;
     # timeline (issue 17 items 1 and 4): where a call's host-to-host time goes (experiments/launch_timeline.py:
     # jax.profiler traces, CUDA API calls, graph launches, memcpys, device gaps), XLA vs mosaic. A profiler
     # session makes XLA run its command buffers op by op unless --xla_enable_command_buffers_during_profiling,
@@ -124,8 +132,10 @@ for stage in "$@"; do
     # then the shipped model's stream frame; random small weights where the model is in neither the tree
     # nor /tmp/teacher), the large step at 832x480 (S = 1) one process per implementation (its compile is
     # slow; a time-out keeps the variants before it); the last traces the small step in XLA's default
-    # mode (op by op). At most TL_SMALL_S + 2 x TL_LARGE_S + TL_OPS_S = 285 s; TL_SMALL / TL_LARGE
-    # (size:WxH), TL_IMPLS, TL_ITERS, TL_CHECKPOINT ('' : random weights) for other runs.
+    # mode (op by op). The stream frame runs with each of TL_AE_CONV (xla,gemm: the autoencoder's
+    # convolutions as cuDNN calls / as GEMMs), then (TL_BAKE=1) with its weights baked in. At most
+    # TL_SMALL_S + TL_BAKE_S + 2 x TL_LARGE_S + TL_OPS_S = 385 s;
+    # TL_SMALL / TL_LARGE (size:WxH), TL_IMPLS, TL_ITERS, TL_CHECKPOINT ('' : random weights) for other runs.
     timeline) persistent_cache
       tl=${TL_DIR:-/tmp/timeline}; rm -rf "$tl"; mkdir -p "$tl"
       small=${TL_SMALL:-small:256x256} large=${TL_LARGE:-large:832x480} impls=${TL_IMPLS:-xla,mosaic}
@@ -134,9 +144,15 @@ for stage in "$@"; do
       fi
       tl_args=(--iters=${TL_ITERS:-20} --out_dir="$tl")
       graphs="${XLA_FLAGS:-} --xla_enable_command_buffers_during_profiling=true"
-      XLA_FLAGS=$graphs timeout ${TL_SMALL_S:-100} python3 -m experiments.launch_timeline --impls="$impls" \
-        --sizes=${small%%:*} --resolutions=${small##*:} --what=step,stream --checkpoint="$ck" "${tl_args[@]}" \
+      XLA_FLAGS=$graphs timeout ${TL_SMALL_S:-140} python3 -m experiments.launch_timeline --impls="$impls" \
+        --sizes=${small%%:*} --resolutions=${small##*:} --what=step,stream --checkpoint="$ck" \
+        --ae_conv=${TL_AE_CONV:-xla,gemm} "${tl_args[@]}" \
         > "$tl/small.log" 2>&1; echo "timeline small: exit $?"
+      # the stream frame again with its weights baked in (--bake_params), XLA: what the call-to-launch time loses
+      if [ "${TL_BAKE:-1}" = 1 ]; then XLA_FLAGS=$graphs timeout ${TL_BAKE_S:-60} python3 -m experiments.launch_timeline \
+        --impls=xla --sizes=${small%%:*} --resolutions=${small##*:} --what=stream --checkpoint="$ck" \
+        --ae_conv=${TL_AE_CONV:-xla,gemm} --bake_params "${tl_args[@]}" > "$tl/small_baked.log" 2>&1
+        echo "timeline small baked: exit $?"; fi
       for impl in ${impls//,/ }; do
         XLA_FLAGS=$graphs timeout ${TL_LARGE_S:-70} python3 -m experiments.launch_timeline --impls=$impl \
           --sizes=${large%%:*} --resolutions=${large##*:} --what=step "${tl_args[@]}" > "$tl/large_$impl.log" 2>&1

@@ -10,6 +10,7 @@
 #             PARTIAL, bring $OUT/drift back, carry it (e.g. as .carry/drift) and run the stage again
 #             with DRIFT_STATE=.carry/drift: it continues where it stopped, with the same numbers.
 #             DRIFT_TAU: stream at this history noise (--tau_inf; default the model's own);
+#             DRIFT_NOISE: at this initial noise scale (--noise_scale; default the model's own);
 #             DRIFT_DIR: where the run writes (default $OUT/drift; a folder outside $OUT survives
 #             between calls on a warm machine, so the next call can resume it without carrying it).
 #   fidelity  experiments/eval_fidelity.py on CKPT: held-out clips, every single effect, S = 1, 2, 4.
@@ -33,8 +34,8 @@ for stage in "$@"; do
            if [ -n "${DRIFT_STATE:-}" ]; then cp -r "$DRIFT_STATE"/. "$D"/ || exit 1; fi
            XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s KILL "$DRIFT_KILL_S" python3 experiments/evaluate.py --model="$CKPT" --steps="$DRIFT_STEPS" \
              --stream_frames="$DRIFT_FRAMES" --switch_every=1250 --chunk="$DRIFT_CHUNK" --clips=0 --render_workers="$DRIFT_WORKERS" \
-             --checkpoint_every=5000 --max_minutes="$DRIFT_MIN" --effects="$DRIFT_EFFECTS" --out="$D" ${DRIFT_TAU:+--tau_inf=$DRIFT_TAU} \
-             --title="Drift: $DRIFT_FRAMES frames of $CKPT${DRIFT_TAU:+, tau_inf $DRIFT_TAU}" 2>&1 | grep -v -E "$QUIET" | tee -a "$D/log.txt" | tail -40
+             --checkpoint_every=5000 --max_minutes="$DRIFT_MIN" --effects="$DRIFT_EFFECTS" --out="$D" ${DRIFT_TAU:+--tau_inf=$DRIFT_TAU} ${DRIFT_NOISE:+--noise_scale=$DRIFT_NOISE} \
+             --title="Drift: $DRIFT_FRAMES frames of $CKPT${DRIFT_TAU:+, tau_inf $DRIFT_TAU}${DRIFT_NOISE:+, noise scale $DRIFT_NOISE}" 2>&1 | grep -v -E "$QUIET" | tee -a "$D/log.txt" | tail -40
            python3 -m experiments.device_tools drift_summary "$D/eval.json" || echo "drift: no report yet (killed before the first one); resume from $D/resume" ;;
     fidelity) F="$OUT/fidelity"; mkdir -p "$F"
               XLA_PYTHON_CLIENT_PREALLOCATE=false python3 experiments/eval_fidelity.py --model="$CKPT" --manifest="$LIB" --clips=4 --frames=24 \

@@ -167,10 +167,16 @@ for stage in "$@"; do
       # CAP_EFFECT: the capacity run's one effect (default thermal; identity separates capacity from the sampler;
       # identity has no strength-1.0 prompt, so it needs CAP_STRENGTHS=all). The capacity run drops
       # CONFIG's effect_weights: they name effects outside its one-effect table (stretch 8 lost its run to that)
-      [ "${CAP_MIN:-6}" != 0 ] && train cap_${run_c}_$cap_name experiments/configs/lsd.py:$run_c --config.data.effects=${CAP_EFFECT:-thermal} \
-        --config.model.tau_inf=0.5 --config.heldout.every=250 --config.total_steps=${CAP_STEPS:-6000} \
-        --config.autoencoder_dir=$TEACHER --config.data.worker_count=3 --config.train.prompt_repeats=1 \
-        --config.data.strengths="$cap_s" --config.data.effect_weights= --config.max_minutes=${CAP_MIN:-6}
+      # (a comma list trains those effects alone, e.g. pixel_art,posterize,pencil_sketch). CAP_AE: its
+      # autoencoder folder (default the teacher; /tmp/ae_committed: the shipped model's light one).
+      # CAP_AB_EXTRA (set, even empty): a second capacity arm cap_..._b beside it with those flags too
+      # (e.g. --config.model.patch=1: 4x the tokens on the same blocks)
+      for arm in a b; do [ "${CAP_MIN:-6}" = 0 ] && break; [ $arm = b ] && [ -z "${CAP_AB_EXTRA+x}" ] && break
+        name=cap_${run_c}_$cap_name; ab=""; [ $arm = b ] && name=${name}_b && ab=${CAP_AB_EXTRA:-}
+        train $name experiments/configs/lsd.py:$run_c --config.data.effects=${CAP_EFFECT:-thermal} \
+          --config.model.tau_inf=0.5 --config.heldout.every=${CAP_EVERY:-250} --config.total_steps=${CAP_STEPS:-6000} \
+          --config.autoencoder_dir=${CAP_AE:-$TEACHER} --config.data.worker_count=${CAP_WORKERS:-3} --config.train.prompt_repeats=1 \
+          --config.data.strengths="$cap_s" --config.data.effect_weights= --config.max_minutes=${CAP_MIN:-6} $ab; done
       if [ "${AE_MIN:-3}" != 0 ]; then rm -rf "$W/ae_from" && cp -r /tmp/ae_committed "$W/ae_from" && rm -rf "$AE"
         train ae_light experiments/configs/autoencoder.py:small_light --config.teacher_autoencoder=$TEACHER \
           --config.data.worker_count=3 --config.max_minutes=${AE_MIN:-3} --config.init_from=$W/ae_from; fi
@@ -229,10 +235,10 @@ for stage in "$@"; do
         python3 experiments/eval_fidelity.py --model="$m" --manifest=$LIB --clips=4 --frames=24 \
           --anchor_prompts --text_embeddings=.carry/text/anchor_texts.npz ${FID_EXTRA:-} \
           --out="$W/fidelity_anchored_$n" 2>&1 | grep -E "mean|holds|needed|Error"; done ;;
-    particles)  # every all-effects run's export: the four particle effects through experiments/evaluate.py
+    particles)  # every all-effects run's export (RUNS: others): the particle effects (PARTICLE_EFFECTS) through experiments/evaluate.py
                 # (the CPU protocol of reports/eval_particles_v3.1_tracked_cpu_2026-12-01: do they move?)
       for d in $(runs_in "run_*"); do [ -f "$d/export/config.json" ] || continue; n=$(basename "$d")
-        python3 experiments/evaluate.py --model="$d/export" --manifest=$LIB --steps=2 --effects=snowfall,rain,fireflies,bubbles \
+        python3 experiments/evaluate.py --model="$d/export" --manifest=$LIB --steps=2 --effects=${PARTICLE_EFFECTS:-snowfall,rain,fireflies,bubbles} \
           --clips=4 --clip_frames=32 --stream_frames=1000 --switch_every=125 --chunk=125 \
           --title="$n: particle statistics" --out="$W/particles_$n" 2>&1 | quiet | tail -2
         grep "Particle bar" "$W/particles_$n/eval.md" | cut -c1-400; done ;;

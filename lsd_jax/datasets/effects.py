@@ -347,6 +347,12 @@ _PARTICLES = {
                              (0.85, 0.95, 1.0), 0.75, False, True, 1.0, 0.0, 0.5),
 }
 TEMPORAL_EFFECTS: tuple[str, ...] = ("none", "echo") + tuple(_PARTICLES)
+PARTICLE_EFFECTS: tuple[str, ...] = tuple(_PARTICLES)
+
+
+def has_particles(name: str) -> bool:
+  """Whether an effect name ('snowfall', 'cartoon+rain', 'sepia') asks for a particle effect."""
+  return name.rsplit("+", 1)[-1] in PARTICLE_EFFECTS
 
 
 def particle_style(name: str) -> ParticleStyle | None:

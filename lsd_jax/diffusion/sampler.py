@@ -41,9 +41,12 @@ def push(ring: Ring, frame_BxHxWxC, input_BxHxWxC) -> Ring:
 
 
 def sample_frame(velocity_fn: VelocityFn, key, c_BxHxWxC, ring: Ring, prompt_BxE, *, tau_inf: float,
-                 steps: int, mode: str = "concat", residual: bool = False):
-  """One frame's latent: z ~ N(0, I) at t = 1, then `steps` shortcut steps of d = 1/steps
-  (plus the input latent c when the model is `residual`)."""
+                 steps: int, mode: str = "concat", residual: bool = False, noise_scale=1.0):
+  """One frame's latent: z ~ N(0, noise_scale^2 I) at t = 1, then `steps` shortcut steps of
+  d = 1/steps (plus the input latent c when the model is `residual`). noise_scale < 1 is a
+  sampling temperature: less of the noise's draw in the frame (1: the trained distribution). A
+  Python float is part of the program (1: no multiply); an array (shape [] or [B], one per
+  stream) is an input of it."""
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}")
   b = c_BxHxWxC.shape[0]
@@ -54,6 +57,10 @@ def sample_frame(velocity_fn: VelocityFn, key, c_BxHxWxC, ring: Ring, prompt_BxE
     ctx = ctx - ring.inputs_BxKxHxWxC
   hist = history.noise(k_hist, ctx, tau)
   z = jax.random.normal(k_z, c_BxHxWxC.shape, jnp.float32)
+  if not isinstance(noise_scale, (int, float)):  # traced: one scale per stream
+    z = jnp.reshape(jnp.asarray(noise_scale, jnp.float32), (-1, 1, 1, 1)) * z
+  elif noise_scale != 1.0:  # static: the default program is unchanged
+    z = noise_scale * z
   d = 1.0 / steps
   for i in range(steps):  # static unroll: steps is small and fixed per compiled function
     t_now = jnp.full((b, 1), 1.0 - i * d, jnp.float32)

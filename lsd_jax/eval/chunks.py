@@ -40,12 +40,13 @@ PER_FRAME = ("psnr", "ssim", "flicker", "density_out", "density_gt", "vel_out_y"
 
 
 def model_chunk_fn(cfg: lsd.LSDConfig, steps: int):
-  """jit(f(params, ring, frames_TxHxWx3 uint8, prompt_TxE, index_T, key) -> (ring, out_TxHxWx3)):
-  `models.frame.scan_frames` of the frame function at S = `steps`, the ring donated."""
+  """jit(f(params, ring, frames_TxHxWx3 uint8, prompt_TxE, index_T, key[, noise_T]) -> (ring,
+  out_TxHxWx3)): `models.frame.scan_frames` of the frame function at S = `steps`, the ring
+  donated; `noise_T`: the initial noise's scale per frame (a per-prompt scale)."""
   fn = model_frame.frame_fn(dataclasses.replace(cfg, steps=steps))
 
-  def run(params, ring, frames, prompt_TxE, index_T, key):
-    return model_frame.scan_frames(fn, params, ring, frames, prompt_TxE, index_T, key)
+  def run(params, ring, frames, prompt_TxE, index_T, key, noise_T=None):
+    return model_frame.scan_frames(fn, params, ring, frames, prompt_TxE, index_T, key, noise_T)
 
   return jax.jit(run, donate_argnums=1)
 

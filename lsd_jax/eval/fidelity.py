@@ -22,17 +22,33 @@ from lsd_jax.models import lsd
 
 
 def rollout_fn(cfg: lsd.LSDConfig, steps: int):
-  """jit(f(params, frames_TxHxWx3 uint8, prompt_E, key) -> out_TxHxWx3 in [0, 1]): a stream from
-  an empty history, the model's frame function (`models.frame`) scanned over the clip."""
+  """jit(f(params, frames_TxHxWx3 uint8, prompt_E, key[, noise]) -> out_TxHxWx3 in [0, 1]): a
+  stream from an empty history, the model's frame function (`models.frame`) scanned over the
+  clip; `noise`: the initial noise's scale of the prompt (a per-prompt scale), else the config's."""
   fn = model_frame.frame_fn(dataclasses.replace(cfg, steps=steps))
 
-  def run(params, frames, prompt_E, key):
+  def run(params, frames, prompt_E, key, noise=None):
     t = frames.shape[0]
     prompts = jnp.broadcast_to(prompt_E, (t, *prompt_E.shape))
-    _, outs = model_frame.scan_frames(fn, params, model_frame.empty_ring(cfg), frames, prompts, jnp.arange(t), key)
+    noise_T = None if noise is None else jnp.broadcast_to(jnp.asarray(noise, jnp.float32), (t,))
+    _, outs = model_frame.scan_frames(fn, params, model_frame.empty_ring(cfg), frames, prompts, jnp.arange(t), key,
+                                      noise_T)
     return outs
 
   return jax.jit(run)
+
+
+def prompt_noise_scales(cfg: lsd.LSDConfig, texts: dict[str, str], encoder=None) -> dict[str, float] | None:
+  """{name: the initial noise scale the stream engine gives `texts[name]`} for a model whose scale
+  is chosen per prompt (`LSDConfig.per_prompt_noise`): each text's effect read from its words
+  (`prompts.match_many`, as the engine reads it), particles or not; None for any other model."""
+  if not cfg.per_prompt_noise:
+    return None
+  from lsd_jax.datasets import prompts  # pylint: disable=import-outside-toplevel
+
+  names = list(texts)
+  read, _ = prompts.match_many([texts[n] for n in names], encoder)
+  return {n: cfg.noise_scale_for(effects.has_particles(r)) for n, r in zip(names, read)}  # '' reads as identity
 
 
 def ae_roundtrip_fn(cfg: lsd.LSDConfig):
@@ -41,9 +57,10 @@ def ae_roundtrip_fn(cfg: lsd.LSDConfig):
 
 
 def evaluate(cfg: lsd.LSDConfig, params, clips: Sequence[np.ndarray], prompts: dict, *,
-             steps_list=(1, 2, 4), seed: int = 0) -> dict[str, Any]:
+             steps_list=(1, 2, 4), seed: int = 0, noise_scales: dict[str, float] | None = None) -> dict[str, Any]:
   """PSNR per effect and S, averaged over clips and frames (frames after the first K+1, so the
-  history is full; the first frames are reported separately as `start_psnr`)."""
+  history is full; the first frames are reported separately as `start_psnr`). `noise_scales`
+  (`prompt_noise_scales`): each effect's initial noise scale, recorded in its row."""
   roll = {s: rollout_fn(cfg, s) for s in steps_list}
   params = model_frame.prepare_params(cfg, params)  # packed for the mega kernel if cfg asks for it
   rt = ae_roundtrip_fn(cfg)
@@ -52,6 +69,9 @@ def evaluate(cfg: lsd.LSDConfig, params, clips: Sequence[np.ndarray], prompts: d
   results = {}
   for name, (text, emb, spec) in prompts.items():
     row = {"prompt": text, "psnr": {}, "start_psnr": {}}
+    noise = () if noise_scales is None else (jnp.float32(noise_scales[name]),)
+    if noise_scales is not None:
+      row["noise_scale"] = noise_scales[name]
     inp, aes = [], []
     per_s = {s: ([], []) for s in steps_list}
     for j, clip in enumerate(clips):
@@ -60,7 +80,7 @@ def evaluate(cfg: lsd.LSDConfig, params, clips: Sequence[np.ndarray], prompts: d
       inp.append(metrics.psnr(clip.astype(np.float32) / 255.0, target, axis=(1, 2, 3))[warm:])
       aes.append(metrics.psnr(np.asarray(rt(params["autoencoder"], target)), target, axis=(1, 2, 3))[warm:])
       for s in steps_list:
-        out = np.asarray(roll[s](params, clip, jnp.asarray(emb), jax.random.key(seed + j)))
+        out = np.asarray(roll[s](params, clip, jnp.asarray(emb), jax.random.key(seed + j), *noise))
         p = metrics.psnr(out, target, axis=(1, 2, 3))
         per_s[s][0].append(p[warm:])
         per_s[s][1].append(p[:warm])

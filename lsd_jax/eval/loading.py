@@ -11,12 +11,15 @@ import numpy as np
 from lsd_jax.models import export, lsd
 
 
-def load_model(model_dir: str, *, tau_inf: float | None = None) -> tuple[lsd.LSDConfig, dict, dict[str, Any]]:
+def load_model(model_dir: str, *, tau_inf: float | None = None,
+               noise_scale: float | None = None) -> tuple[lsd.LSDConfig, dict, dict[str, Any]]:
   """(config, params, metadata) of an exported model folder; `tau_inf` replaces its history noise
-  level at inference (LSDConfig checks the range)."""
+  level at inference and `noise_scale` its initial noise's scale (LSDConfig checks the ranges)."""
   cfg, params, meta = export.load(model_dir)
   if tau_inf is not None:
     cfg = dataclasses.replace(cfg, tau_inf=float(tau_inf))
+  if noise_scale is not None:
+    cfg = dataclasses.replace(cfg, noise_scale=float(noise_scale))
   return cfg, params, meta
 
 

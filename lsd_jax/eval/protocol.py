@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import logging
 
-from lsd_jax.eval import chunks, resume, runner, summary
+from lsd_jax.eval import chunks, fidelity, resume, runner, summary
 from lsd_jax.eval import frames as frames_lib
 from lsd_jax.eval.runner import Prompt
 from lsd_jax.models import lsd
@@ -65,7 +65,7 @@ def choose_prompts(effect_names: Sequence[str] | None) -> dict[str, Prompt]:
 
 
 def evaluate_heldout(cfg, params, clips: Sequence[np.ndarray], prompts: dict[str, Prompt], ec: EvalConfig,
-                     model_fn=None) -> dict[str, Any]:
+                     model_fn=None, noise_scales: dict[str, float] | None = None) -> dict[str, Any]:
   """Each effect over each held-out clip as its own stream (fresh history), first K+1 frames
   excluded (the history is not full yet)."""
   model_fn = model_fn or chunks.model_chunk_fn(cfg, ec.steps)
@@ -75,7 +75,8 @@ def evaluate_heldout(cfg, params, clips: Sequence[np.ndarray], prompts: dict[str
     merged: dict[str, list] = {k: [] for k in chunks.PER_FRAME}
     for j, clip in enumerate(clips):
       res = runner.run_stream(cfg, params, clip, {e: p}, runner.Schedule((0,), (e,)), len(clip), steps=ec.steps,
-                       chunk=min(ec.chunk, len(clip)), seed=ec.seed + j, model_fn=model_fn)
+                              chunk=min(ec.chunk, len(clip)), seed=ec.seed + j, model_fn=model_fn,
+                              noise_scales=noise_scales and {e: noise_scales[e]})
       for k in chunks.PER_FRAME:
         merged[k].append(res.per_frame[k][warm:])
     pf = {k: np.concatenate(v) for k, v in merged.items()}
@@ -84,7 +85,8 @@ def evaluate_heldout(cfg, params, clips: Sequence[np.ndarray], prompts: dict[str
 
 
 def evaluate_procedural(cfg, params, prompts: dict[str, Prompt], ec: EvalConfig, model_fn=None,
-                        state_dir: str | None = None) -> tuple[dict[str, Any], runner.StreamResult]:
+                        state_dir: str | None = None,
+                        noise_scales: dict[str, float] | None = None) -> tuple[dict[str, Any], runner.StreamResult]:
   """One endless procedural stream cycling through the prompts; drift, switches and latency.
   With `state_dir` the stream checkpoints there and resumes from it (see runner.run_stream)."""
   source = frames_lib.ProceduralFrames(height=cfg.height, width=cfg.width, seed=ec.seed, scene_index=ec.scene,
@@ -95,7 +97,8 @@ def evaluate_procedural(cfg, params, prompts: dict[str, Prompt], ec: EvalConfig,
               fingerprint={"source": "procedural", "scene": ec.scene}) if state_dir else {}
   try:
     res = runner.run_stream(cfg, params, source, prompts, sched, ec.stream_frames, steps=ec.steps, chunk=ec.chunk,
-                     seed=ec.seed, model_fn=model_fn, progress=ec.progress, desc="procedural stream", **ckpt)
+                     seed=ec.seed, model_fn=model_fn, progress=ec.progress, desc="procedural stream",
+                     noise_scales=noise_scales, **ckpt)
   finally:
     source.close()
   out = summary.summarize_stream(res, prompts, segment=ec.segment_frames(len(prompts)), warm=cfg.history_len + 1,
@@ -114,20 +117,23 @@ def evaluate(cfg: lsd.LSDConfig, params, clips: Sequence[np.ndarray], ec: EvalCo
   the held-out results and the stream's progress are kept there, so an interrupted evaluation
   continues where it stopped."""
   prompts = choose_prompts(ec.effects)
+  noise = fidelity.prompt_noise_scales(cfg, {e: p[0] for e, p in prompts.items()})  # None: one scale
   model_fn = chunks.model_chunk_fn(cfg, ec.steps)
   logging.info("evaluating %s at S=%d on %d held-out clips and a %d-frame stream (%d effects)", cfg.size,
                ec.steps, len(clips), ec.stream_frames, len(prompts))
-  heldout = _cached_heldout(cfg, params, clips, prompts, ec, model_fn, state_dir) if clips else {}
-  stream, res = evaluate_procedural(cfg, params, prompts, ec, model_fn, state_dir)
+  heldout = _cached_heldout(cfg, params, clips, prompts, ec, model_fn, state_dir, noise) if clips else {}
+  stream, res = evaluate_procedural(cfg, params, prompts, ec, model_fn, state_dir, noise)
   return {"protocol": dataclasses.asdict(ec), "model": {**cfg.to_dict()}, "heldout": heldout,
-          "stream": stream}, res
+          "stream": stream, **({"noise_scales": noise} if noise else {})}, res
 
 
-def _cached_heldout(cfg, params, clips, prompts, ec, model_fn, state_dir):
+def _cached_heldout(cfg, params, clips, prompts, ec, model_fn, state_dir, noise_scales=None):
   if state_dir is None:
-    return evaluate_heldout(cfg, params, clips, prompts, ec, model_fn)
+    return evaluate_heldout(cfg, params, clips, prompts, ec, model_fn, noise_scales)
   path = os.path.join(state_dir, "heldout.json")
-  key = {"params": resume.params_digest(params), "protocol": _protocol(ec), "clips": len(clips)}
+  # the model's config too: the same weights at another tau_inf or noise scale stream differently
+  key = {"params": resume.params_digest(params), "protocol": _protocol(ec), "clips": len(clips),
+         "model": cfg.to_dict(), **({"noise_scales": noise_scales} if noise_scales else {})}
   key = json.loads(json.dumps(key))
   if os.path.exists(path):
     with open(path) as f:
@@ -135,7 +141,7 @@ def _cached_heldout(cfg, params, clips, prompts, ec, model_fn, state_dir):
     if saved["key"] == key:
       logging.info("held-out results from %s", path)
       return saved["heldout"]
-  heldout = evaluate_heldout(cfg, params, clips, prompts, ec, model_fn)
+  heldout = evaluate_heldout(cfg, params, clips, prompts, ec, model_fn, noise_scales)
   os.makedirs(state_dir, exist_ok=True)
   with open(path + ".tmp", "w") as f:
     json.dump({"key": key, "heldout": heldout}, f)

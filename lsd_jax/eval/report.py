@@ -19,11 +19,22 @@ def _fmt(x, spec: str = ".2f") -> str:
   return format(x, spec)
 
 
+def _noise_note(results: dict[str, Any]) -> str:
+  """", noise scale X" where the run's initial noise scale is recorded and is not 1 (the default);
+  with a per-prompt scale, ", noise scale X (particle prompts Y)"."""
+  scale = results.get("noise_scale")
+  particle = results.get("model", {}).get("particle_noise_scale")
+  if particle is not None and (scale is None or float(particle) != float(scale)):
+    return f", noise scale {float(1.0 if scale is None else scale):g} (particle prompts {float(particle):g})"
+  return "" if scale is None or float(scale) == 1.0 else f", noise scale {float(scale):g}"
+
+
 def markdown(results: dict[str, Any], title: str = "Evaluation") -> str:
   p, s = results["protocol"], results["stream"]
   lines = [f"# {title}", "",
            f"Model `{results.get('model_dir', '?')}` ({results['model']['size']}, {results['model']['history_mode']}, "
-           f"K={results['model']['history_len']}, tau_inf={results['model']['tau_inf']}) at S={p['steps']}, "
+           f"K={results['model']['history_len']}, tau_inf={results['model']['tau_inf']}"
+           f"{_noise_note(results)}) at S={p['steps']}, "
            f"lossless streams; {results['model']['height']}x{results['model']['width']}.", ""]
   if results["heldout"]:
     lines += [f"## Held-out clips ({p['clips']} clips x {p['clip_frames']} frames, first K+1 frames excluded)", "",

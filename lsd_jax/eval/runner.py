@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +76,8 @@ def run_stream(cfg: lsd.LSDConfig, params, frames: frames_lib.FrameSource | np.n
                schedule: Schedule, num_frames: int, *, steps: int, chunk: int = 256, seed: int = 0,
                model_fn: Callable | None = None, progress: bool = False, desc: str = "stream",
                keep_frames: bool = False, checkpoint: str | None = None, checkpoint_every: int = 0,
-               max_seconds: float | None = None, fingerprint: dict[str, Any] | None = None) -> StreamResult:
+               max_seconds: float | None = None, fingerprint: dict[str, Any] | None = None,
+               noise_scales: Mapping[str, float] | None = None) -> StreamResult:
   """Streams `num_frames` frames through the model in chunks. `frames` is a clip (uint8
   TxHxWx3) or a source `f(lo, n)` of frames by absolute index (frames.py); the next chunk is
   fetched on a background thread while the device works.
@@ -90,6 +91,8 @@ def run_stream(cfg: lsd.LSDConfig, params, frames: frames_lib.FrameSource | np.n
   uninterrupted run. With `max_seconds` the stream stops after the first chunk that ends past
   that budget (saving first); the result is then partial (`complete` False). `fingerprint`
   adds what the caller knows of the stream's identity (its frame source) to the checkpoint's.
+  `noise_scales` ({prompt name: scale}, `fidelity.prompt_noise_scales`): each prompt's initial
+  noise scale, for a model whose scale is chosen per prompt.
   """
   if max_seconds is not None and checkpoint is None:
     raise ValueError("max_seconds needs a checkpoint (a stopped stream must be resumable)")
@@ -104,6 +107,7 @@ def run_stream(cfg: lsd.LSDConfig, params, frames: frames_lib.FrameSource | np.n
                                                (cfg.height, cfg.width, 3), jax.random.fold_in(gt_key, 0)),
            chunks.empty_metric_carry(cfg.height, cfg.width))
   emb = np.stack([prompts[n][1] for n in schedule.names]).astype(np.float32)
+  noise = None if noise_scales is None else np.asarray([noise_scales[n] for n in schedule.names], np.float32)
   specs = [prompts[n][2] for n in schedule.names]
   spec_arrays = effects.EffectSpec(*(np.stack([np.asarray(s[f]) for s in specs]) for f in range(3)))
   starts = np.asarray(schedule.starts)
@@ -115,6 +119,7 @@ def run_stream(cfg: lsd.LSDConfig, params, frames: frames_lib.FrameSource | np.n
                    "chunk": chunk, "seed": seed, "metrics": chunks.METRICS_VERSION, "num_frames": num_frames,
                    "starts": list(schedule.starts),
                    "names": list(schedule.names), "prompts": {n: prompts[n][0] for n in schedule.names},
+                   **({"noise_scales": {n: float(v) for n, v in noise_scales.items()}} if noise_scales else {}),
                    **(fingerprint or {})}
     saved = resume.load(checkpoint, carry, fingerprint)
     if saved is not None:
@@ -144,7 +149,7 @@ def run_stream(cfg: lsd.LSDConfig, params, frames: frames_lib.FrameSource | np.n
       seg = schedule.segment_index(index)
       reset = np.isin(index, starts) & (index > 0)
       t0 = time.perf_counter()
-      ring, out = model_fn(params, ring, block, emb[seg], index, key)
+      ring, out = model_fn(params, ring, block, emb[seg], index, key, *(() if noise is None else (noise[seg],)))
       out.block_until_ready()
       secs.append(time.perf_counter() - t0)
       counts.append(n)

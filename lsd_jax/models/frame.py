@@ -40,9 +40,11 @@ FrameFn = Callable[..., tuple[sampler.Ring, jax.Array]]
 
 class FrameFns(NamedTuple):
   """The frame function and its three pieces (timed apart by the engine's profile mode)."""
-  frame: FrameFn  # (params, ring, frames_BxHxWx3, prompt_BxE, key) -> (ring, out_BxHxWx3 in [0, 1])
+  # noise_B (optional, last): the initial noise's scale per stream, an input of the program (the
+  # per-prompt scale, `LSDConfig.per_prompt_noise`); None: cfg.noise_scale, part of the program
+  frame: FrameFn  # (params, ring, frames_BxHxWx3, prompt_BxE, key[, noise_B]) -> (ring, out_BxHxWx3 in [0, 1])
   encode: Callable  # (params, frames_BxHxWx3) -> c_BxhxwxC
-  denoise: Callable  # (params, ring, c_BxhxwxC, prompt_BxE, key) -> (ring, z_BxhxwxC)
+  denoise: Callable  # (params, ring, c_BxhxwxC, prompt_BxE, key[, noise_B]) -> (ring, z_BxhxwxC)
   decode: Callable  # (params, z_BxhxwxC) -> out_BxHxWx3 in [0, 1]
 
 
@@ -65,18 +67,19 @@ def frame_fns(cfg: lsd.LSDConfig, mesh: Mesh | None = None,
   def encode(params, frames_BxHxWx3):
     return lsd.encode(ae, params["autoencoder"], frames_BxHxWx3)
 
-  def denoise(params, ring: sampler.Ring, c_BxhxwxC, prompt_BxE, key):
+  def denoise(params, ring: sampler.Ring, c_BxhxwxC, prompt_BxE, key, noise_B=None):
     vel = lsd.velocity_fn(den, params["denoiser"], params.get("megastep"))
     z = sampler.sample_frame(vel, key, c_BxhxwxC, ring, prompt_BxE, tau_inf=cfg.tau_inf, steps=cfg.steps,
-                             mode=cfg.history_mode, residual=cfg.residual)
+                             mode=cfg.history_mode, residual=cfg.residual,
+                             noise_scale=cfg.noise_scale if noise_B is None else noise_B)
     return sampler.push(ring, z, c_BxhxwxC), z
 
   def decode(params, z_BxhxwxC):
     return lsd.decode(ae, params["autoencoder"], z_BxhxwxC)
 
-  def frame(params, ring: sampler.Ring, frames_BxHxWx3, prompt_BxE, key):
+  def frame(params, ring: sampler.Ring, frames_BxHxWx3, prompt_BxE, key, noise_B=None):
     c = encode(params, frames_BxHxWx3)
-    ring, z = denoise(params, ring, c, prompt_BxE, key)
+    ring, z = denoise(params, ring, c, prompt_BxE, key, noise_B)
     return ring, decode(params, z)
 
   fns = FrameFns(frame=frame, encode=encode, denoise=denoise, decode=decode)
@@ -118,16 +121,19 @@ def empty_ring(cfg: lsd.LSDConfig, batch: int = 1, mesh: Mesh | None = None) -> 
   return jax.tree.map(lambda x: jnp.array(x, copy=True), ring)
 
 
-def scan_frames(fn: FrameFn, params, ring: sampler.Ring, frames_TxHxWx3, prompt_TxE, index_T, stream_key):
+def scan_frames(fn: FrameFn, params, ring: sampler.Ring, frames_TxHxWx3, prompt_TxE, index_T, stream_key,
+                noise_T=None):
   """`fn` over T frames of one stream (batch 1) in a `lax.scan`, frame t keyed by its absolute
-  index `index_T[t]`: (ring after the last frame, outs_TxHxWx3 in [0, 1])."""
+  index `index_T[t]`: (ring after the last frame, outs_TxHxWx3 in [0, 1]). `noise_T`: the
+  initial noise's scale per frame (the per-prompt scale); None: the config's."""
 
   def one(ring, xs):
-    i, frame, prompt_E = xs
-    ring, out = fn(params, ring, frame[None], prompt_E[None], frame_key(stream_key, i))
+    i, frame, prompt_E, noise = xs
+    ring, out = fn(params, ring, frame[None], prompt_E[None], frame_key(stream_key, i),
+                   *(() if noise is None else (noise[None],)))
     return ring, out[0]
 
-  return jax.lax.scan(one, ring, (index_T, frames_TxHxWx3, prompt_TxE))
+  return jax.lax.scan(one, ring, (index_T, frames_TxHxWx3, prompt_TxE, noise_T))
 
 
 def to_uint8(frames):

@@ -125,9 +125,11 @@ def initial_state(cfg: lsd.LSDConfig, seed: int) -> StreamState:
 
 class StepFns(NamedTuple):
   """The fused step and its three pieces (for the `profile` timing mode only)."""
-  step: Callable  # (params, state, frame_HxWx3, prompt_E) -> (state, out_HxWx3), state donated
+  # noise (optional, last): the initial noise's scale, a float32 scalar, for a model whose scale
+  # is chosen per prompt (LSDConfig.per_prompt_noise); otherwise left out (the config's own)
+  step: Callable  # (params, state, frame_HxWx3, prompt_E[, noise]) -> (state, out_HxWx3, finite), state donated
   encode: Callable  # (params, frame_HxWx3) -> c_1xhxwxC
-  denoise: Callable  # (params, state, c, prompt_E) -> (state, z_1xhxwxC), state donated
+  denoise: Callable  # (params, state, c, prompt_E[, noise]) -> (state, z_1xhxwxC), state donated
   decode: Callable  # (params, z) -> out_HxWx3 uint8
 
 
@@ -138,6 +140,46 @@ def make_step_fns(cfg: lsd.LSDConfig, mesh: Mesh | None = None, tensor: TensorPa
   arguments, not constants). With a `mesh`, the frame function of that mesh, every output
   replicated on it (the state comes back where it went in: no recompilation, no transfer);
   `tensor` sets how its blocks split and reduce (`models.layers.TensorParallel`)."""
+  step, encode, denoise, decode = _stream_fns(cfg, mesh, tensor)
+  if mesh is None:
+    return StepFns(step=jax.jit(step, donate_argnums=(1,)), encode=jax.jit(encode),
+                   denoise=jax.jit(denoise, donate_argnums=(1,)), decode=jax.jit(decode))
+  on_mesh = parallel.stream_sharding(mesh)
+  return StepFns(step=jax.jit(step, donate_argnums=(1,), out_shardings=on_mesh),
+                 encode=jax.jit(encode, out_shardings=on_mesh),
+                 denoise=jax.jit(denoise, donate_argnums=(1,), out_shardings=on_mesh),
+                 decode=jax.jit(decode, out_shardings=on_mesh))
+
+
+class _Baked:
+  """A jitted function of (state, ...) with the parameters closed over as constants of the
+  executable, called as (params, state, ...) like the others: the `params` given are ignored
+  (they are the model's own, which never change after StreamModel.__init__)."""
+
+  def __init__(self, fn: Callable, params, donate_state: bool):
+    self._jit = jax.jit(lambda *a: fn(params, *a), donate_argnums=(0,) if donate_state else ())
+
+  def __call__(self, _params, *args):
+    return self._jit(*args)
+
+  def lower(self, _params, *args):
+    return self._jit.lower(*args)
+
+  def _cache_size(self) -> int:
+    return self._jit._cache_size()  # pylint: disable=protected-access
+
+
+def make_baked_step_fns(cfg: lsd.LSDConfig, params) -> StepFns:
+  """`make_step_fns(cfg)` with `params` baked into each executable as constants, so that a call
+  passes the state, the frame and the prompt alone, not every parameter leaf (116 for the
+  shipped small model); one model's own compilations (not cached across models). No mesh."""
+  step, encode, denoise, decode = _stream_fns(cfg, None, None)
+  return StepFns(step=_Baked(step, params, True), encode=_Baked(encode, params, False),
+                 denoise=_Baked(denoise, params, True), decode=_Baked(decode, params, False))
+
+
+def _stream_fns(cfg: lsd.LSDConfig, mesh: Mesh | None, tensor: TensorParallel | None):
+  """The unjitted (step, encode, denoise, decode) of StepFns, each taking params first."""
   fns = model_frame.frame_fns(cfg, mesh, tensor)
 
   def key_of(state: StreamState):  # frame i (= state.index) samples with fold_in(stream_key, i + 1)
@@ -146,39 +188,40 @@ def make_step_fns(cfg: lsd.LSDConfig, mesh: Mesh | None = None, tensor: TensorPa
   def encode(params, frame_HxWx3):
     return fns.encode(params, frame_HxWx3[None])
 
-  def denoise(params, state: StreamState, c_1xhxwxC, prompt_E):
-    ring, z = fns.denoise(params, state.ring, c_1xhxwxC, prompt_E[None].astype(jnp.float32), key_of(state))
+  def denoise(params, state: StreamState, c_1xhxwxC, prompt_E, noise=None):
+    ring, z = fns.denoise(params, state.ring, c_1xhxwxC, prompt_E[None].astype(jnp.float32), key_of(state),
+                          None if noise is None else noise[None])
     return StreamState(ring, state.index + 1, state.key_data), z
 
   def decode(params, z_1xhxwxC):
     return model_frame.to_uint8(fns.decode(params, z_1xhxwxC)[0])
 
-  def stream_step(params, state: StreamState, frame_HxWx3, prompt_E):
-    ring, out = fns.frame(params, state.ring, frame_HxWx3[None], prompt_E[None].astype(jnp.float32), key_of(state))
-    return StreamState(ring, state.index + 1, state.key_data), model_frame.to_uint8(out[0])
+  def stream_step(params, state: StreamState, frame_HxWx3, prompt_E, noise=None):
+    # `finite`: the new history ring holds no NaN or Inf (StreamSession._check_finite), computed
+    # here so that it comes back with the frame in one transfer, not in a second dispatch
+    ring, out = fns.frame(params, state.ring, frame_HxWx3[None], prompt_E[None].astype(jnp.float32), key_of(state),
+                          None if noise is None else noise[None])
+    return StreamState(ring, state.index + 1, state.key_data), model_frame.to_uint8(out[0]), _finite(ring)
 
-  if mesh is None:
-    return StepFns(step=jax.jit(stream_step, donate_argnums=(1,)), encode=jax.jit(encode),
-                   denoise=jax.jit(denoise, donate_argnums=(1,)), decode=jax.jit(decode))
-  on_mesh = parallel.stream_sharding(mesh)
-  return StepFns(step=jax.jit(stream_step, donate_argnums=(1,), out_shardings=on_mesh),
-                 encode=jax.jit(encode, out_shardings=on_mesh),
-                 denoise=jax.jit(denoise, donate_argnums=(1,), out_shardings=on_mesh),
-                 decode=jax.jit(decode, out_shardings=on_mesh))
+  return stream_step, encode, denoise, decode
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
+def _finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
+_all_finite = jax.jit(_finite)  # the profile mode's check (its three pieces return no flag)
 
 
 class StreamModel:
   """What streams share: config, parameters on device, compiled functions, prompt embeddings."""
 
   def __init__(self, cfg: lsd.LSDConfig, params, info: ModelInfo, *, steps: int | None = None,
-               tau_inf: float | None = None, param_dtype=None, text_encoder=None,
+               tau_inf: float | None = None, noise_scale: float | None = None,
+               particle_noise_scale: float | None = None, param_dtype=None, text_encoder=None,
                kernel_impl: str | None = None, mesh: str | Mapping[str, int] | Mesh | None = None,
-               tensor: TensorParallel | None = None, anchor_prompts: bool | None = None):
+               tensor: TensorParallel | None = None, anchor_prompts: bool | None = None,
+               ae_conv: str | None = None, bake_params: bool = False):
     if steps is not None and not (isinstance(steps, (int, np.integer)) and 1 <= steps <= MAX_STEPS):
       raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
     if steps is not None and steps != cfg.steps:
@@ -186,8 +229,14 @@ class StreamModel:
       info = dataclasses.replace(info, steps=steps)
     if tau_inf is not None:  # history noise at inference (LSDConfig checks its range): higher
       cfg = dataclasses.replace(cfg, tau_inf=float(tau_inf))  # follows input and prompt sooner, flickers more
+    if noise_scale is not None:  # the initial noise's scale, a sampling temperature (LSDConfig checks it)
+      cfg = dataclasses.replace(cfg, noise_scale=float(noise_scale))
+    if particle_noise_scale is not None:  # the same for prompts read as a particle effect
+      cfg = dataclasses.replace(cfg, particle_noise_scale=float(particle_noise_scale))
     if kernel_impl is not None:  # pallas_kernels.api implementation (LSDConfig checks the name)
       cfg = dataclasses.replace(cfg, kernel_impl=kernel_impl)
+    if ae_conv is not None:  # the autoencoder's convolutions: "xla" or "gemm" (same parameters)
+      cfg = dataclasses.replace(cfg, ae_conv=ae_conv)
     self.mesh = mesh if isinstance(mesh, Mesh) else parallel.make_mesh(mesh)
     if parallel.data_size(self.mesh) > 1:  # a session is one stream (the benchmark batches them)
       raise ValueError(f"a stream runs on a model:M mesh, not {parallel.format_mesh(self.mesh)}: "
@@ -201,7 +250,15 @@ class StreamModel:
       self.params = jax.device_put(model_frame.prepare_params(cfg, params))
     else:  # in the tensor layout, each device its slices (parallel.prepare checks the split)
       self.params = model_frame.prepare_params(cfg, params, self.mesh, tensor)
-    self.fns = make_step_fns(cfg, self.mesh, tensor if self.mesh is not None else None)
+    # bake_params: the parameters as constants of the compiled frame (make_baked_step_fns), so a
+    # call passes the state, frame and prompt and no parameter leaf: host time per frame (issue
+    # 17), at the cost of a compile per model
+    if bake_params and self.mesh is not None:
+      raise ValueError("bake_params needs a model on one device (no mesh): the tensor layout's "
+                       "parameters are sharded arguments")
+    self.bake_params = bool(bake_params)
+    self.fns = (make_baked_step_fns(cfg, self.params) if self.bake_params else
+                make_step_fns(cfg, self.mesh, tensor if self.mesh is not None else None))
     self._text_encoder = text_encoder
     # Prompt anchoring (datasets.prompts.anchor_many): a prompt that matches a known effect well
     # is given the mean embedding of the train prompts asking for that effect and parameters.
@@ -209,6 +266,7 @@ class StreamModel:
     self.anchor_prompts = bool(info.trained if anchor_prompts is None and info is not None else anchor_prompts)
     self.anchors: dict[str, Any] = {}  # text -> prompts.Anchor, for the prompts anchored so far
     self._embeddings: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+    self._noise_scales: dict[str, float] = {}  # text -> its initial noise scale (per_prompt_noise)
     self._lock = threading.Lock()
     self.encoder_calls = 0
 
@@ -284,6 +342,36 @@ class StreamModel:
                  else f"the train paraphrase {anchor.text!r}", anchor.name, prompts.ANCHOR_METHOD, anchor.score)
     return anchor.embedding
 
+  def noise_scale_of(self, text: str) -> float:
+    """The initial noise's scale for `text`: `cfg.noise_scale_for(particles)`, particles where
+    the effect read from its words (the anchor's reading, else `prompts.match`) has a particle
+    part; without a per-prompt scale, or for the empty prompt, the config's own. Where the words
+    cannot be read (no prompt table or encoder) the config's own, with a warning."""
+    if not self.cfg.per_prompt_noise or not text.strip():
+      return float(self.cfg.noise_scale)
+    with self._lock:
+      if text in self._noise_scales:
+        return self._noise_scales[text]
+      anchor = self.anchors.get(text)
+    try:
+      if anchor is not None:
+        name = anchor.name
+      else:
+        from lsd_jax.datasets import prompts  # pylint: disable=import-outside-toplevel
+
+        name = prompts.match(text, self.text_encoder)[0]
+        self.encoder_calls += 1
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("could not read the effect of %r (%s); noise scale %g", text, e, self.cfg.noise_scale)
+      return float(self.cfg.noise_scale)
+    from lsd_jax.datasets import effects  # pylint: disable=import-outside-toplevel
+
+    scale = self.cfg.noise_scale_for(effects.has_particles(name))
+    logging.info("prompt %r read as %s: noise scale %g", text, name, scale)
+    with self._lock:
+      self._noise_scales[text] = scale
+    return scale
+
   def add_embedding(self, text: str, embedding) -> None:
     """Registers a precomputed embedding for `text` (e.g. from a .npy, where no text encoder
     is installed); set_prompt(text) then never calls the encoder."""
@@ -334,6 +422,10 @@ class StreamSession:
     self.prompt = prompt
     self._emb_from = self._emb_to = emb
     self._emb_dev = self.model.put(emb)
+    # the initial noise's scale per prompt (LSDConfig.per_prompt_noise), blended like the
+    # embedding during a transition; None: the config's own, part of the compiled step
+    self._noise_from = self._noise_to = model.noise_scale_of(prompt)
+    self._noise_dev = self._put_noise(self._noise_to)
     self._transition = 0
     self._since_set = 0
     self.last_input: np.ndarray | None = None  # the last frame as the model saw it (sinks)
@@ -349,13 +441,16 @@ class StreamSession:
     if transition_frames < 0:
       raise ValueError(f"transition_frames must be >= 0, got {transition_frames}")
     target = self.model.embed(text)
+    noise = self.model.noise_scale_of(text)
     self._emb_from = self._current_embedding()
-    self._emb_to = target
+    self._noise_from = self._current_noise()
+    self._emb_to, self._noise_to = target, noise
     self._transition = int(transition_frames)
     self._since_set = 0
     self.prompt = text
     if self._transition == 0:
       self._emb_dev = self.model.put(target)
+      self._noise_dev = self._put_noise(noise)
 
   def _current_embedding(self) -> np.ndarray:
     """The embedding the last frame used."""
@@ -364,17 +459,34 @@ class StreamSession:
     a = self._since_set / self._transition
     return ((1.0 - a) * self._emb_from + a * self._emb_to).astype(np.float32)
 
+  def _current_noise(self) -> float:
+    """The initial noise scale the last frame used."""
+    if self._transition == 0 or self._since_set >= self._transition:
+      return self._noise_to
+    a = self._since_set / self._transition
+    return (1.0 - a) * self._noise_from + a * self._noise_to
+
+  def _put_noise(self, scale: float):
+    return self.model.put(np.float32(scale)) if self.model.cfg.per_prompt_noise else None
+
+  @property
+  def current_noise_scale(self) -> float:
+    """The initial noise's scale the last frame used (mid-transition: the blend)."""
+    return float(self._current_noise())
+
   @property
   def current_embedding(self) -> np.ndarray:
     """The prompt embedding the last frame used (mid-transition: the blend)."""
     return self._current_embedding()
 
-  def _next_prompt(self):
-    """The embedding for the next frame, on device (a fresh copy only during a transition)."""
+  def _next_prompt(self) -> tuple:
+    """The step's prompt arguments for the next frame, on device (fresh copies only during a
+    transition): (embedding,), or (embedding, noise scale) for a per-prompt scale."""
     if self._transition and self._since_set < self._transition:
       self._since_set += 1
       self._emb_dev = self.model.put(self._current_embedding())
-    return self._emb_dev
+      self._noise_dev = self._put_noise(self._current_noise())
+    return (self._emb_dev,) if self._noise_dev is None else (self._emb_dev, self._noise_dev)
 
   # -- frames ---------------------------------------------------------------------------------
 
@@ -384,17 +496,20 @@ class StreamSession:
   def __call__(self, frame) -> np.ndarray:
     """One input frame (any size / layout, see preprocess.prepare_frame) -> one output frame."""
     frame_HxWx3 = self.prepare(frame)
-    self._state, out = self.model.fns.step(self.model.params, self._state, frame_HxWx3,
-                                           self._next_prompt())
-    out = np.asarray(out)
-    self._check_finite()
+    self._state, out, finite = self.model.fns.step(self.model.params, self._state, frame_HxWx3,
+                                                   *self._next_prompt())
+    out, finite = jax.device_get((out, finite))
+    self._check_finite(finite)
     return out
 
-  def _check_finite(self) -> None:
+  def _check_finite(self, finite=None) -> None:
     """Raises NonFiniteOutput once the history ring (the generated latents) holds NaN or Inf:
     the uint8 output of such a frame is silent garbage (NaN casts to 0), and every later frame
-    inherits it through the ring. One small reduction on the device per frame."""
-    if not bool(_all_finite(self._state.ring)):
+    inherits it through the ring. `finite`: the fused step's own flag, fetched with the frame
+    (one transfer per frame); None: one small reduction on the device (the profile mode)."""
+    if finite is None:
+      finite = _all_finite(self._state.ring)
+    if not bool(finite):
       raise NonFiniteOutput(f"the model produced NaN or Inf at frame {self.frame_index} (its "
                             "weights or this kernel implementation overflow); stopping the stream")
 
@@ -413,14 +528,14 @@ class StreamSession:
     t1 = time.perf_counter()
     p, fns = self.model.params, self.model.fns
     if not profile:
-      self._state, out = fns.step(p, self._state, frame_HxWx3, prompt)
-      out = np.asarray(out)
+      self._state, out, finite = fns.step(p, self._state, frame_HxWx3, *prompt)
+      out, finite = jax.device_get((out, finite))
       t2 = time.perf_counter()
-      self._check_finite()
+      self._check_finite(finite)
       return out, {"preprocess": t1 - t0, "device": t2 - t1}
     c = jax.block_until_ready(fns.encode(p, frame_HxWx3))
     t2 = time.perf_counter()
-    self._state, z = fns.denoise(p, self._state, c, prompt)
+    self._state, z = fns.denoise(p, self._state, c, *prompt)
     z = jax.block_until_ready(z)
     t3 = time.perf_counter()
     out = np.asarray(fns.decode(p, z))
@@ -438,9 +553,10 @@ class StreamSession:
       self.seed = int(seed)
       self._initial = initial_state(self.model.cfg, self.seed)
     self._state = self.model.put(self._initial)
-    self._emb_from = self._emb_to
+    self._emb_from, self._noise_from = self._emb_to, self._noise_to
     self._transition = 0
     self._emb_dev = self.model.put(self._emb_to)
+    self._noise_dev = self._put_noise(self._noise_to)
 
   def warmup(self, *, profile: bool = False) -> float:
     """Compiles the step (or its profile pieces) on a throwaway copy of the state; returns the
@@ -448,11 +564,12 @@ class StreamSession:
     t0 = time.perf_counter()
     p, fns = self.model.params, self.model.fns
     frame = np.zeros((self.model.height, self.model.width, 3), np.uint8)
-    state, out = fns.step(p, self.model.put(self._initial), frame, self._emb_dev)
+    prompt = (self._emb_dev,) if self._noise_dev is None else (self._emb_dev, self._noise_dev)
+    state, out, _ = fns.step(p, self.model.put(self._initial), frame, *prompt)
     jax.block_until_ready(out)
-    _all_finite(state.ring)  # compiles the per-frame NaN check too
     if profile:
-      _, z = fns.denoise(p, self.model.put(self._initial), fns.encode(p, frame), self._emb_dev)
+      _all_finite(state.ring)  # compiles the profile mode's NaN check
+      _, z = fns.denoise(p, self.model.put(self._initial), fns.encode(p, frame), *prompt)
       jax.block_until_ready(fns.decode(p, z))
     return time.perf_counter() - t0
 

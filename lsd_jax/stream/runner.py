@@ -61,9 +61,12 @@ class StreamOptions:
   model_dir: str | None = None  # None: engine.DEFAULT_CHECKPOINT, else the random tiny model
   steps: int | None = None
   tau_inf: float | None = None  # history noise at inference (None: the model's own)
+  noise_scale: float | None = None  # the initial noise's scale, a temperature (None: the model's own)
+  particle_noise_scale: float | None = None  # the same for a prompt read as a particle effect
   kernel_impl: str | None = None  # pallas_kernels.api implementation (None: the model's own)
   mesh: str | None = None  # devices the denoiser splits over (models.parallel), e.g. "model:4"
   anchor_prompts: bool | None = None  # prompts.anchor_many (None: on for a trained model)
+  ae_conv: str | None = None  # the autoencoder's convolutions, "xla" or "gemm" (None: the model's own)
   seed: int = 0
   window: bool = False
   vcam: bool = False
@@ -255,8 +258,9 @@ def run(opts: StreamOptions, *, stop: threading.Event | None = None,
   check_options(opts)
   schedule = load_schedule(opts.prompt_schedule) if opts.prompt_schedule else []
   model = engine.StreamModel.load(opts.model_dir, steps=opts.steps, tau_inf=opts.tau_inf,
+                                  noise_scale=opts.noise_scale, particle_noise_scale=opts.particle_noise_scale,
                                   kernel_impl=opts.kernel_impl, mesh=opts.mesh,
-                                  anchor_prompts=opts.anchor_prompts)
+                                  anchor_prompts=opts.anchor_prompts, ae_conv=opts.ae_conv)
   logging.info("model: %s", model.info.label)
   session = engine.StreamSession(model, seed=opts.seed, prompt=opts.prompt)
   source = io.open_source(opts.source, height=model.height, width=model.width, seed=opts.seed)

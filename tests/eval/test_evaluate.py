@@ -125,3 +125,49 @@ def test_drift_segment_must_be_whole_schedule_cycles():
   assert ec.segment_frames(4) == 500  # cycle 500: one cycle per segment
   assert protocol.EvalConfig(switch_every=125, segment=2000).segment_frames(8) == 2000
   assert protocol.EvalConfig(switch_every=125).segment_frames(8) == 1000
+
+
+def test_report_header_names_a_noise_scale_other_than_one():
+  """eval.md's model line names the run's initial noise scale where it is not the default 1."""
+  from lsd_jax.eval import report  # pylint: disable=import-outside-toplevel
+  assert report._noise_note({"noise_scale": 0.25}) == ", noise scale 0.25"
+  assert report._noise_note({"noise_scale": 1.0}) == "" and report._noise_note({}) == ""
+  per = {"noise_scale": 0.25, "model": {"particle_noise_scale": 1.0}}
+  assert report._noise_note(per) == ", noise scale 0.25 (particle prompts 1)"
+
+
+def test_per_prompt_noise_scale_in_the_evaluations(tiny32, monkeypatch):
+  """A model with particle_noise_scale: prompt_noise_scales reads each prompt as the engine does;
+  fidelity.evaluate with them, and a chunked stream switching between a particle prompt and
+  another, give what a model with each scale fixed gives over those frames."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+
+  from lsd_jax.datasets import prompts as prompts_lib  # pylint: disable=import-outside-toplevel
+  from lsd_jax.eval import runner  # pylint: disable=import-outside-toplevel
+
+  _, params = tiny32
+  params = randomize(params, jax.random.key(7))
+  monkeypatch.setattr(prompts_lib, "match_many", lambda texts, encoder=None, table=None: (
+      ["snowfall" if "snow" in t else "sepia" for t in texts], np.ones(len(texts))))
+  per = dataclasses.replace(CFG, noise_scale=0.25, particle_noise_scale=1.0)
+  assert fidelity.prompt_noise_scales(CFG, {"snowfall": "snow"}) is None  # one scale: nothing read
+  noise = fidelity.prompt_noise_scales(per, {"snowfall": "heavy snow", "sepia": "old photo", "identity": ""})
+  assert noise == {"snowfall": 1.0, "sepia": 0.25, "identity": 0.25}
+  rng = np.random.default_rng(0)
+  clip = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+  emb = {n: rng.standard_normal(384).astype(np.float32) for n in ("snowfall", "sepia")}
+  spec = tuple(np.asarray(x) for x in fidelity.effects.make_spec("sepia", "none"))
+  chosen = {n: (t, emb[n], spec) for n, t in (("snowfall", "heavy snow"), ("sepia", "old photo"))}
+  got = fidelity.evaluate(per, params, [clip], chosen, steps_list=(1,), noise_scales=noise)
+  for n, a in (("snowfall", 1.0), ("sepia", 0.25)):
+    fixed = fidelity.evaluate(dataclasses.replace(CFG, noise_scale=a), params, [clip], {n: chosen[n]}, steps_list=(1,))
+    assert got[n]["psnr"] == fixed[n]["psnr"] and got[n]["noise_scale"] == a
+  # a chunked stream: 3 frames of each prompt; its per-frame outputs match the fixed scales'
+  sched = runner.Schedule((0, 3), ("snowfall", "sepia"))
+  run = lambda cfg, **kw: runner.run_stream(cfg, params, clip, chosen, sched, 6, steps=1, chunk=6, keep_frames=True, **kw)
+  mixed = run(per, noise_scales=noise).outputs
+  warm = run(dataclasses.replace(CFG, noise_scale=1.0)).outputs
+  np.testing.assert_array_equal(mixed[:3], warm[:3])
+  cold = run(dataclasses.replace(CFG, noise_scale=0.25)).outputs
+  assert not np.array_equal(mixed[:3], cold[:3])
+  assert not np.array_equal(mixed[3:], warm[3:])  # the scale follows the switch to sepia

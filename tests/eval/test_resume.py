@@ -161,3 +161,23 @@ def test_evaluate_cli_stops_and_resumes_exactly(tiny32, tmp_path):
   for k in chunks.PER_FRAME:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   assert whole["drift"] == done["drift"] and whole["per_effect"] == done["per_effect"]
+
+
+def test_heldout_cache_is_keyed_by_the_model_config(tmp_path, monkeypatch):
+  """evaluate.py's saved held-out results are reused for the same weights, protocol and config,
+  and recomputed when the config differs (--tau_inf, --noise_scale on the same folder)."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+
+  from lsd_jax.eval import protocol  # pylint: disable=import-outside-toplevel
+  from lsd_jax.models import lsd  # pylint: disable=import-outside-toplevel
+
+  calls = []
+  monkeypatch.setattr(protocol, "evaluate_heldout", lambda cfg, *a, **k: calls.append(cfg.tau_inf) or {"x": cfg.tau_inf})
+  cfg = lsd.LSDConfig(size="tiny", height=32, width=32)
+  params = {"w": np.ones(3, np.float32)}
+  ec = protocol.EvalConfig()
+  run = lambda c: protocol._cached_heldout(c, params, [np.zeros(1)], {}, ec, None, str(tmp_path))  # pylint: disable=protected-access
+  assert run(cfg) == {"x": 0.5} and run(cfg) == {"x": 0.5} and calls == [0.5]  # the second from the file
+  assert run(dataclasses.replace(cfg, tau_inf=0.1)) == {"x": 0.1} and calls == [0.5, 0.1]
+  run(dataclasses.replace(cfg, tau_inf=0.1, noise_scale=0.25))
+  assert len(calls) == 3  # another noise scale: recomputed too

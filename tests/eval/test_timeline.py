@@ -165,10 +165,13 @@ def test_cpu_trace_reports_no_device():
   assert "| wall, host to host (ms) | 0.100 |" in md and timeline.NO_DEVICE in md
 
 
+# mtime=0: gzip stamps the current time into its header, and pytest-xdist needs every worker to
+# collect the same test ids.
 @pytest.mark.parametrize("content,message", [(None, "no trace file"), (b"", "is empty"),
                                              (b"not gzip at all", "not (gzipped) JSON"),
-                                             (gzip.compress(b'{"traceEvents": 3}'), "no traceEvents"),
-                                             (gzip.compress(b'{"traceEv'), "not (gzipped) JSON")])
+                                             (gzip.compress(b'{"traceEvents": 3}', mtime=0), "no traceEvents"),
+                                             (gzip.compress(b'{"traceEv', mtime=0), "not (gzipped) JSON")],
+                         ids=["missing", "empty", "not-gzip", "no-traceEvents", "truncated-json"])
 def test_broken_trace_files_fail_clearly(tmp_path, content, message):
   path = tmp_path / "perfetto_trace.json.gz"
   if content is not None:
@@ -211,10 +214,15 @@ def test_experiment_on_the_cpu(tmp_path):
   second = subprocess.run(base + ["--impls=xla,mosaic", "--what=step"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
   assert second.returncode == 0, second.stderr[-3000:]
+  baked = subprocess.run(base + ["--impls=xla", "--what=stream", "--bake_params"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+  assert baked.returncode == 0, baked.stderr[-3000:]
   result = json.loads((tmp_path / "timeline.json").read_text())
   on, off = "command buffers on in the trace", "command buffers off in the trace (XLA's default)"
   assert sorted(result["variants"]) == sorted([f"step tiny 64x64 xla, {on}", f"stream random-tiny S=2 64x64 xla, {on}",
-                                               f"step tiny 64x64 xla, {off}", f"step tiny 64x64 mosaic, {off}"])
+                                               f"step tiny 64x64 xla, {off}", f"step tiny 64x64 mosaic, {off}",
+                                               f"stream random-tiny S=2 64x64 xla baked, {off}"])
+  assert result["variants"][f"stream random-tiny S=2 64x64 xla baked, {off}"]["bake_params"] is True
   for key in (f"step tiny 64x64 xla, {on}", f"stream random-tiny S=2 64x64 xla, {on}", f"step tiny 64x64 xla, {off}"):
     r = result["variants"][key]
     assert r["calls"] == 2 and not r["has_device"] and r["notes"] == [timeline.NO_DEVICE]

@@ -44,3 +44,37 @@ def test_report_fields():
   assert r["bf16_megabytes"] <= 40
   with pytest.raises(ValueError, match="unknown model size"):
     sizes.get_size("huge")
+
+
+def test_patch_override_changes_tokens_not_blocks(tmp_path):
+  """LSDConfig.patch (a capacity ablation): 4x the tokens at patch 1, the same transformer blocks;
+  only the patch embedding and the final layer change shape. It is saved with the model and
+  loads back; at its default the saved config has no such key (old folders load unchanged)."""
+  from lsd_jax.models import export
+  base = lsd.LSDConfig(size="tiny", height=64, width=64)
+  p1 = lsd.LSDConfig(size="tiny", height=64, width=64, patch=1)
+  assert "patch" not in base.to_dict() and p1.to_dict()["patch"] == 1
+  assert sizes.tokens_per_frame(p1.model_size, 64, 64) == 4 * sizes.tokens_per_frame(base.model_size, 64, 64)
+  t0 = jax.eval_shape(lambda: lsd.init_params(jax.random.key(0), base))["denoiser"]
+  t1 = jax.eval_shape(lambda: lsd.init_params(jax.random.key(0), p1))["denoiser"]
+  shapes = lambda t: {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+  s0, s1 = shapes(t0), shapes(t1)
+  assert s0.keys() == s1.keys()
+  changed = sorted(k for k in s0 if s0[k] != s1[k])
+  assert changed and all("patch_embed" in k or "final" in k for k in changed), changed
+  assert layers.count(t1) == sizes.count_params(p1.model_size)["denoiser"]
+  c = p1.model_size.autoencoder.latent_channels
+  assert sizes.denoiser_flops(p1.model_size, 64, 64) > 3.5 * sizes.denoiser_flops(base.model_size, 64, 64)
+  params = lsd.init_params(jax.random.key(0), p1)
+  export.save(str(tmp_path), p1, params, dtype="float32")
+  cfg2, params2, _ = export.load(str(tmp_path))
+  assert cfg2 == p1
+  args, kw = lsd.dummy_inputs(p1)
+  _, den = lsd.build(p1)
+  out = den.apply({"params": params2["denoiser"]}, *args, **kw)
+  assert out.shape == args[0].shape and out.shape[-1] == c
+  assert lsd.LSDConfig.from_dict(base.to_dict()) == base
+  with pytest.raises(ValueError, match="patch"):
+    lsd.LSDConfig(size="tiny", patch=-1)
+  with pytest.raises(ValueError, match="divisible"):
+    lsd.LSDConfig(size="tiny", height=64, width=64, patch=3)

@@ -182,7 +182,8 @@ def test_v3_start_runs_the_arms_asked_for(tmp_path):
     work = tmp_path / f"w{len(list(tmp_path.glob('w*')))}"
     work.mkdir()
     (work / "cache.log").write_text("cache ready\n")
-    env = _env(tmp_path, W=str(work), START_SETTLE="0", PATH=f"{stub}{os.pathsep}{os.environ['PATH']}", CONFIG="v3e", CAP_MIN="0",
+    knobs = {"CAP_MIN": "0", **knobs}
+    env = _env(tmp_path, W=str(work), START_SETTLE="0", PATH=f"{stub}{os.pathsep}{os.environ['PATH']}", CONFIG="v3e",
                AE_MIN="0", RUN_EXTRA="--config.optim.lr=1.5e-4", **knobs)
     proc = subprocess.run(["bash", "scripts/gpu_v3.sh", "start"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
@@ -202,6 +203,14 @@ def test_v3_start_runs_the_arms_asked_for(tmp_path):
   assert "--config.optim.lr=1.5e-4" in two["run_v3e_b"] and two["run_v3e_b"].rstrip().endswith("--config.data.effect_weights=")
   assert "effect_weights" not in two["run_v3e"] and f"--workdir={tmp_path}" in two["run_v3e_b"]
   assert start(RUN_MIN="0") == {}
+  # the capacity run: one arm, or with CAP_AB_EXTRA two beside each other on the effects asked for
+  cap = start(RUN_MIN="0", CAP_MIN="5", CAP_EFFECT="pixel_art,posterize")
+  assert list(cap) == ["cap_v3e_strong"] and "--config.data.effects=pixel_art,posterize" in cap["cap_v3e_strong"]
+  cap2 = start(RUN_MIN="0", CAP_MIN="5", CAP_AB_EXTRA="--config.model.patch=1", CAP_AE="/tmp/ae_committed")
+  assert sorted(cap2) == ["cap_v3e_strong", "cap_v3e_strong_b"]
+  assert cap2["cap_v3e_strong_b"].rstrip().endswith("--config.model.patch=1")
+  assert "patch" not in cap2["cap_v3e_strong"]
+  assert all("--config.autoencoder_dir=/tmp/ae_committed" in v for v in cap2.values())
 
 
 def test_v3_anchored_evaluates_model_folders_only(tmp_path):
@@ -288,3 +297,26 @@ def test_v3_anchored_skips_the_warm_start_when_asked(tmp_path):
   assert models(ANCHOR_WARM="0") == [f"{work}/run_done/export", f"{work}/run_done_anneal/export"]
   assert models(ANCHOR_WARM="0", RUNS="run_*_anneal") == [f"{work}/run_done_anneal/export"]  # RUNS picks
   assert models(ANCHOR_WARM="0", RUNS="nothing_*") == []
+
+
+@pytest.mark.parametrize("knobs,want", [({}, []), ({"DRIFT_NOISE": "0.5", "DRIFT_TAU": "0.3"},
+                                                   ["--tau_inf=0.3", "--noise_scale=0.5"])])
+def test_drift_stage_passes_the_inference_knobs(tmp_path, knobs, want):
+  """gpu_eval.sh drift with a stub python3 that records its arguments: DRIFT_TAU and DRIFT_NOISE
+  reach evaluate.py (and its title); unset, the model's own values are used (no flag)."""
+  stub = tmp_path / "bin"
+  stub.mkdir()
+  (stub / "python3").write_text('#!/bin/sh\necho "$@" >> "$STUB_LOG"\n')
+  (stub / "python3").chmod(0o755)
+  log = tmp_path / "calls.log"
+  env = _env(tmp_path, STUB_LOG=str(log), CKPT="some/model", DRIFT_DIR=str(tmp_path / "drift"),
+             PATH=f"{stub}{os.pathsep}{os.environ['PATH']}", **knobs)
+  proc = subprocess.run(["bash", "scripts/gpu_eval.sh", "drift"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  evaluate, summary = log.read_text().splitlines()
+  assert evaluate.startswith("experiments/evaluate.py --model=some/model --steps=1 --stream_frames=100000")
+  assert summary.startswith("-m experiments.device_tools drift_summary")
+  flags = [a for a in evaluate.split() if a.startswith(("--tau_inf", "--noise_scale"))]
+  assert flags == want
+  assert ("noise scale 0.5" in evaluate) == bool(want)

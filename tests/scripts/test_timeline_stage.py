@@ -47,21 +47,25 @@ def _members(path):
 
 def test_timeline_stage_runs_small_then_large_and_packs_two_files(tmp_path):
   stdout, calls, out = _stage(tmp_path, 1000)
-  assert len(calls) == 4
-  small, large_xla, large_mosaic, op_by_op = calls
+  assert len(calls) == 5
+  small, baked, large_xla, large_mosaic, op_by_op = calls
   graphs = "XLA_FLAGS=[ --xla_enable_command_buffers_during_profiling=true]"
   assert small.startswith(f"{graphs} -m experiments.launch_timeline --impls=xla,mosaic --sizes=small "
-                          "--resolutions=256x256 --what=step,stream --checkpoint=checkpoints/lsd_small --iters=20")
+                          "--resolutions=256x256 --what=step,stream --checkpoint=checkpoints/lsd_small "
+                          "--ae_conv=xla,gemm --iters=20")
+  assert baked.startswith(f"{graphs} -m experiments.launch_timeline --impls=xla --sizes=small "
+                           "--resolutions=256x256 --what=stream --checkpoint=checkpoints/lsd_small") \
+      and "--bake_params" in baked
   assert large_xla.startswith(f"{graphs} -m experiments.launch_timeline --impls=xla --sizes=large "
                               "--resolutions=832x480 --what=step")
   assert large_mosaic.startswith(graphs) and "--impls=mosaic --sizes=large" in large_mosaic
   assert op_by_op.startswith("XLA_FLAGS=[] ") and "--sizes=small --resolutions=256x256 --what=step " in op_by_op
   assert sorted(os.listdir(out)) == ["timeline_report.tgz", "timeline_traces.tgz"]
   traces = _members(out / "timeline_traces.tgz")
-  assert len(traces) == 6 and not any(t.endswith("vm.trace.json.gz") for t in traces)  # the duplicate stays
+  assert len(traces) == 8 and not any(t.endswith("vm.trace.json.gz") for t in traces)  # the duplicate stays
   report = _members(out / "timeline_report.tgz")
-  assert report == ["large_mosaic.log", "large_xla.log", "small.log", "small_op_by_op.log", "timeline.json",
-                    "timeline.md", "traces_left_out.txt"]
+  assert report == ["large_mosaic.log", "large_xla.log", "small.log", "small_baked.log", "small_op_by_op.log",
+                    "timeline.json", "timeline.md", "traces_left_out.txt"]
   assert "packed at level all; 0 trace files left out" in stdout
   assert "| wall, host to host (ms) | large mosaic |" in stdout and "| /host:CPU" not in stdout  # histograms cut
 
@@ -72,7 +76,7 @@ def test_timeline_stage_drops_xspaces_over_the_limit(tmp_path):
   report names what it left out."""
   stdout, calls, out = _stage(tmp_path, 600_000, TL_MAX_MB="1", TL_CHECKPOINT="", TL_IMPLS="xla",
                               TL_SMALL="tiny:64x64", TL_LARGE="tiny:128x128")
-  assert len(calls) == 3 and "--checkpoint= " in calls[0] and "--sizes=tiny --resolutions=128x128" in calls[1]
+  assert len(calls) == 4 and "--checkpoint= " in calls[0] and "--bake_params" in calls[1] and "--sizes=tiny --resolutions=128x128" in calls[2]
   assert all(os.path.getsize(out / f) <= 2**20 for f in os.listdir(out)) and len(os.listdir(out)) == 2
   traces = _members(out / "timeline_traces.tgz")
   assert len(traces) == 2 and all(t.endswith("perfetto_trace.json.gz") for t in traces)
@@ -83,7 +87,8 @@ def test_timeline_stage_drops_xspaces_over_the_limit(tmp_path):
 
 
 def test_timeline_stage_leaves_the_traces_out_when_nothing_fits(tmp_path):
-  stdout, _, out = _stage(tmp_path, 1000, TL_MAX_MB="0", TL_IMPLS="xla")
+  stdout, calls, out = _stage(tmp_path, 1000, TL_MAX_MB="0", TL_IMPLS="xla", TL_BAKE="0")
+  assert len(calls) == 3 and not any("--bake_params" in c for c in calls)  # TL_BAKE=0: no baked run
   assert os.listdir(out) == ["timeline_report.tgz"]
   with tarfile.open(out / "timeline_report.tgz") as t:
     left = t.extractfile("./traces_left_out.txt").read().decode().split()

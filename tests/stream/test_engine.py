@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from lsd_jax.models import export
+from lsd_jax.models import export, sizes
 from lsd_jax.stream import engine, preprocess
 from tests.stream.conftest import TINY, FakeTextEncoder, tiny_model
 
@@ -113,6 +113,62 @@ def test_tau_inf_override(model):
     engine.StreamModel(TINY, model.params, model.info, tau_inf=1.0)
 
 
+def test_noise_scale_override(model):
+  """--noise_scale: the stream samples at that temperature; below 1 two seeds' frames lie nearer
+  each other than at the model's own 1; outside [0, 2] it is refused."""
+  cold = engine.StreamModel(TINY, model.params, model.info, noise_scale=0.25, text_encoder=FakeTextEncoder())
+  assert cold.cfg.noise_scale == 0.25 and model.cfg.noise_scale == 1.0
+  fs = _frames(5, seed=4)
+
+  def seed_gap(m):
+    a, b = engine.StreamSession(m, seed=1), engine.StreamSession(m, seed=2)
+    return np.mean([np.abs(a(f).astype(int) - b(f)).mean() for f in fs])
+
+  assert seed_gap(cold) < seed_gap(model)
+  with pytest.raises(ValueError, match="noise_scale must be in"):
+    engine.StreamModel(TINY, model.params, model.info, noise_scale=2.5)
+
+
+def test_noise_scale_per_prompt(model, monkeypatch):
+  """particle_noise_scale: a prompt read as a particle effect samples at that scale, the rest at
+  noise_scale; each stream is bit-identical to a model with that scale fixed, a switch between
+  the two never recompiles, a transition blends the scales, and a prompt whose effect cannot be
+  read keeps noise_scale."""
+  from lsd_jax.datasets import prompts
+
+  monkeypatch.setattr(prompts, "match", lambda text, encoder=None, table=None: (
+      {"heavy snow": "snowfall", "cartoon with rain": "cartoon+rain"}.get(text, "sepia"), 0.9))
+  per = engine.StreamModel(TINY, model.params, model.info, noise_scale=0.25, particle_noise_scale=1.0,
+                           text_encoder=FakeTextEncoder())  # the CLIs' --noise_scale / --particle_noise_scale
+  assert per.cfg.per_prompt_noise and not model.cfg.per_prompt_noise
+  assert [per.noise_scale_of(t) for t in ("heavy snow", "cartoon with rain", "sepia tone", "")] == [1.0, 1.0, 0.25, 0.25]
+  fixed = {a: engine.StreamModel(dataclasses.replace(TINY, noise_scale=a), model.params, model.info,
+                                 text_encoder=FakeTextEncoder()) for a in (1.0, 0.25)}
+  fs = _frames(4, seed=9)
+  for text, a in (("heavy snow", 1.0), ("sepia tone", 0.25)):
+    got = engine.StreamSession(per, seed=3, prompt=text)
+    want = engine.StreamSession(fixed[a], seed=3, prompt=text)
+    assert got.current_noise_scale == a
+    np.testing.assert_array_equal(np.stack([got(f) for f in fs]), np.stack([want(f) for f in fs]))
+  s = engine.StreamSession(per, seed=3, prompt="sepia tone")
+  s(fs[0])
+  s.set_prompt("heavy snow", transition_frames=4)
+  s(fs[1])
+  s(fs[2])
+  assert s.current_noise_scale == pytest.approx(0.25 + 0.75 * 2 / 4)
+  for f in fs:
+    s(f)
+  assert s.current_noise_scale == 1.0 and per.compilations() == 1
+
+  def unreadable(*_, **__):
+    raise FileNotFoundError("no prompt table")
+
+  monkeypatch.setattr(prompts, "match", unreadable)
+  assert per.noise_scale_of("a prompt never read") == 0.25
+  with pytest.raises(ValueError, match="particle_noise_scale must be in"):
+    dataclasses.replace(TINY, particle_noise_scale=3.0)
+
+
 def test_kernel_impl_override(model):
   """--kernel-impl: the model runs with that implementation; off a Hopper GPU "megastep" acts as
   auto (XLA on the CPU), so the stream is the same; an unknown name is refused. The CLI's
@@ -131,6 +187,53 @@ def test_kernel_impl_override(model):
   with pytest.raises(ValueError, match="implementation must be one of"):
     engine.StreamModel(TINY, model.params, model.info, kernel_impl="cuda")
   assert tuple(cli.FLAGS["kernel-impl"].parser.enum_values) == api.IMPLEMENTATIONS
+
+
+def test_ae_conv_override(model):
+  """--ae_conv=gemm: the same weights, the autoencoder's convolutions as GEMMs; the fused frame
+  then holds no convolution op (what a GPU cannot keep in a command buffer) and streams the same
+  frames within bf16 rounding; an unknown name is refused."""
+  gemm = engine.StreamModel(TINY, model.params, model.info, ae_conv="gemm", text_encoder=FakeTextEncoder())
+  assert gemm.cfg.ae_conv == "gemm" and model.cfg.ae_conv == "xla"
+  a, b = engine.StreamSession(model, seed=1), engine.StreamSession(gemm, seed=1)
+  prompt = np.zeros((sizes.PROMPT_DIM,), np.float32)
+  hlo = {m.cfg.ae_conv: m.fns.step.lower(m.params, s.state, s.prepare(_frames(1)[0]), prompt).as_text()
+         for m, s in ((model, a), (gemm, b))}
+  assert "convolution" in hlo["xla"] and "convolution" not in hlo["gemm"]
+  fs = _frames(3, seed=7)
+  out_a, out_b = np.stack([a(f) for f in fs]).astype(int), np.stack([b(f) for f in fs]).astype(int)
+  assert np.abs(out_a - out_b).mean() < 0.5 and np.abs(out_a - out_b).max() <= 8
+  with pytest.raises(ValueError, match="conv implementation must be one of"):
+    engine.StreamModel(TINY, model.params, model.info, ae_conv="cudnn")
+
+
+def test_bake_params(model):
+  """bake_params: the weights as constants of the compiled frame. A call then passes the state,
+  the frame and the prompt alone (not every parameter leaf); the frames are the same bit for bit,
+  in the fused step and in the profile mode's pieces; a reset or a new prompt compiles nothing."""
+  baked = engine.StreamModel(TINY, model.params, model.info, bake_params=True, text_encoder=FakeTextEncoder())
+  a, b = engine.StreamSession(model, seed=3), engine.StreamSession(baked, seed=3)
+  prompt = np.zeros((sizes.PROMPT_DIM,), np.float32)
+  frame = a.prepare(_frames(1)[0])
+  n_args = {name: len(jax.tree.leaves(m.fns.step.lower(m.params, s.state, frame, prompt).compile().input_shardings))
+            for name, m, s in (("args", model, a), ("baked", baked, b))}
+  n_leaves = len(jax.tree.leaves(model.params))
+  n_state = len(jax.tree.leaves(a.state))
+  assert n_args == {"args": n_leaves + n_state + 2, "baked": n_state + 2}, (n_args, n_leaves)
+  fs = _frames(4, seed=11)
+  np.testing.assert_array_equal(np.stack([a(f) for f in fs]), np.stack([b(f) for f in fs]))
+  out_a, _ = a.process_timed(fs[0], profile=True)
+  out_b, _ = b.process_timed(fs[0], profile=True)
+  np.testing.assert_array_equal(out_a, out_b)
+  b.set_prompt("sepia")
+  b.reset(seed=5)
+  b(fs[1])
+  assert baked.compilations() == 1
+  with pytest.raises(ValueError, match="bake_params needs a model on one device"):
+    from jax.sharding import Mesh
+    from lsd_jax.models import parallel
+    one = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), parallel.AXES)
+    engine.StreamModel(TINY, model.params, model.info, bake_params=True, mesh=one)
 
 
 def test_history_matters(model):

@@ -194,6 +194,18 @@ def test_nan_output_stops_the_stream_with_a_message(tmp_path):
     session(np.zeros((64, 64, 3), np.uint8))
 
 
+@pytest.mark.parametrize("profile", [False, True])
+def test_nan_output_stops_the_timed_stream_too(profile):
+  """The fused step's own finite flag (fetched with the frame) and the profile mode's separate
+  check both stop the stream."""
+  params = lsd.random_params(0, TINY)
+  params["denoiser"]["prompt_in"]["Dense_0"]["kernel"][0, 0] = np.nan
+  m = engine.StreamModel(TINY, params, tiny_model().info, text_encoder=tiny_model()._text_encoder)
+  session = engine.StreamSession(m, prompt="sepia")
+  with pytest.raises(engine.NonFiniteOutput, match="NaN or Inf at frame 1"):
+    session.process_timed(np.zeros((64, 64, 3), np.uint8), profile=profile)
+
+
 def test_overflowing_weights_stop_the_cli_with_the_frames_counted(tmp_path):
   """Finite weights whose output overflows to Inf: the stream stops with a message and exit 1,
   and the stats say how many frames came out before."""

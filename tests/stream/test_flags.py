@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from lsd_jax.models import gemm_conv
 from lsd_jax.stream import engine, model_flags
 from pallas_kernels import api
 
@@ -17,6 +18,7 @@ TOOLS = {"lsd-stream": "lsd_jax.stream.cli", "lsd-serve": "lsd_jax.stream.serve_
 def test_spelt_out_constants_agree_with_their_sources():
   assert model_flags.MAX_STEPS == engine.MAX_STEPS
   assert tuple(model_flags.KERNEL_IMPLS) == tuple(api.IMPLEMENTATIONS)
+  assert tuple(model_flags.AE_CONVS) == tuple(gemm_conv.CONV_IMPLS)
 
 
 def _as_console_script(tool, *args):
@@ -44,7 +46,10 @@ def test_model_flags_and_old_spellings_are_the_same_flags(tool):
   for args, says in ((["--tau_inf=1.5"], "--tau_inf must be in [0, 1)"),
                      (["--tau-inf=1.5"], "--tau_inf must be in [0, 1)"),
                      (["--kernel_impl=cuda"], "kernel_impl"), (["--kernel-impl=cuda"], "kernel"),
-                     (["--steps=17"], "--steps must be in 1..16"), (["--mesh=gpu:2"], "--mesh must be model:M")):
+                     (["--steps=17"], "--steps must be in 1..16"),
+                     (["--noise_scale=3"], "--noise_scale must be in [0, 2]"),
+                     (["--particle_noise_scale=-1"], "--particle_noise_scale must be in [0, 2]"),
+                     (["--mesh=gpu:2"], "--mesh must be model:M")):
     r = _as_console_script(tool, *args)
     assert r.returncode == 1 and says in r.stderr, (tool, args, r.stderr[-1000:])
     assert "Traceback" not in r.stderr

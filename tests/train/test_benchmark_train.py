@@ -23,3 +23,17 @@ def test_smoke_step_is_timed_and_flops_agree_with_xla(tmp_path):
   ratio = run["model_tflop_per_step"] / run["xla_tflop_per_step"]
   assert 0.75 < ratio <= 1.0, ratio
   assert (tmp_path / "train_mfu_lsd_smoke.md").read_text().count("| 4 | 1 |") == 1
+
+
+def test_model_patch_reaches_the_model_and_the_flop_count():
+  """`--config.model.patch=1` builds the patch-1 model and benchmark_train counts its FLOPs."""
+  sys.path.insert(0, ROOT)
+  from experiments import benchmark_train
+  from experiments.configs import lsd as lsd_configs
+  from lsd_jax.models import lsd
+  config = lsd_configs.get_config("smoke")
+  base = benchmark_train.model_flops(config, 4)["denoiser_fwd_bwd"]
+  config.model.patch = 1
+  config.model.noise_scale = 0.5  # inference only: the export and the probe sample at it
+  assert lsd.LSDConfig.from_config(config).patch == 1 and lsd.LSDConfig.from_config(config).noise_scale == 0.5
+  assert benchmark_train.model_flops(config, 4)["denoiser_fwd_bwd"] > 3.5 * base
