@@ -32,20 +32,21 @@ _ANCHOR_TARGET = flags.DEFINE_enum("anchor_target", None, ["centroid", "paraphra
                                    "with --anchor_prompts: which train embedding is given (prompts.ANCHOR_TARGETS; "
                                    "default prompts.ANCHOR_TARGET)")
 _SAVE_TEXT = flags.DEFINE_string("save_text_embeddings", None,
-                                  "with --anchor_prompts: write every text the anchoring embeds, with its MiniLM "
+                                  "write every text the evaluation embeds (a per-prompt noise scale's reading of "
+                                  "the prompts; with --anchor_prompts the anchoring's too), with its MiniLM "
                                   "embedding, to this .npz and stop before evaluating (for --text_embeddings)")
 _TEXT = flags.DEFINE_string("text_embeddings", None,
-                            "with --anchor_prompts: read the texts' embeddings from this .npz "
+                            "read the texts' embeddings from this .npz "
                             "(--save_text_embeddings) instead of running the text encoder, on a machine "
                             "without the MiniLM package")
 _TAU_INF = flags.DEFINE_float("tau_inf", None, "history noise level at inference (default: the model's own)")
+_NOISE = flags.DEFINE_float("noise_scale", None, "initial noise scale at inference, a sampling temperature in "
+                            "[0, 2] (default: the model's own, 1 unless its config says otherwise)")
 flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0, message="--tau_inf must be in [0, 1)")
 
 
 def main(argv):
   del argv
-  if (_SAVE_TEXT.value or _TEXT.value) and not _ANCHOR.value:
-    raise app.UsageError("--save_text_embeddings and --text_embeddings go with --anchor_prompts")
   if _SAVE_TEXT.value and _TEXT.value:
     raise app.UsageError("give --save_text_embeddings (record) or --text_embeddings (replay), not both")
   from lsd_jax.datasets import prompts, sources
@@ -61,7 +62,13 @@ def main(argv):
     for chosen in sets:
       if not _COMPOSITIONS.value:
         chosen = {k: v for k, v in chosen.items() if "+" not in k}
-      prompts.anchor_prompt_set(chosen, encoder, table=table, method=anchor_method, target=anchor_target)
+      # what a per-prompt noise scale reads (fidelity.prompt_noise_scales: the texts and their
+      # parts), of the raw wording and, with --anchor_prompts, of the anchored prompts
+      prompts.match_many([v[0] for v in chosen.values()], encoder, table)
+      if _ANCHOR.value:
+        anchored, _ = prompts.anchor_prompt_set(chosen, encoder, table=table, method=anchor_method,
+                                                target=anchor_target)
+        prompts.match_many([v[0] for v in anchored.values()], encoder, table)
     encoder.save(_SAVE_TEXT.value)
     print(f"{len(encoder.seen)} texts and their embeddings written to {_SAVE_TEXT.value}")
     return
@@ -71,6 +78,8 @@ def main(argv):
   cfg, params, meta = export.load(_MODEL.value)
   if _TAU_INF.value is not None:
     cfg = dataclasses.replace(cfg, tau_inf=_TAU_INF.value)
+  if _NOISE.value is not None:
+    cfg = dataclasses.replace(cfg, noise_scale=_NOISE.value)
   src = sources.VideoClipSource.from_manifest(_MANIFEST.value, "heldout", height=cfg.height, width=cfg.width,
                                               num_frames=_FRAMES.value, seed=7, strides=(1,))
   clips = [src[i] for i in range(_CLIPS.value)]
@@ -85,12 +94,15 @@ def main(argv):
     if _ANCHOR.value:
       chosen, anchors = prompts.anchor_prompt_set(chosen, encoder, table=table, method=anchor_method,
                                                   target=anchor_target)
-    results = fidelity.evaluate(cfg, params, clips, chosen, steps_list=steps)
+    # a per-prompt noise scale (LSDConfig.per_prompt_noise): each prompt's, read as the engine reads it
+    noise = fidelity.prompt_noise_scales(cfg, {n: v[0] for n, v in chosen.items()}, encoder)
+    results = fidelity.evaluate(cfg, params, clips, chosen, steps_list=steps, noise_scales=noise)
     for name, a in anchors.items():
       results[name]["anchor"] = {"matched": a.name, "score": a.score, "anchor": a.text, "rows": len(a.rows)}
     with open(os.path.join(_OUT.value, f"fidelity{suffix}.json"), "w") as f:
       json.dump({"model": _MODEL.value, "metadata": meta, "prompts": suffix.strip("_") or "val",
-                 "anchor_prompts": _ANCHOR.value, "tau_inf": cfg.tau_inf,
+                 "anchor_prompts": _ANCHOR.value, "tau_inf": cfg.tau_inf, "noise_scale": cfg.noise_scale,
+                 **({"particle_noise_scale": cfg.particle_noise_scale} if cfg.per_prompt_noise else {}),
                  **({"anchor_method": anchor_method, "anchor_target": anchor_target} if _ANCHOR.value else {}),
                  "clips": _CLIPS.value, "frames": _FRAMES.value, "results": results}, f, indent=2)
     md = fidelity.markdown(results, steps)

@@ -44,12 +44,16 @@ _MAX_MINUTES = flags.DEFINE_float("max_minutes", 0.0, "stop the stream after thi
 _TAU_INF = flags.DEFINE_float("tau_inf", None, "history noise level at inference (default: the model's own)")
 _NOISE = flags.DEFINE_float("noise_scale", None, "initial noise scale at inference, a sampling temperature in "
                             "[0, 2] (default: the model's own)")
+_TEXT = flags.DEFINE_string("text_embeddings", None,
+                            "read the prompts' embeddings for a per-prompt noise scale's reading from this .npz "
+                            "(eval_fidelity.py --save_text_embeddings) instead of running the text encoder, on a "
+                            "machine without the MiniLM package")
 flags.register_validator("tau_inf", lambda v: v is None or 0.0 <= v < 1.0, message="--tau_inf must be in [0, 1)")
 
 
 def evaluate_model_dir(model_dir: str, out_dir: str | None, ec, *, manifest: str = "data/library/manifest.json",
                        title: str = "Evaluation", tau_inf: float | None = None,
-                       noise_scale: float | None = None) -> dict[str, Any]:
+                       noise_scale: float | None = None, text_embeddings: str | None = None) -> dict[str, Any]:
   """Loads an exported model folder, runs the protocol, writes the report files (when `out_dir`).
 
   With `out_dir` the run is resumable: its state lives in `out_dir/resume/` until the stream is
@@ -58,15 +62,19 @@ def evaluate_model_dir(model_dir: str, out_dir: str | None, ec, *, manifest: str
   of a stopped run covers the frames streamed so far and says so (`stream.complete` false).
   `tau_inf` replaces the model's history noise level at inference (`noise_scale`, likewise, its
   initial noise's scale) (recorded in the results; part
-  of the resume fingerprint, so a run is never continued at another level)."""
+  of the resume fingerprint, so a run is never continued at another level). `text_embeddings`: a
+  recorded .npz (`text_encoder.LookupEncoder`) for what a per-prompt noise scale reads of the
+  prompts, where the MiniLM package is missing."""
   from lsd_jax.eval import loading, protocol, report
+  from lsd_jax.models import text_encoder
 
   cfg, params, meta = loading.load_model(model_dir, tau_inf=tau_inf, noise_scale=noise_scale)
   clips = loading.heldout_clips(manifest, ec.clips, ec.clip_frames, cfg.height, cfg.width)
   state_dir = os.path.join(out_dir, "resume") if out_dir else None
   if state_dir:
     os.makedirs(state_dir, exist_ok=True)
-  results, res = protocol.evaluate(cfg, params, clips, ec, state_dir)
+  encoder = text_encoder.LookupEncoder(text_embeddings) if text_embeddings else None
+  results, res = protocol.evaluate(cfg, params, clips, ec, state_dir, encoder=encoder)
   results.update(model_dir=model_dir, metadata=meta, device=jax.devices()[0].device_kind, tau_inf=cfg.tau_inf,
                  noise_scale=cfg.noise_scale)
   if out_dir:
@@ -81,7 +89,7 @@ def main(argv):
   ec = eval_flags.eval_config(segment=_SEGMENT.value, seed=_SEED.value, render_workers=_RENDER_WORKERS.value,
                               checkpoint_every=_CHECKPOINT_EVERY.value, max_minutes=_MAX_MINUTES.value)
   results = evaluate_model_dir(_MODEL.value, _OUT.value, ec, manifest=eval_flags.MANIFEST.value, title=_TITLE.value,
-                               tau_inf=_TAU_INF.value, noise_scale=_NOISE.value)
+                               tau_inf=_TAU_INF.value, noise_scale=_NOISE.value, text_embeddings=_TEXT.value)
   logging.info("wrote %s", results["files"])
   s = results["stream"]
   if not s["complete"]:

@@ -25,6 +25,9 @@ LIB=${LIB:-$LIBRARY}
 DRIFT_FRAMES=${DRIFT_FRAMES:-100000}; DRIFT_STEPS=${DRIFT_STEPS:-1}
 DRIFT_MIN=${DRIFT_MIN:-7}; DRIFT_KILL_S=${DRIFT_KILL_S:-540}; DRIFT_CHUNK=${DRIFT_CHUNK:-1000}; DRIFT_WORKERS=${DRIFT_WORKERS:-12}
 DRIFT_EFFECTS=${DRIFT_EFFECTS:-sepia,cartoon,thermal,pencil_sketch,snowfall,rain,echo,fireflies}
+# the prompts' recorded embeddings (eval_fidelity.py --save_text_embeddings): a per-prompt noise scale
+# reads the prompts with the text encoder, and the image lacks the MiniLM package
+TEXT=${TEXT:-.carry/text/anchor_texts.npz}; TEXT_FLAG=""; [ -f "$TEXT" ] && TEXT_FLAG=--text_embeddings=$TEXT
 QUIET="^W[0-9]{4}|^I[0-9]{4}.*(cpp|xla_bridge)|TfrtCpuClient"
 for stage in "$@"; do
   case "$stage" in
@@ -35,11 +38,11 @@ for stage in "$@"; do
            XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s KILL "$DRIFT_KILL_S" python3 experiments/evaluate.py --model="$CKPT" --steps="$DRIFT_STEPS" \
              --stream_frames="$DRIFT_FRAMES" --switch_every=1250 --chunk="$DRIFT_CHUNK" --clips=0 --render_workers="$DRIFT_WORKERS" \
              --checkpoint_every=5000 --max_minutes="$DRIFT_MIN" --effects="$DRIFT_EFFECTS" --out="$D" ${DRIFT_TAU:+--tau_inf=$DRIFT_TAU} ${DRIFT_NOISE:+--noise_scale=$DRIFT_NOISE} \
-             --title="Drift: $DRIFT_FRAMES frames of $CKPT${DRIFT_TAU:+, tau_inf $DRIFT_TAU}${DRIFT_NOISE:+, noise scale $DRIFT_NOISE}" 2>&1 | grep -v -E "$QUIET" | tee -a "$D/log.txt" | tail -40
+             $TEXT_FLAG --title="Drift: $DRIFT_FRAMES frames of $CKPT${DRIFT_TAU:+, tau_inf $DRIFT_TAU}${DRIFT_NOISE:+, noise scale $DRIFT_NOISE}" 2>&1 | grep -v -E "$QUIET" | tee -a "$D/log.txt" | tail -40
            python3 -m experiments.device_tools drift_summary "$D/eval.json" || echo "drift: no report yet (killed before the first one); resume from $D/resume" ;;
     fidelity) F="$OUT/fidelity"; mkdir -p "$F"
               XLA_PYTHON_CLIENT_PREALLOCATE=false python3 experiments/eval_fidelity.py --model="$CKPT" --manifest="$LIB" --clips=4 --frames=24 \
-                --out="$F" 2>&1 | grep -v -E "$QUIET" | tail -30 ;;
+                $TEXT_FLAG --out="$F" 2>&1 | grep -v -E "$QUIET" | tail -30 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

@@ -40,6 +40,8 @@ export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache TF_CPP_MIN_LOG_LEVEL=1
 LIB=/tmp/library/manifest.json; TEACHER=${TEACHER:-$PWD/checkpoints/ae_small_conv}; AE=$W/ae_light
 DEC=--config.data.sources.library.decoded_cache=/tmp/lsd_decoded
 END=${END:-520}
+# the prompts' recorded embeddings, for a per-prompt noise scale's reading (the image lacks MiniLM)
+TEXT=.carry/text/anchor_texts.npz; TEXT_FLAG=""; [ -f "$TEXT" ] && TEXT_FLAG=--text_embeddings=$TEXT
 T0=$(date +%s)
 left() { echo $(( END - ($(date +%s) - T0) )); }  # seconds left in this stage's budget
 minutes() { python3 -m experiments.device_tools minutes "$(( $1 ))"; }
@@ -223,7 +225,7 @@ for stage in "$@"; do
         python3 experiments/diagnose.py --model="$d/export" --manifest=$LIB --effects=$e --clips=2 --frames=8 \
           --out="$W/diagnose_$n" 2>&1 | grep "^| \*\*mean\|^| thermal"
         case $n in run_*) python3 experiments/eval_fidelity.py --model="$d/export" --manifest=$LIB --clips=4 --frames=24 \
-          --out="$W/fidelity_$n" ${FID_EXTRA:-} 2>&1 | grep "mean";; esac; done ;;
+          $TEXT_FLAG --out="$W/fidelity_$n" ${FID_EXTRA:-} 2>&1 | grep "mean";; esac; done ;;
     anchored)  # every all-effects run's export and the warm start (/tmp/v2) on the anchored protocol (what
                # lsd-stream and lsd-serve do); the image lacks the MiniLM package, so the texts' embeddings
                # come recorded (eval_fidelity.py --save_text_embeddings=.carry/text/anchor_texts.npz)
@@ -239,7 +241,7 @@ for stage in "$@"; do
                 # (the CPU protocol of reports/eval_particles_v3.1_tracked_cpu_2026-12-01: do they move?)
       for d in $(runs_in "run_*"); do [ -f "$d/export/config.json" ] || continue; n=$(basename "$d")
         python3 experiments/evaluate.py --model="$d/export" --manifest=$LIB --steps=2 --effects=${PARTICLE_EFFECTS:-snowfall,rain,fireflies,bubbles} \
-          --clips=4 --clip_frames=32 --stream_frames=1000 --switch_every=125 --chunk=125 \
+          --clips=4 --clip_frames=32 --stream_frames=1000 --switch_every=125 --chunk=125 $TEXT_FLAG \
           --title="$n: particle statistics" --out="$W/particles_$n" 2>&1 | quiet | tail -2
         grep "Particle bar" "$W/particles_$n/eval.md" | cut -c1-400; done ;;
     collect_runs)  # metrics of everything, the light autoencoder and the all-effects run's weights

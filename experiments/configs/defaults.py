@@ -33,13 +33,22 @@ def base(task: str) -> ml_collections.ConfigDict:
   c.data = pipeline.default_data_config()
   c.model = ml_collections.ConfigDict({"size": "small", "history_mode": "concat", "history_len": 3,
                                        "tau_inf": 0.5, "steps": 2, "kernel_impl": "xla",
-                                       "residual": False, "autoencoder": "conv"})
+                                       "residual": False, "autoencoder": "conv",
+                                       "patch": 0,  # 0: the size's own (LSDConfig.patch)
+                                       # inference only: the export's and the probe's initial noise
+                                       # scale; particle prompts at particle_noise_scale (< 0: None,
+                                       # the same; LSDConfig.particle_noise_scale)
+                                       "noise_scale": 1.0, "particle_noise_scale": -1.0})
   c.optim = ml_collections.ConfigDict({"lr": 3e-4, "warmup_steps": 500, "weight_decay": 0.01, "clip_norm": 1.0})
   c.train = ml_collections.ConfigDict({
       "ema_decay": 0.999, "latent_penalty": 1e-4,
       "tau_kind": "uniform", "tau_max": 0.5, "p_stream_start": 0.1, "p_no_history": 0.0,
       "p_history_swap": 0.0, "prompt_mix": 0.0, "prompt_centroid": 0.0,
       "prompt_noise": 0.0, "prompt_noise_scale": 1.0,
+      # The flow's noise scale (steps.LSDStepConfig.noise_scale); particle samples at
+      # particle_noise_scale, < 0: the same. Set them to the model's own (model.noise_scale,
+      # model.particle_noise_scale) to train the draw the model samples from.
+      "noise_scale": 1.0, "particle_noise_scale": -1.0,
       "augment": [dict(a) for a in FULL_AUGMENT],
       "bootstrap_frac": 0.25, "max_log2": 7, "level_kind": "logit_normal", "level_mean": 0.0,
       "p_no_prompt": 0.05, "prompt_repeats": 1, "loss_weight": "velocity",

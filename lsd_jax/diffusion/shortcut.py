@@ -60,14 +60,19 @@ def bootstrap_targets(teacher_fn: VelocityFn, x_t, t, d, boot, cond, *, d_min: f
 
 def make_targets(velocity_fn: VelocityFn, key, x0, cond, *, x0_in=None, bootstrap_frac: float = 0.25,
                  max_log2: int = 7, level_kind: str = "logit_normal", bootstrap_last_only: bool = False,
-                 teacher_fn: VelocityFn | None = None, level_mean: float = 0.0):
-  """Noisy inputs and regression targets: a dict with x_t, t, d, boot, eps and target."""
+                 teacher_fn: VelocityFn | None = None, level_mean: float = 0.0, eps_scale_B=None):
+  """Noisy inputs and regression targets: a dict with x_t, t, d, boot, eps and target.
+  `eps_scale_B` (optional, [B]): each sample's noise is N(0, scale^2 I), the initial noise the
+  sampler draws at inference at `sampler.sample_frame(noise_scale=)` (the flow from a colder
+  draw); None: the standard normal."""
   b, t_len = x0.shape[:2]
   k_times, k_eps = jax.random.split(key)
   t, d, boot, n_boot = sample_times(k_times, b, t_len, bootstrap_frac=bootstrap_frac, max_log2=max_log2,
                                     level_kind=level_kind, bootstrap_last_only=bootstrap_last_only,
                                     level_mean=level_mean)
   eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+  if eps_scale_B is not None:
+    eps = jnp.reshape(jnp.asarray(eps_scale_B, jnp.float32), (-1,) + (1,) * (x0.ndim - 1)) * eps
   x_t = flow.interpolate(x0 if x0_in is None else x0_in, eps, t)
   target = flow.velocity(x0, eps)
   if n_boot > 0:
@@ -83,16 +88,17 @@ def make_targets(velocity_fn: VelocityFn, key, x0, cond, *, x0_in=None, bootstra
 def shortcut_loss(velocity_fn: VelocityFn, key, x0, cond, *, x0_in=None, bootstrap_frac: float = 0.25,
                   max_log2: int = 7, level_kind: str = "logit_normal", bootstrap_last_only: bool = False,
                   teacher_fn: VelocityFn | None = None, loss_mask=None, level_mean: float = 0.0,
-                  loss_weight: str = "velocity"):
+                  loss_weight: str = "velocity", eps_scale_B=None):
   """Returns (loss, info) for clean targets x0_BxTx... (what the model should produce).
 
   `x0_in` (default x0) is what gets noised: history augmentation can corrupt context frames
   while the target stays clean. `loss_mask_BxT` weights frames (1 = trained). `loss_weight`:
   see `level_weight`. The logged `loss_flow` / `loss_bootstrap` stay unweighted velocity errors.
+  `eps_scale_B`: the noise's scale per sample (`make_targets`).
   """
   tg = make_targets(velocity_fn, key, x0, cond, x0_in=x0_in, bootstrap_frac=bootstrap_frac,
                     max_log2=max_log2, level_kind=level_kind, bootstrap_last_only=bootstrap_last_only,
-                    teacher_fn=teacher_fn, level_mean=level_mean)
+                    teacher_fn=teacher_fn, level_mean=level_mean, eps_scale_B=eps_scale_B)
   boot = tg["boot"]
   pred = velocity_fn(tg["x_t"], tg["t"], tg["d"], cond)
   err = jnp.mean(jnp.square(pred.astype(jnp.float32) - tg["target"]), axis=tuple(range(2, x0.ndim)))  # B x T

@@ -112,12 +112,13 @@ def _protocol(ec: EvalConfig) -> dict[str, Any]:
 
 
 def evaluate(cfg: lsd.LSDConfig, params, clips: Sequence[np.ndarray], ec: EvalConfig,
-             state_dir: str | None = None) -> tuple[dict[str, Any], runner.StreamResult]:
+             state_dir: str | None = None, encoder=None) -> tuple[dict[str, Any], runner.StreamResult]:
   """The whole protocol: held-out clips (when any) and the procedural stream. With `state_dir`
   the held-out results and the stream's progress are kept there, so an interrupted evaluation
-  continues where it stopped."""
+  continues where it stopped. `encoder`: the text encoder a per-prompt noise scale reads the
+  prompts with (None: MiniLM)."""
   prompts = choose_prompts(ec.effects)
-  noise = fidelity.prompt_noise_scales(cfg, {e: p[0] for e, p in prompts.items()})  # None: one scale
+  noise = fidelity.prompt_noise_scales(cfg, {e: p[0] for e, p in prompts.items()}, encoder)  # None: one scale
   model_fn = chunks.model_chunk_fn(cfg, ec.steps)
   logging.info("evaluating %s at S=%d on %d held-out clips and a %d-frame stream (%d effects)", cfg.size,
                ec.steps, len(clips), ec.stream_frames, len(prompts))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsd_jax.diffusion.shortcut import VelocityFn
-from lsd_jax.models import megastep, sizes
+from lsd_jax.models import gemm_conv, megastep, sizes
 from lsd_jax.models.autoencoder import Autoencoder
 from lsd_jax.models.denoiser import Denoiser, DenoiserConfig
 from lsd_jax.models.layers import TensorParallel
@@ -38,13 +38,32 @@ class LSDConfig:
   kernel_impl: str = "xla"
   residual: bool = False  # the denoiser diffuses target - input latent (see diffusion.forcing)
   autoencoder: str = "conv"  # sizes.AE_KINDS: "conv" (models before v3) or "light"
+  # How the autoencoder's convolutions run (gemm_conv.CONV_IMPLS), on the same parameters: "xla"
+  # (cuDNN calls on a GPU, each outside XLA's command buffers) or "gemm" (im2col + GEMM, inside).
+  ae_conv: str = "xla"
   # Per-block attention heads and MLP widths of a pruned denoiser (empty: the size's own).
   block_heads: tuple[int, ...] = ()
   block_mlp: tuple[int, ...] = ()
+  # Latent pixels per token side (0: the size's own, 2). 1 gives 4x the tokens on the same
+  # parameters but the patch embedding and the final layer (a capacity ablation, issue 16).
+  patch: int = 0
+  # The initial noise's scale at inference (a sampling temperature; 1: the trained distribution).
+  noise_scale: float = 1.0
+  # The scale for a prompt read as a particle effect (snowfall, rain, fireflies, bubbles; alone or
+  # composed), whose particles come from the draw; None: noise_scale for every prompt. When set
+  # (and different) the scale is chosen per prompt (`noise_scale_for`) and is an input of the
+  # compiled frame, so a prompt switch never recompiles.
+  particle_noise_scale: float | None = None
 
   def __post_init__(self):
     for name in ("block_heads", "block_mlp"):  # JSON gives lists; keep the config hashable
       object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+    if not 0.0 <= self.noise_scale <= 2.0:
+      raise ValueError(f"noise_scale must be in [0, 2], got {self.noise_scale}")
+    if self.particle_noise_scale is not None and not 0.0 <= self.particle_noise_scale <= 2.0:
+      raise ValueError(f"particle_noise_scale must be in [0, 2] or None, got {self.particle_noise_scale}")
+    if self.patch < 0:
+      raise ValueError(f"patch must be >= 1 (or 0: the size's own), got {self.patch}")
     if self.autoencoder not in sizes.AE_KINDS:
       raise ValueError(f"autoencoder must be one of {sizes.AE_KINDS}, got {self.autoencoder!r}")
     sizes.tokens_per_frame(self.model_size, self.height, self.width)  # validates
@@ -53,16 +72,30 @@ class LSDConfig:
     if self.steps < 1:
       raise ValueError(f"steps must be >= 1, got {self.steps}")
     api.resolve(self.kernel_impl)  # an unknown implementation fails here, with the known ones
+    gemm_conv.conv_fn(self.ae_conv)  # likewise
 
   @property
   def model_size(self) -> sizes.ModelSize:
     """The named size, with this config's autoencoder kind and, when it is pruned, its
     per-block widths."""
     s = sizes.get_size(self.size).with_autoencoder(self.autoencoder)
+    if self.patch and self.patch != s.denoiser.patch:
+      s = dataclasses.replace(s, name=f"{s.name}-p{self.patch}",
+                              denoiser=dataclasses.replace(s.denoiser, patch=self.patch))
     if not (self.block_heads or self.block_mlp):
       return s
     den = dataclasses.replace(s.denoiser, block_heads=self.block_heads, block_mlp=self.block_mlp)
     return dataclasses.replace(s, name=f"{s.name}-pruned", denoiser=den)
+
+  @property
+  def per_prompt_noise(self) -> bool:
+    """Whether the initial noise's scale depends on the prompt (`noise_scale_for`)."""
+    return self.particle_noise_scale is not None and self.particle_noise_scale != self.noise_scale
+
+  def noise_scale_for(self, particles: bool) -> float:
+    """The initial noise's scale for a prompt read as a particle effect (`particles`) or not."""
+    return float(self.particle_noise_scale) if particles and self.particle_noise_scale is not None \
+        else float(self.noise_scale)
 
   @property
   def latent_shape(self) -> tuple[int, int, int]:
@@ -70,7 +103,15 @@ class LSDConfig:
     return (self.height // sizes.AE_FACTOR, self.width // sizes.AE_FACTOR, a.latent_channels)
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    d = dataclasses.asdict(self)
+    # ae_conv is how to run the model, not what it is: left out at its default, so config.json
+    # files and eval resume fingerprints stay what they were before the option existed.
+    if d["ae_conv"] == "xla":
+      del d["ae_conv"]
+    for k, default in (("patch", 0), ("noise_scale", 1.0), ("particle_noise_scale", None)):  # likewise
+      if d[k] == default:
+        del d[k]
+    return d
 
   @classmethod
   def from_config(cls, config, latent_scale: float = 1.0, autoencoder: str | None = None) -> "LSDConfig":
@@ -80,7 +121,9 @@ class LSDConfig:
     return cls(size=m.size, height=config.data.height, width=config.data.width, history_mode=m.history_mode,
                history_len=m.history_len, tau_inf=m.tau_inf, steps=m.steps, latent_scale=latent_scale,
                kernel_impl=m.kernel_impl, residual=bool(m.get("residual", False)),
-               autoencoder=autoencoder or m.get("autoencoder", "conv"))
+               autoencoder=autoencoder or m.get("autoencoder", "conv"), patch=int(m.get("patch", 0)),
+               noise_scale=float(m.get("noise_scale", 1.0)),
+               particle_noise_scale=_particle_scale(m.get("particle_noise_scale")))
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "LSDConfig":
@@ -91,11 +134,17 @@ class LSDConfig:
     return cls(**dict(d))
 
 
+def _particle_scale(v) -> float | None:
+  """A training config's `model.particle_noise_scale`: None or negative (the default, -1: a
+  ConfigDict field keeps one type, so the command line can set it) stands for None."""
+  return None if v is None or float(v) < 0 else float(v)
+
+
 def build(cfg: LSDConfig, tensor_parallel: TensorParallel | None = None) -> tuple[Autoencoder, Denoiser]:
   """The modules of `cfg`; with `tensor_parallel` the denoiser's blocks split over a mesh's
   `model` axis (`lsd_jax.models.parallel`: its params in the tensor layout, traced under the mesh)."""
   s = cfg.model_size
-  ae = Autoencoder(s.autoencoder, latent_scale=cfg.latent_scale)
+  ae = Autoencoder(s.autoencoder, latent_scale=cfg.latent_scale, conv_impl=cfg.ae_conv)
   den = Denoiser(DenoiserConfig(s.denoiser, s.autoencoder.latent_channels, cfg.history_mode,
                                 cfg.history_len, cfg.kernel_impl, tensor_parallel))
   return ae, den

@@ -41,6 +41,9 @@ class Probe:
   ae_psnr: dict[str, float]  # per effect
   warm: int  # frames before scoring starts (K + 1)
   clip_index: np.ndarray  # per stream: which clip (its key, as eval.fidelity keys clip j)
+  # per stream: the initial noise's scale of its effect (`LSDConfig.noise_scale_for`, as
+  # eval.fidelity gives each prompt its scale) for a model whose scale is chosen per prompt; else None
+  noise_B: np.ndarray | None = None
 
 
 def _psnr(a, b, axis):
@@ -87,23 +90,32 @@ def make_probe(cfg: lsd.LSDConfig, ae_params, clips: Sequence[np.ndarray], chose
   inp = _psnr(clips_b[:, warm:] / 255.0, targets[:, warm:], axis=(2, 3, 4)).mean(1)
   aep = _psnr(rt[:, warm:], targets[:, warm:], axis=(2, 3, 4)).mean(1)
   per = lambda v: {n: float(np.mean([x for m, x in zip(names, v) if m == n])) for n in chosen}  # noqa: E731
+  noise = None
+  if cfg.per_prompt_noise:  # the probe knows each stream's effect: its scale from the name
+    noise = np.asarray([cfg.noise_scale_for(effects.has_particles(n)) for n in names], np.float32)
   return Probe(tuple(names), tuple(texts), clips_b, np.stack(pr), targets, per(inp), per(aep), warm,
-               np.asarray(idx, np.int32))
+               np.asarray(idx, np.int32), noise)
 
 
 def rollout_fn(cfg: lsd.LSDConfig) -> Callable[..., jax.Array]:
-  """jit(f(params, clips_BxTxHxWx3 uint8, prompts_BxE, keys_B) -> outputs in [0, 1]): B lossless
-  streams at once, stream b exactly as `eval.fidelity` streams one clip under key `keys_B[b]`:
-  the model's frame function (`models.frame`) scanned over each clip, vmapped over clips."""
+  """jit(f(params, clips_BxTxHxWx3 uint8, prompts_BxE, keys_B[, noise_B]) -> outputs in [0, 1]): B
+  lossless streams at once, stream b exactly as `eval.fidelity` streams one clip under key
+  `keys_B[b]` (and initial noise scale `noise_B[b]`, for a per-prompt scale): the model's frame
+  function (`models.frame`) scanned over each clip, vmapped over clips."""
   fn = model_frame.frame_fn(cfg)
 
-  def stream(params, clip, prompt_e, key):
+  def stream(params, clip, prompt_e, key, noise=None):
     t = clip.shape[0]
     prompts = jnp.broadcast_to(prompt_e, (t, *prompt_e.shape))
-    _, outs = model_frame.scan_frames(fn, params, model_frame.empty_ring(cfg), clip, prompts, jnp.arange(t), key)
+    noise_T = None if noise is None else jnp.broadcast_to(noise, (t,))
+    _, outs = model_frame.scan_frames(fn, params, model_frame.empty_ring(cfg), clip, prompts, jnp.arange(t), key,
+                                      noise_T)
     return outs
 
-  return jax.jit(jax.vmap(stream, in_axes=(None, 0, 0, 0)))
+  plain = jax.jit(jax.vmap(stream, in_axes=(None, 0, 0, 0)))
+  noised = jax.jit(jax.vmap(stream, in_axes=(None, 0, 0, 0, 0)))
+  return lambda params, clips, prompts_BxE, keys, noise_B=None: (  # noqa: E731
+      plain(params, clips, prompts_BxE, keys) if noise_B is None else noised(params, clips, prompts_BxE, keys, noise_B))
 
 
 class HeldoutEval:
@@ -118,13 +130,16 @@ class HeldoutEval:
                    "clips": int(len(probe.names) / max(1, len(set(probe.names)))),
                    "frames": int(probe.clips_BxTxHxWx3.shape[1]), "scored_from_frame": probe.warm,
                    "steps": self.cfg.steps, "tau_inf": self.cfg.tau_inf,
+                   "noise_scale": (dict(zip(probe.names, probe.noise_B.tolist())) if probe.noise_B is not None
+                                   else self.cfg.noise_scale),
                    "input_psnr": probe.input_psnr, "ae_psnr": probe.ae_psnr}, f, indent=2)
 
   def psnr(self, den_params) -> dict[str, float]:
     p = self.probe
     params = {"autoencoder": self.ae_params, "denoiser": den_params}
     out = np.asarray(self._roll(params, jnp.asarray(p.clips_BxTxHxWx3), jnp.asarray(p.prompts_BxE),
-                                jax.vmap(jax.random.key)(jnp.asarray(p.clip_index))))
+                                jax.vmap(jax.random.key)(jnp.asarray(p.clip_index)),
+                                None if p.noise_B is None else jnp.asarray(p.noise_B)))
     per_stream = _psnr(out[:, p.warm:], p.targets_BxTxHxWx3[:, p.warm:], axis=(2, 3, 4)).mean(1)
     return {n: float(np.mean([x for m, x in zip(p.names, per_stream) if m == n])) for n in dict.fromkeys(p.names)}
 

@@ -99,6 +99,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   pending, t_last, n_last, step = None, time.time(), 0, start
   logging.info("training %s from step %d to %d on %s", config.task, start, stop, mesh)
   with sharding.activate(mesh, rules):
+    if probe is not None and restored is None and config.get("init_from"):
+      _heldout(writer, probe, step, state)  # the warm start itself, at this run's sampler: the baseline
     while step < stop and time.time() < deadline:
       batch = pipeline.to_global_batch(next(data_iter), mesh, batch_sh.spec)
       state, metrics = jitted(state, batch, key, extras)

@@ -117,6 +117,11 @@ class LSDStepConfig:
   # their history carries the effect's state (where each particle is), so dropping or swapping
   # it asks for particles from nowhere (history_drop_chances).
   temporal_history_scale: float = 1.0
+  # The flow's noise scale: eps ~ N(0, noise_scale^2 I), the draw the sampler starts from at
+  # `LSDConfig.noise_scale` (train the model at the scale it samples at), and for samples with a
+  # particle effect `particle_noise_scale` (None: noise_scale), as `LSDConfig.noise_scale_for`.
+  noise_scale: float = 1.0
+  particle_noise_scale: float | None = None
   effects_present: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # render_targets' `present`
 
   def __post_init__(self):
@@ -132,6 +137,10 @@ class LSDStepConfig:
       raise ValueError(f"train.prompt_noise_scale must be >= 0, got {self.prompt_noise_scale}")
     if self.temporal_history_scale < 0:
       raise ValueError(f"train.temporal_history_scale must be >= 0, got {self.temporal_history_scale}")
+    for name in ("noise_scale", "particle_noise_scale"):
+      v = getattr(self, name)
+      if v is not None and not 0.0 < v <= 2.0:  # 0 would leave nothing to denoise: x_t = (1 - t) x0
+        raise ValueError(f"train.{name} must be in (0, 2], got {v}")
 
 
 PROMPT_FIELDS = ("effect_frame_id", "effect_temporal_id", "effect_params", "prompt_emb")
@@ -297,6 +306,18 @@ def swap_history(key, y_NxTx, reps: int, p, k: int):
   return jnp.concatenate([hist, y_NxTx[:, k:]], axis=1)
 
 
+def flow_noise_scales(temporal_id_N, cfg: LSDStepConfig):
+  """Each sample's flow noise scale ([N]) from its temporal effect id: `cfg.particle_noise_scale`
+  for a particle effect (alone or composed), else `cfg.noise_scale`; None when both are 1 (the
+  standard normal, and the program of a run that never set them)."""
+  particle = cfg.noise_scale if cfg.particle_noise_scale is None else cfg.particle_noise_scale
+  if cfg.noise_scale == 1.0 and particle == 1.0:
+    return None
+  ids = jnp.asarray([effects.TEMPORAL_EFFECTS.index(n) for n in effects.PARTICLE_EFFECTS], jnp.int32)
+  is_particle = jnp.any(jnp.asarray(temporal_id_N, jnp.int32)[:, None] == ids[None, :], axis=1)
+  return jnp.where(is_particle, jnp.float32(particle), jnp.float32(cfg.noise_scale))
+
+
 def lsd_forcing_inputs(den_params, batch, key, *, den, ae, ae_params, cfg: LSDStepConfig):
   """The model's velocity function and its diffusion-forcing inputs for one batch:
   (vf, loss key, x0, x0_in, cond, bootstrap_last_only)."""
@@ -321,7 +342,8 @@ def lsd_loss(den_params, batch, key, *, den, ae, ae_params, cfg: LSDStepConfig, 
                                                          ae_params=ae_params, cfg=cfg)
   return shortcut.shortcut_loss(vf, k_loss, x0, cond, x0_in=x0_in, bootstrap_frac=cfg.bootstrap_frac,
                                 max_log2=cfg.max_log2, level_kind=cfg.level_kind, bootstrap_last_only=last,
-                                teacher_fn=teacher_fn, level_mean=cfg.level_mean, loss_weight=cfg.loss_weight)
+                                teacher_fn=teacher_fn, level_mean=cfg.level_mean, loss_weight=cfg.loss_weight,
+                                eps_scale_B=flow_noise_scales(batch["effect_temporal_id"], cfg))
 
 
 def distill_loss(den_params, batch, key, *, den, teacher, teacher_params, ae, ae_params, cfg: LSDStepConfig,

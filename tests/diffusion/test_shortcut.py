@@ -22,6 +22,24 @@ def test_flow_targets_at_d_zero_are_eps_minus_x0():
   np.testing.assert_allclose(np.asarray(tg["x_t"]), np.asarray(flow.interpolate(x0, tg["eps"], tg["t"])))
 
 
+def test_scaled_noise_is_the_standard_draw_times_each_samples_scale():
+  """eps_scale_B: sample b's noise is scale_b times the standard draw of the same key, and the
+  inputs and targets are built on it (the colder draw the sampler starts from)."""
+  x0 = _x0()
+  zero = lambda x, t, d, c: jnp.zeros_like(x)  # noqa: E731
+  ref = shortcut.make_targets(zero, jax.random.key(1), x0, {}, bootstrap_frac=0.0)
+  scale = jnp.where(jnp.arange(16) % 2 == 0, 0.25, 1.0)
+  tg = shortcut.make_targets(zero, jax.random.key(1), x0, {}, bootstrap_frac=0.0, eps_scale_B=scale)
+  np.testing.assert_allclose(np.asarray(tg["eps"])[0::2], 0.25 * np.asarray(ref["eps"])[0::2], rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(tg["eps"])[1::2], np.asarray(ref["eps"])[1::2])
+  np.testing.assert_allclose(np.asarray(tg["target"]), np.asarray(tg["eps"] - x0), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(tg["x_t"]), np.asarray(flow.interpolate(x0, tg["eps"], tg["t"])), rtol=1e-6)
+  assert float(jnp.std(tg["eps"][0::2])) == pytest.approx(0.25, rel=0.1)
+  loss, _ = shortcut.shortcut_loss(zero, jax.random.key(1), x0, {}, bootstrap_frac=0.0, eps_scale_B=scale)
+  loss_ref, _ = shortcut.shortcut_loss(zero, jax.random.key(1), x0, {}, bootstrap_frac=0.0)
+  assert float(loss) < float(loss_ref)  # |eps - x0|^2 shrinks with the scale
+
+
 def test_self_consistency_of_constant_velocity_field_is_that_velocity():
   x0 = _x0()
   v = jax.random.normal(jax.random.key(5), x0.shape[2:])

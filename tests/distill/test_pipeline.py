@@ -65,3 +65,14 @@ def test_student_must_share_the_teachers_latent_space(tmp_path):
   cfg.distill.teacher, cfg.init_from = teacher, folder
   with pytest.raises(ValueError, match="history_len"):
     tasks.student_config(cfg, export.load_config(teacher))
+
+
+def test_distillation_refuses_a_scaled_flow_noise(tmp_path):
+  """train.noise_scale is the lsd task's: the distillation loss follows the teacher from the
+  standard draw, so a run that asks for another scale stops before it trains on the wrong one."""
+  teacher = _config_only_export(str(tmp_path / "teacher"), TEACHER, metadata={"steps": 5})
+  cfg = distill_config.get_config("smoke")
+  cfg.distill.teacher = teacher
+  cfg.train.noise_scale = 0.25
+  with pytest.raises(ValueError, match="noise_scale"):
+    tasks.distill_task(cfg, small_prompt_table())

@@ -115,3 +115,30 @@ def test_anchoring_with_a_replayed_encoder_is_the_live_one(encoder, tmp_path):
   for name in live:
     assert live[name][0] == replay[name][0]
     np.testing.assert_array_equal(np.asarray(live[name][1]), np.asarray(replay[name][1]))
+
+
+def test_recorded_prompts_replay_the_per_prompt_noise_reading(encoder, tmp_path):
+  """eval_fidelity.py --save_text_embeddings without --anchor_prompts records what a per-prompt
+  noise scale reads of the raw val wording, so the raw protocol runs on the GPU image too: the
+  replayed reading equals the live one, and the four particle prompts read as particles."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from lsd_jax.datasets import prompts
+  from lsd_jax.eval import fidelity
+  from lsd_jax.models import lsd
+
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  path = tmp_path / "raw.npz"
+  proc = subprocess.run([sys.executable, os.path.join(root, "experiments/eval_fidelity.py"),
+                         f"--save_text_embeddings={path}", "--model=unused", "--manifest=unused"],
+                        cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  cfg = dataclasses.replace(lsd.LSDConfig(size="tiny", height=32, width=32), noise_scale=0.25, particle_noise_scale=1.0)
+  texts = {k: v[0] for k, v in prompts.pick_val_prompts(prompts.load_embedding_table()).items() if "+" not in k}
+  live = fidelity.prompt_noise_scales(cfg, texts, encoder)
+  assert fidelity.prompt_noise_scales(cfg, texts, text_encoder.LookupEncoder(path)) == live
+  assert {n for n, a in live.items() if a == 1.0} == {"snowfall", "rain", "fireflies", "bubbles"}

@@ -170,6 +170,9 @@ def test_v3_recipe_trains_end_to_end(smoke_light_ae, tmp_path):
   cfg.train.prompt_centroid = 0.3  # and v3f's spec-mean prompts (steps.centroid_prompts)
   cfg.train.prompt_noise = 0.5  # and v3g's noised prompts (steps.noise_prompts)
   cfg.train.update({"p_no_history": 0.33, "p_history_swap": 0.33, "temporal_history_scale": 0.2})  # and v3d's
+  # trained at the draw it samples from: 0.5, particle prompts 1 (steps.flow_noise_scales)
+  cfg.model.update({"noise_scale": 0.5, "particle_noise_scale": 1.0})
+  cfg.train.update({"noise_scale": 0.5, "particle_noise_scale": 1.0})
   assert (cfg.heldout.every, cfg.heldout.clips, cfg.heldout.frames, cfg.total_steps) == (10, 1, 6, 20)
   cfg.autoencoder_dir = ae_dir
   work = str(tmp_path / "lsd")
@@ -177,11 +180,75 @@ def test_v3_recipe_trains_end_to_end(smoke_light_ae, tmp_path):
   from lsd_jax.models import export
   model_cfg, params, _ = export.load(summary["export"])
   assert model_cfg.autoencoder == "light" and model_cfg.tau_inf == 0.5
+  assert (model_cfg.noise_scale, model_cfg.particle_noise_scale) == (0.5, 1.0)
   assert model_cfg.latent_scale == pytest.approx(ae_summary["latent_scale"])
   assert np.isfinite(np.asarray(params["autoencoder"]["encoder"]["Conv_0"]["kernel"], np.float32)).all()
   hist = _assert_heldout_logged(work)
   assert all(np.isfinite([v for v in hist["loss"] if v is not None]))
   assert [v for v in hist["heldout_psnr_mean"] if v is not None]
+  # warm-started from that export, a run probes the warm start first (step 0, its baseline), and
+  # the probe at step 0 is the export's last probe (the EMA weights it exported)
+  cfg.init_from, cfg.total_steps = summary["export"], 10
+  work2 = str(tmp_path / "warm")
+  loop.train(cfg, work2, small_prompt_table())
+  warm = writers.read_jsonl(os.path.join(work2, "train_metrics.jsonl"))
+  assert warm["step"][0] == 0 and warm["heldout_psnr_mean"][0] is not None
+  assert warm["heldout_psnr_mean"][0] == pytest.approx(hist["heldout_psnr_mean"][-1], abs=0.02)
+  assert warm["heldout_psnr_mean"][-1] is not None  # and at its end, step 10
+
+
+def test_flow_noise_scale_per_sample_from_its_temporal_effect():
+  """train.noise_scale / particle_noise_scale: particle samples (alone or composed) get the
+  particle scale, every other sample (per-frame, echo, none) the noise scale; both 1 is None
+  (the standard program); the config reads -1 as None and bad values are refused."""
+  from lsd_jax.train import tasks as tasks_lib
+
+  names = ["none", "echo", "snowfall", "rain", "fireflies", "bubbles"]
+  tid = jnp.asarray([effects.TEMPORAL_EFFECTS.index(n) for n in names], jnp.int32)
+  out = steps.flow_noise_scales(tid, steps.LSDStepConfig(noise_scale=0.25, particle_noise_scale=1.0))
+  np.testing.assert_array_equal(np.asarray(out), [0.25, 0.25, 1.0, 1.0, 1.0, 1.0])
+  same = steps.flow_noise_scales(tid, steps.LSDStepConfig(noise_scale=0.5))
+  np.testing.assert_array_equal(np.asarray(same), [0.5] * 6)
+  assert steps.flow_noise_scales(tid, steps.LSDStepConfig()) is None
+  assert steps.flow_noise_scales(tid, steps.LSDStepConfig(particle_noise_scale=1.0)) is None
+  for bad in ({"noise_scale": 0.0}, {"noise_scale": 3.0}, {"particle_noise_scale": -0.5}):
+    with pytest.raises(ValueError, match="noise_scale"):
+      steps.LSDStepConfig(**bad)
+  cfg = lsd_config.get_config("v3d")
+  assert tasks_lib.step_config(cfg).particle_noise_scale is None and tasks_lib.step_config(cfg).noise_scale == 1.0
+  cfg.train.noise_scale, cfg.train.particle_noise_scale = 0.25, 1.0
+  assert (tasks_lib.step_config(cfg).noise_scale, tasks_lib.step_config(cfg).particle_noise_scale) == (0.25, 1.0)
+  assert lsd.LSDConfig.from_config(cfg).particle_noise_scale is None  # the model's own field: -1 is None
+  cfg.model.noise_scale, cfg.model.particle_noise_scale = 0.25, 1.0
+  assert lsd.LSDConfig.from_config(cfg).noise_scale_for(True) == 1.0
+
+
+def test_probe_streams_each_effect_at_its_noise_scale():
+  """A per-prompt noise model's probe: particle streams at particle_noise_scale, the rest at
+  noise_scale, exactly as eval_fidelity streams each prompt at its scale."""
+  cfg = lsd.LSDConfig(size="tiny", height=32, width=32, residual=True, tau_inf=0.5, noise_scale=0.25,
+                      particle_noise_scale=1.0)
+  params = lsd.init_params(jax.random.key(0), cfg)
+  params["denoiser"] = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(3), x.shape),
+                                    params["denoiser"])
+  clips = heldout.heldout_clips(lsd_config.get_config("smoke").data, 1, 6, 32, 32)
+  probe = heldout.make_probe(cfg, params["autoencoder"], clips, heldout.single_effect_prompts(["negative", "snowfall"]))
+  scales = dict(zip(probe.names, probe.noise_B.tolist()))
+  assert scales == {"negative": 0.25, "snowfall": 1.0}
+  out = np.asarray(heldout.rollout_fn(cfg)(params, jnp.asarray(probe.clips_BxTxHxWx3), jnp.asarray(probe.prompts_BxE),
+                                           jax.vmap(jax.random.key)(jnp.asarray(probe.clip_index)),
+                                           jnp.asarray(probe.noise_B)))
+  single = fidelity.rollout_fn(cfg, cfg.steps)
+  psnr = lambda a, b: 10 * np.log10(1 / max(np.mean(np.square(a - b)), 1e-12))  # noqa: E731
+  for i, n in enumerate(probe.names):
+    ref = np.asarray(single(params, probe.clips_BxTxHxWx3[i], jnp.asarray(probe.prompts_BxE[i]), jax.random.key(0),
+                            jnp.float32(scales[n])))
+    wrong = np.asarray(single(params, probe.clips_BxTxHxWx3[i], jnp.asarray(probe.prompts_BxE[i]), jax.random.key(0),
+                              jnp.float32(1.25 - scales[n])))
+    assert psnr(out[i], ref) > 45.0 and psnr(out[i], ref) > psnr(wrong, ref) + 5.0, n
+  plain = heldout.make_probe(dataclasses.replace(cfg, particle_noise_scale=None), params["autoencoder"], clips,
+                             heldout.single_effect_prompts(["negative"]))
+  assert plain.noise_B is None
 
 
 def test_history_swap_shows_another_prompts_history():
