@@ -55,7 +55,7 @@ flags.DEFINE_integer("mem_every", 10_000, "Record memory and interval latency ev
 flags.DEFINE_float("soak_max_s", 400.0, "Stop the soak after this long (recorded if it happens).")
 flags.DEFINE_string("prompt_npy", "reports/stream/prompt_pencil_sketch.npy",
                     "A saved 384-d prompt embedding ('' for the empty prompt only).")
-flags.DEFINE_list("ae_conv", ["xla"], "The autoencoder's convolutions, a latency row each: xla (cuDNN "
+flags.DEFINE_list("ae_conv", ["auto"], "The autoencoder's convolutions, a latency row each: xla (cuDNN "
                   "calls on a GPU, outside XLA's command buffers) and/or gemm (im2col + GEMM). The soak "
                   "runs the first.")
 flags.DEFINE_list("bake_params", ["false"], "false and/or true, a latency row each: the weights as "
@@ -236,7 +236,7 @@ def main(argv) -> None:
             "latency": []}
   for conv in FLAGS.ae_conv:
     try:
-      gemm_conv.conv_fn(conv)
+      gemm_conv.resolve(conv)
     except ValueError as e:
       raise app.UsageError(f"--ae_conv: {e}")
   for size in ([""] if FLAGS.checkpoint else FLAGS.sizes):

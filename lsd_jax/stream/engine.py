@@ -38,7 +38,7 @@ from jax.sharding import Mesh
 import numpy as np
 
 from lsd_jax.diffusion import sampler
-from lsd_jax.models import export, lsd, parallel, sizes
+from lsd_jax.models import export, gemm_conv, lsd, parallel, sizes
 from lsd_jax.models import frame as model_frame
 from lsd_jax.models.layers import TensorParallel
 from lsd_jax.stream import preprocess
@@ -235,7 +235,10 @@ class StreamModel:
       cfg = dataclasses.replace(cfg, particle_noise_scale=float(particle_noise_scale))
     if kernel_impl is not None:  # pallas_kernels.api implementation (LSDConfig checks the name)
       cfg = dataclasses.replace(cfg, kernel_impl=kernel_impl)
-    if ae_conv is not None:  # the autoencoder's convolutions: "xla" or "gemm" (same parameters)
+    # the autoencoder's convolutions, "xla" or "gemm" on the same parameters; "auto" (and None for
+    # a model at the default xla): gemm on a GPU, where it is faster, xla elsewhere (gemm_conv.resolve)
+    ae_conv = gemm_conv.resolve(ae_conv, cfg.ae_conv)
+    if ae_conv != cfg.ae_conv:
       cfg = dataclasses.replace(cfg, ae_conv=ae_conv)
     self.mesh = mesh if isinstance(mesh, Mesh) else parallel.make_mesh(mesh)
     if parallel.data_size(self.mesh) > 1:  # a session is one stream (the benchmark batches them)

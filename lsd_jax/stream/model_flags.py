@@ -1,7 +1,7 @@
 """The model flags of both streaming front ends (lsd-stream and lsd-serve), spelt one way.
 
   --model_dir=DIR  --steps=S  --tau_inf=T  --noise_scale=X  --particle_noise_scale=X
-  --kernel_impl=NAME  --ae_conv=xla|gemm  --seed=N  --mesh=model:M
+  --kernel_impl=NAME  --ae_conv=auto|xla|gemm  --seed=N  --mesh=model:M
   --[no]anchor_prompts
 
 The spellings of earlier releases stay as aliases: --checkpoint (both tools), --tau-inf and
@@ -20,7 +20,7 @@ from absl import flags
 # because importing those modules loads jax; tests/stream/test_flags.py checks that they agree.
 MAX_STEPS = 16
 KERNEL_IMPLS = ("auto", "xla", "mosaic", "triton", "megastep")
-AE_CONVS = ("xla", "gemm")
+AE_CONVS = ("auto", "xla", "gemm")
 
 MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Model folder (config.json + params.safetensors). Default: "
@@ -47,9 +47,10 @@ KERNEL_IMPL = flags.DEFINE_enum(
     "(pallas_kernels/megastep_mgpu.py; elsewhere it acts as auto).")
 AE_CONV = flags.DEFINE_enum(
     "ae_conv", None, list(AE_CONVS),
-    "How the autoencoder's convolutions run, on the same weights (default: the model's, xla): xla "
-    "is one cuDNN call each on a GPU, which XLA keeps out of its command buffers (CUDA graphs); "
-    "gemm computes each as im2col + one matrix multiply, so the whole frame can be one command buffer.")
+    "How the autoencoder's convolutions run, on the same weights (default auto: gemm on a GPU, xla "
+    "elsewhere, for a model that names no other): xla is one cuDNN call each on a GPU, which XLA "
+    "keeps out of its command buffers (CUDA graphs); gemm computes each as im2col + one matrix "
+    "multiply, so the whole frame can be one command buffer (faster on an H200, slower on a CPU).")
 MESH = flags.DEFINE_string(
     "mesh", None, "Split the denoiser over this many GPUs of the host (tensor parallelism: each "
     "block's attention heads and MLP columns; the autoencoder is replicated): model:M or M, e.g. "

@@ -207,6 +207,25 @@ def test_ae_conv_override(model):
     engine.StreamModel(TINY, model.params, model.info, ae_conv="cudnn")
 
 
+def test_ae_conv_auto_is_gemm_on_a_gpu_and_xla_elsewhere(model, monkeypatch):
+  """The default (None) and "auto": gemm on a GPU (faster there: XLA keeps cuDNN's convolutions out
+  of its CUDA graphs), xla on this CPU (gemm is slower here); a model whose config names gemm keeps
+  it, and an explicit name wins."""
+  from lsd_jax.models import gemm_conv
+
+  assert model.cfg.ae_conv == "xla"  # this CPU: the default resolved to xla
+  auto = engine.StreamModel(TINY, model.params, model.info, ae_conv="auto", text_encoder=FakeTextEncoder())
+  assert auto.cfg.ae_conv == "xla"
+  assert gemm_conv.resolve(None, backend="gpu") == gemm_conv.resolve("auto", backend="gpu") == "gemm"
+  assert gemm_conv.resolve(None, backend="cpu") == "xla" and gemm_conv.resolve("xla", backend="gpu") == "xla"
+  assert gemm_conv.resolve(None, default="gemm", backend="cpu") == "gemm"
+  monkeypatch.setattr(gemm_conv.jax, "default_backend", lambda: "gpu")
+  on_gpu = engine.StreamModel(TINY, model.params, model.info, text_encoder=FakeTextEncoder())
+  assert on_gpu.cfg.ae_conv == "gemm"
+  with pytest.raises(ValueError, match="auto"):
+    gemm_conv.resolve("cudnn")
+
+
 def test_bake_params(model):
   """bake_params: the weights as constants of the compiled frame. A call then passes the state,
   the frame and the prompt alone (not every parameter leaf); the frames are the same bit for bit,

@@ -18,7 +18,7 @@ TOOLS = {"lsd-stream": "lsd_jax.stream.cli", "lsd-serve": "lsd_jax.stream.serve_
 def test_spelt_out_constants_agree_with_their_sources():
   assert model_flags.MAX_STEPS == engine.MAX_STEPS
   assert tuple(model_flags.KERNEL_IMPLS) == tuple(api.IMPLEMENTATIONS)
-  assert tuple(model_flags.AE_CONVS) == tuple(gemm_conv.CONV_IMPLS)
+  assert tuple(model_flags.AE_CONVS) == tuple(gemm_conv.CONV_CHOICES)
 
 
 def _as_console_script(tool, *args):

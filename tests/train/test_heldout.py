@@ -223,6 +223,17 @@ def test_flow_noise_scale_per_sample_from_its_temporal_effect():
   assert lsd.LSDConfig.from_config(cfg).noise_scale_for(True) == 1.0
 
 
+def test_recipes_that_train_at_the_models_draw():
+  """v3h (v3d) and v3i (v3g) train the flow at the scales the model samples at."""
+  from lsd_jax.train import tasks as tasks_lib
+
+  for recipe, prompt_noise in (("v3h", 0.0), ("v3i", 0.5)):
+    cfg = lsd_config.get_config(recipe)
+    scfg, model = tasks_lib.step_config(cfg), lsd.LSDConfig.from_config(cfg)
+    assert (scfg.noise_scale, scfg.particle_noise_scale) == (model.noise_scale, model.particle_noise_scale) == (0.25, 1.0)
+    assert scfg.prompt_noise == prompt_noise and scfg.p_history_swap == lsd_config.V3D_TRAIN["p_history_swap"]
+
+
 def test_probe_streams_each_effect_at_its_noise_scale():
   """A per-prompt noise model's probe: particle streams at particle_noise_scale, the rest at
   noise_scale, exactly as eval_fidelity streams each prompt at its scale."""
