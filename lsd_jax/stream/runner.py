@@ -66,7 +66,8 @@ class StreamOptions:
   kernel_impl: str | None = None  # pallas_kernels.api implementation (None: the model's own)
   mesh: str | None = None  # devices the denoiser splits over (models.parallel), e.g. "model:4"
   anchor_prompts: bool | None = None  # prompts.anchor_many (None: on for a trained model)
-  ae_conv: str | None = None  # the autoencoder's convolutions, "xla" or "gemm" (None: the model's own)
+  ae_conv: str | None = None  # the autoencoder's convolutions, auto / xla / gemm (None: auto, gemm_conv.resolve)
+  bake_params: bool = False  # the weights as constants of the compiled frame (engine.StreamModel)
   seed: int = 0
   window: bool = False
   vcam: bool = False
@@ -140,6 +141,8 @@ def check_options(opts: StreamOptions) -> None:
     parallel.make_mesh(opts.mesh)
   except ValueError as e:
     raise OptionError(f"--mesh={opts.mesh}: {e}") from e
+  if opts.bake_params and opts.mesh and parallel.make_mesh(opts.mesh) is not None:  # model:1 is no mesh
+    raise OptionError(f"--bake_params needs one device; --mesh={opts.mesh} splits the model (leave one out)")
   files = [("--output", opts.output), ("--stats", opts.stats)]
   files = [(flag, path) for flag, path in files if path]
   if _is_path_source(opts.source) and os.path.exists(opts.source):
@@ -260,7 +263,8 @@ def run(opts: StreamOptions, *, stop: threading.Event | None = None,
   model = engine.StreamModel.load(opts.model_dir, steps=opts.steps, tau_inf=opts.tau_inf,
                                   noise_scale=opts.noise_scale, particle_noise_scale=opts.particle_noise_scale,
                                   kernel_impl=opts.kernel_impl, mesh=opts.mesh,
-                                  anchor_prompts=opts.anchor_prompts, ae_conv=opts.ae_conv)
+                                  anchor_prompts=opts.anchor_prompts, ae_conv=opts.ae_conv,
+                                  bake_params=opts.bake_params)
   logging.info("model: %s", model.info.label)
   session = engine.StreamSession(model, seed=opts.seed, prompt=opts.prompt)
   source = io.open_source(opts.source, height=model.height, width=model.width, seed=opts.seed)

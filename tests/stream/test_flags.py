@@ -72,6 +72,21 @@ def test_a_mesh_larger_than_the_machine_stops_before_the_model_loads(tmp_path):
   assert "not a model folder" not in r.stderr  # checked before the model folder is even looked at
 
 
+def test_bake_params_reaches_the_options_and_refuses_a_mesh(tmp_path):
+  """--bake_params goes from the CLI's flags into StreamOptions, and with a mesh of several devices
+  it stops before the model loads (baked weights live on one device); model:1 is one device."""
+  from lsd_jax.stream import model_flags, runner
+
+  assert "bake_params" in model_flags.NAMES and runner.StreamOptions(source="procedural").bake_params is False
+  env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  r = subprocess.run([sys.executable, "-m", "lsd_jax.stream.cli", "--source=procedural", "--frames=1",
+                      f"--model_dir={tmp_path / 'nope'}", "--mesh=model:2", "--bake_params"], capture_output=True,
+                     text=True, timeout=120, cwd=REPO, env=env)
+  assert r.returncode == 1 and "--bake_params needs one device" in r.stderr, r.stderr[-2000:]
+  assert "not a model folder" not in r.stderr  # checked before the model folder is looked at
+  runner.check_options(runner.StreamOptions(source="procedural", bake_params=True, mesh="model:1"))
+
+
 def test_no_tpu_probe_noise(tiny_checkpoint):
   r = subprocess.run([sys.executable, "-m", "lsd_jax.stream.cli", "--source=procedural",
                       "--frames=1", "--noprogress", f"--model_dir={tiny_checkpoint}"],
