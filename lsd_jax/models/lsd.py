@@ -123,7 +123,7 @@ class LSDConfig:
                kernel_impl=m.kernel_impl, residual=bool(m.get("residual", False)),
                autoencoder=autoencoder or m.get("autoencoder", "conv"), patch=int(m.get("patch", 0)),
                noise_scale=float(m.get("noise_scale", 1.0)),
-               particle_noise_scale=_particle_scale(m.get("particle_noise_scale")))
+               particle_noise_scale=config_particle_scale(m.get("particle_noise_scale")))
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "LSDConfig":
@@ -134,9 +134,10 @@ class LSDConfig:
     return cls(**dict(d))
 
 
-def _particle_scale(v) -> float | None:
-  """A training config's `model.particle_noise_scale`: None or negative (the default, -1: a
-  ConfigDict field keeps one type, so the command line can set it) stands for None."""
+def config_particle_scale(v) -> float | None:
+  """A training config's `model.particle_noise_scale` or `train.particle_noise_scale`: None or
+  negative (the default, -1: a ConfigDict field keeps one type, so the command line can set it)
+  stands for None."""
   return None if v is None or float(v) < 0 else float(v)
 
 

@@ -119,21 +119,14 @@ def step_config(config, model: lsd.LSDConfig | None = None,
       temporal_history_scale=t.get("temporal_history_scale", 1.0),
       prompt_mix=t.get("prompt_mix", 0.0), prompt_centroid=t.get("prompt_centroid", 0.0),
       prompt_noise=t.get("prompt_noise", 0.0), prompt_noise_scale=t.get("prompt_noise_scale", 1.0),
-      noise_scale=float(t.get("noise_scale", 1.0)), particle_noise_scale=_particle_scale(t),
+      noise_scale=float(t.get("noise_scale", 1.0)),
+      particle_noise_scale=lsd.config_particle_scale(t.get("particle_noise_scale")),
       effects_present=_present(table))
 
 
 def flow_scaled(scfg: steps.LSDStepConfig) -> bool:
   """Whether a step config trains on a scaled flow noise (`steps.flow_noise_scales`)."""
   return scfg.noise_scale != 1.0 or scfg.particle_noise_scale not in (None, 1.0)
-
-
-def _particle_scale(t) -> float | None:
-  """`train.particle_noise_scale`: a negative value (the config's default, -1) stands for None,
-  noise_scale for every sample (a ConfigDict field keeps one type, so the command line can set
-  it)."""
-  v = t.get("particle_noise_scale", -1.0)
-  return None if v is None or v < 0 else float(v)
 
 
 def _present(table: pipeline.PromptTable | None):
