@@ -13,6 +13,10 @@ from absl import app, flags, logging
 _MODEL = flags.DEFINE_string("model", "checkpoints/lsd_small", "exported model folder")
 _MANIFEST = flags.DEFINE_string("manifest", "data/library/manifest.json", "clip library manifest")
 _CLIPS = flags.DEFINE_integer("clips", 4, "held-out clips per effect")
+_SPLIT = flags.DEFINE_enum("split", "heldout", ["heldout", "train"],
+                           "which clips of the library: heldout (the protocol) or train, to choose an inference "
+                           "setting (--tau_inf, --noise_scale) without looking at the held-out clips; a train-split "
+                           "run's files say so and its bar is not the model's")
 _FRAMES = flags.DEFINE_integer("frames", 24, "frames per clip")
 _STEPS = flags.DEFINE_list("steps", ["1", "2", "4"], "step counts S")
 _COMPOSITIONS = flags.DEFINE_bool("compositions", False, "also composed effects (per-frame + temporal)")
@@ -80,8 +84,11 @@ def main(argv):
     cfg = dataclasses.replace(cfg, tau_inf=_TAU_INF.value)
   if _NOISE.value is not None:
     cfg = dataclasses.replace(cfg, noise_scale=_NOISE.value)
-  src = sources.VideoClipSource.from_manifest(_MANIFEST.value, "heldout", height=cfg.height, width=cfg.width,
-                                              num_frames=_FRAMES.value, seed=7, strides=(1,))
+  try:
+    src = sources.VideoClipSource.from_manifest(_MANIFEST.value, _SPLIT.value, height=cfg.height, width=cfg.width,
+                                                num_frames=_FRAMES.value, seed=7, strides=(1,))
+  except sources.NoReadableClipError as e:
+    raise app.UsageError(str(e)) from e
   clips = [src[i] for i in range(_CLIPS.value)]
   steps = tuple(int(s) for s in _STEPS.value)
   bar_steps = cfg.steps if cfg.steps in steps else steps[0]
@@ -104,7 +111,8 @@ def main(argv):
                  "anchor_prompts": _ANCHOR.value, "tau_inf": cfg.tau_inf, "noise_scale": cfg.noise_scale,
                  **({"particle_noise_scale": cfg.particle_noise_scale} if cfg.per_prompt_noise else {}),
                  **({"anchor_method": anchor_method, "anchor_target": anchor_target} if _ANCHOR.value else {}),
-                 "clips": _CLIPS.value, "frames": _FRAMES.value, "results": results}, f, indent=2)
+                 "split": _SPLIT.value, "clips": _CLIPS.value, "frames": _FRAMES.value, "results": results},
+                f, indent=2)
     md = fidelity.markdown(results, steps)
     with open(os.path.join(_OUT.value, f"fidelity{suffix}.md"), "w") as f:
       f.write(md + "\n")
@@ -116,11 +124,16 @@ def main(argv):
   train = run(prompts.pick_train_twins(table), "_train") if _PROMPTS.value == "both" else None
   # The model issue's bar, on the model's own S (its other parts have their own tools).
   checked = bar.check(results, steps=bar_steps, train_results=train)
+  md = bar.markdown(checked)
+  if _SPLIT.value != "heldout":  # a selection run on train clips: not the protocol's bar
+    checked["split"] = _SPLIT.value
+    md = (f"**On the {_SPLIT.value} split's clips, for choosing a setting: not the model's bar (the "
+          "protocol is on the held-out clips).**\n\n" + md)
   with open(os.path.join(_OUT.value, "bar.json"), "w") as f:
     json.dump(checked, f, indent=2)
   with open(os.path.join(_OUT.value, "bar.md"), "w") as f:
-    f.write(bar.markdown(checked) + "\n")
-  print(bar.markdown(checked))
+    f.write(md + "\n")
+  print(md)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,34 @@ def test_eval_fidelity_cli_tau_inf(tiny32, tmp_path):
   assert bad.returncode != 0 and "--tau_inf must be in [0, 1)" in bad.stderr
 
 
+def test_eval_fidelity_on_the_train_split_says_it_is_not_the_bar(tiny32, tmp_path):
+  """--split=train streams the library's train clips (to choose a setting without the held-out
+  ones): a library whose one clip is a train clip runs, records its split and heads its bar with
+  the note; the default split (held-out) finds no clip there."""
+  _, params = tiny32
+  model_dir = str(tmp_path / "model")
+  export.save(model_dir, CFG, randomize(params, jax.random.key(5)), dtype="float32")
+  manifest = _sample_manifest(tmp_path)
+  doc = json.loads(open(manifest).read())
+  doc["clips"][0]["split"] = "train"
+  with open(manifest, "w") as f:
+    json.dump(doc, f)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  cmd = [sys.executable, os.path.join(ROOT, "experiments/eval_fidelity.py"), f"--model={model_dir}",
+         f"--manifest={manifest}", "--clips=1", "--frames=6", "--steps=1"]
+  out = tmp_path / "train_split"
+  proc = subprocess.run(cmd + ["--split=train", f"--out={out}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads((out / "fidelity.json").read_text())["split"] == "train"
+  assert (out / "bar.md").read_text().startswith("**On the train split's clips")
+  assert json.loads((out / "bar.json").read_text())["split"] == "train"
+  held = subprocess.run(cmd + [f"--out={tmp_path / 'held'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert held.returncode != 0 and "no readable video clip" in held.stderr and "'heldout'" in held.stderr
+  assert "Traceback" not in held.stderr  # no held-out clip in this library: a message, not a crash
+
+
 def test_drift_segment_must_be_whole_schedule_cycles():
   """A segment that is not a whole number of cycles would compare different effects, not time."""
   ec = protocol.EvalConfig(switch_every=125, segment=500)
