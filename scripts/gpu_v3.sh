@@ -26,6 +26,7 @@
 #   wait     until every started run ends; diagnose: diagnose.py (+ eval_fidelity) on each export;
 #            anchored: eval_fidelity --anchor_prompts on each all-effects export and the warm start;
 #            particles: experiments/evaluate.py on the four particle effects of each all-effects export
+#            protocol: eval_fidelity raw and anchored (--prompts=both) on each all-effects export at once
 #   collect_runs  metrics, the autoencoder and the all-effects run's weights into $OUT
 #   eval     export, held-out fidelity at S = 1, 2, 4, autoencoder PSNR at 256x256 and 832x480
 #   latency  the light autoencoder's and the v3 frame's latency, train-step MFU
@@ -237,6 +238,20 @@ for stage in "$@"; do
         python3 experiments/eval_fidelity.py --model="$m" --manifest=$LIB --clips=4 --frames=24 \
           --anchor_prompts --text_embeddings=.carry/text/anchor_texts.npz ${FID_EXTRA:-} \
           --out="$W/fidelity_anchored_$n" 2>&1 | grep -E "mean|holds|needed|Error"; done ;;
+    protocol)  # every all-effects run's export (RUNS: others) on the whole protocol at once: the raw val
+               # wording and anchored, each with the train twins (the paraphrase gap), all in the
+               # background and waited for by pid (a `pgrep -f` on the output name matched the calling
+               # shell's own command line and never returned: stretch 17 lost a call's end to it)
+      pids=""
+      for d in $(runs_in "run_*"); do [ -f "$d/export/params.safetensors" ] || continue; n=$(basename "$d")
+        for a in raw anchored; do flag=$TEXT_FLAG; o="$W/fidelity_$n"
+          [ $a = anchored ] && flag="--anchor_prompts --text_embeddings=$TEXT" && o="$W/fidelity_anchored_$n"
+          python3 experiments/eval_fidelity.py --model="$d/export" --manifest=$LIB --clips=4 --frames=24 --prompts=both \
+            $flag ${FID_EXTRA:-} --out="$o" > "$o.log" 2>&1 &
+          pids="$pids $!"; done; done
+      for p in $pids; do wait "$p"; done
+      for l in "$W"/fidelity_*.log; do [ -f "$l" ] || continue; echo "-- $(basename "$l" .log)"
+        grep -E "^\| \*\*mean|mean of the 16|within 1.0 dB of the train|Error" "$l" | tail -4 | cut -c1-200; done ;;
     particles)  # every all-effects run's export (RUNS: others): the particle effects (PARTICLE_EFFECTS) through experiments/evaluate.py
                 # (the CPU protocol of reports/eval_particles_v3.1_tracked_cpu_2026-12-01: do they move?)
       for d in $(runs_in "run_*"); do [ -f "$d/export/config.json" ] || continue; n=$(basename "$d")

@@ -238,6 +238,32 @@ def test_v3_anchored_evaluates_model_folders_only(tmp_path):
   assert "run_live" not in proc.stdout
 
 
+def test_v3_protocol_runs_raw_and_anchored_for_each_export_and_returns(tmp_path):
+  """`gpu_v3.sh protocol`: each run export gets the raw and the anchored protocol (both with the
+  train twins), side by side in the background, and the stage returns once both have ended (it
+  waits on their pids; a run still training, without an export, is skipped)."""
+  stub = tmp_path / "bin"
+  stub.mkdir()
+  (stub / "python3").write_text('#!/bin/sh\nsleep 1\necho "| **mean** | $@"\n')
+  (stub / "python3").chmod(0o755)
+  work = tmp_path / "w"
+  (work / "run_live").mkdir(parents=True)
+  (work / "run_v3i" / "export").mkdir(parents=True)
+  (work / "run_v3i" / "export" / "params.safetensors").write_text("x")
+  env = _env(tmp_path, W=str(work), PATH=f"{stub}{os.pathsep}{os.environ['PATH']}")
+  proc = subprocess.run(["bash", "scripts/gpu_v3.sh", "protocol"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  raw = (work / "fidelity_run_v3i.log").read_text()
+  anchored = (work / "fidelity_anchored_run_v3i.log").read_text()
+  for log in (raw, anchored):
+    assert f"--model={work}/run_v3i/export" in log and "--prompts=both" in log
+  assert "--anchor_prompts" in anchored and "--text_embeddings=.carry/text/anchor_texts.npz" in anchored
+  assert "--anchor_prompts" not in raw and f"--out={work}/fidelity_run_v3i" in raw
+  assert "-- fidelity_run_v3i" in proc.stdout and "-- fidelity_anchored_run_v3i" in proc.stdout
+  assert not (work / "fidelity_run_live.log").exists()
+
+
 def test_v3_anneal_continues_each_finished_run(tmp_path):
   """`gpu_v3.sh anneal`: each ANNEAL_FROM run with an export gets a `<run>_anneal` run from that
   export, with ANNEAL_CONFIG and the anneal's rate and steps; a run without an export is named and
