@@ -37,6 +37,7 @@ import numpy as np
 
 from lsd_jax.models import gemm_conv, lsd
 from lsd_jax.stream import engine, latency_stats, realtime
+from pallas_kernels import api
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes for the latency table.")
@@ -58,6 +59,9 @@ flags.DEFINE_string("prompt_npy", "reports/stream/prompt_pencil_sketch.npy",
 flags.DEFINE_list("ae_conv", ["auto"], "The autoencoder's convolutions, a latency row each: xla (cuDNN "
                   "calls on a GPU, outside XLA's command buffers) and/or gemm (im2col + GEMM). The soak "
                   "runs the first.")
+flags.DEFINE_list("kernel_impl", [""], "Denoiser implementations, a latency row each ('' the model's own; "
+                  "auto, xla, mosaic, triton, megastep: the whole step as one Mosaic GPU kernel on a Hopper, "
+                  "one CUDA-graph node a step instead of about a hundred).")
 flags.DEFINE_list("bake_params", ["false"], "false and/or true, a latency row each: the weights as "
                   "arguments of every call, or baked into the compiled frame as constants "
                   "(StreamModel(bake_params=True): a call passes 7 arguments, not 116 more). The soak "
@@ -78,17 +82,18 @@ def _device_mb() -> float | None:
   return None if not stats else stats.get("bytes_in_use", 0) / 2**20
 
 
-def _model(size: str, ae_conv: str, bake: bool = False) -> engine.StreamModel:
+def _model(size: str, ae_conv: str, bake: bool = False, impl: str = "") -> engine.StreamModel:
   width, height = (int(v) for v in FLAGS.resolution.split("x"))
   dtype = jnp.dtype(FLAGS.param_dtype)
+  kw = {"kernel_impl": impl or None}
   if FLAGS.checkpoint:
     model = engine.StreamModel.load(FLAGS.checkpoint, steps=FLAGS.steps, param_dtype=dtype, ae_conv=ae_conv,
-                                    bake_params=bake)
+                                    bake_params=bake, **kw)
     if FLAGS.prompt_npy and os.path.exists(FLAGS.prompt_npy):  # no text encoder needed
       model.add_embedding("pencil sketch", np.load(FLAGS.prompt_npy))
     return model
   cfg = lsd.LSDConfig(size=size, height=height, width=width, steps=FLAGS.steps)
-  model = engine.StreamModel.random(cfg, param_dtype=dtype, ae_conv=ae_conv, bake_params=bake)
+  model = engine.StreamModel.random(cfg, param_dtype=dtype, ae_conv=ae_conv, bake_params=bake, **kw)
   if FLAGS.prompt_npy and os.path.exists(FLAGS.prompt_npy):
     model.add_embedding("pencil sketch", np.load(FLAGS.prompt_npy))
   return model
@@ -111,8 +116,8 @@ def _prompt() -> str:
   return "pencil sketch" if FLAGS.prompt_npy and os.path.exists(FLAGS.prompt_npy) else ""
 
 
-def latency(size: str, ae_conv: str, bake: bool = False) -> dict:
-  model = _model(size, ae_conv, bake)
+def latency(size: str, ae_conv: str, bake: bool = False, impl: str = "") -> dict:
+  model = _model(size, ae_conv, bake, impl)
   session = engine.StreamSession(model, prompt=_prompt())
   compile_s = session.warmup(profile=True)
   frames = _synthetic_frames(model)
@@ -132,7 +137,8 @@ def latency(size: str, ae_conv: str, bake: bool = False) -> dict:
       stages[k].add(v)
   row = {"size": model.cfg.size, "model": model.info.label, "trained": model.info.trained,
          "resolution": f"{model.width}x{model.height}", "steps": model.cfg.steps,
-         "param_dtype": FLAGS.param_dtype, "ae_conv": model.cfg.ae_conv, "bake_params": model.bake_params,
+         "param_dtype": FLAGS.param_dtype, "kernel_impl": model.cfg.kernel_impl, "ae_conv": model.cfg.ae_conv,
+         "bake_params": model.bake_params,
          "compile_s": compile_s, "iters": FLAGS.iters,
          "latency_ms": hist.summary_ms(), "fps": FLAGS.iters / wall,
          "profile_ms": {k: h.summary_ms() for k, h in stages.items()},
@@ -198,11 +204,12 @@ def soak(size: str) -> dict:
 
 def _markdown(result: dict) -> str:
   lines = [f"Device: {result['device']}; jax {jax.__version__}; {result['date']}.", "",
-           "| model | WxH | S | params | AE conv | weights | p50 ms | p95 ms | p99 ms | max ms | fps | encode / denoise / "
-           "decode p50 ms (profile mode) | compile s |", "|" + "---|" * 13]
+           "| model | WxH | S | params | kernels | AE conv | weights | p50 ms | p95 ms | p99 ms | max ms | fps | encode / "
+           "denoise / decode p50 ms (profile mode) | compile s |", "|" + "---|" * 14]
   for r in result["latency"]:
     lat, pr = r["latency_ms"], r["profile_ms"]
-    lines.append(f"| {r['model']} | {r['resolution']} | {r['steps']} | {r['param_dtype']} | {r.get('ae_conv', 'xla')} | "
+    lines.append(f"| {r['model']} | {r['resolution']} | {r['steps']} | {r['param_dtype']} | "
+                 f"{r.get('kernel_impl', 'xla')} | {r.get('ae_conv', 'xla')} | "
                  f"{'baked' if r.get('bake_params') else 'arguments'} | "
                  f"{lat['p50']:.3f} | {lat['p95']:.3f} | {lat['p99']:.3f} | {lat['max']:.3f} | "
                  f"{r['fps']:.1f} | {pr['encode']['p50']:.3f} / {pr['denoise']['p50']:.3f} / "
@@ -232,18 +239,21 @@ def main(argv) -> None:
             "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "flags": {k: FLAGS[k].value for k in ("sizes", "resolution", "steps", "iters",
                                                    "param_dtype", "soak_frames", "checkpoint", "ae_conv",
-                                                   "bake_params")},
+                                                   "bake_params", "kernel_impl")},
             "latency": []}
   for conv in FLAGS.ae_conv:
     try:
       gemm_conv.resolve(conv)
     except ValueError as e:
       raise app.UsageError(f"--ae_conv: {e}")
+  bad = [i for i in FLAGS.kernel_impl if i and i not in api.IMPLEMENTATIONS]
+  if bad:
+    raise app.UsageError(f"--kernel_impl: {bad} not in {api.IMPLEMENTATIONS} ('' for the model's own)")
   for size in ([""] if FLAGS.checkpoint else FLAGS.sizes):
-    for conv, bake in itertools.product(FLAGS.ae_conv, _bakes()):
-      result["latency"].append(latency(size, conv, bake))
-      print(json.dumps({k: result["latency"][-1][k] for k in ("model", "ae_conv", "bake_params", "latency_ms",
-                                                              "fps")}), flush=True)
+    for impl, conv, bake in itertools.product(FLAGS.kernel_impl or [""], FLAGS.ae_conv, _bakes()):
+      result["latency"].append(latency(size, conv, bake, impl))
+      print(json.dumps({k: result["latency"][-1][k] for k in ("model", "kernel_impl", "ae_conv", "bake_params",
+                                                              "latency_ms", "fps")}), flush=True)
   if FLAGS.soak_size and FLAGS.soak_frames > 0:
     result["soak"] = soak(FLAGS.soak_size)
   with open(os.path.join(FLAGS.out_dir, "stream_bench.json"), "w") as f:

@@ -120,10 +120,14 @@ for stage in "$@"; do
     # ae_conv (issue 17 item 4): the small frame host to host with the autoencoder's convolutions as
     # cuDNN calls (xla) and as im2col + GEMM (gemm), each with the weights as arguments and baked in
     # as constants (--bake_params), one benchmark_stream row each in one process, on the shipped
-    # model (or AE_CHECKPOINT); at most AE_CONV_S (240) s.
+    # model (or AE_CHECKPOINT); at most AE_CONV_S (240) s. AE_CONV_CONVS: the convolutions' rows
+    # (default xla,gemm); AE_CONV_IMPLS: denoiser implementations, a row each (default the model's
+    # own; xla,megastep: the whole step as one kernel, one graph node a step instead of ~100, since
+    # the frame's launch now costs about 2.5 us a node: NOTES.md).
     ae_conv) persistent_cache
       timeout ${AE_CONV_S:-240} python3 experiments/benchmark_stream.py --checkpoint=${AE_CHECKPOINT:-checkpoints/lsd_small} \
-        --sizes=small --soak_size= --iters=${AE_CONV_ITERS:-2000} --ae_conv=xla,gemm --bake_params=false,true --out_dir="$OUT" 2>&1 \
+        --sizes=small --soak_size= --iters=${AE_CONV_ITERS:-2000} --ae_conv=${AE_CONV_CONVS:-xla,gemm} --bake_params=false,true \
+        --kernel_impl=${AE_CONV_IMPLS:-} --out_dir="$OUT" 2>&1 \
         | grep -v -E "^[IW][0-9]{4}" | tail -8;;
     # timeline (issue 17 items 1 and 4): where a call's host-to-host time goes (experiments/launch_timeline.py:
     # jax.profiler traces, CUDA API calls, graph launches, memcpys, device gaps), XLA vs mosaic. A profiler
