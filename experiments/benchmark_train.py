@@ -7,7 +7,7 @@ scenes and photos, so no clip library is needed), held on device and reused: thi
 step, not the input pipeline. For each batch size: steps/s (median of --repeats timed loops of
 --iters steps, each closed by block_until_ready), and the FLOPs of one step two ways:
 
-- model FLOPs (analytic, `lsd_jax.models.sizes`): the frozen encoder on the 2 x B x (K+1) input
+- model FLOPs (analytic, `lsd_jax.train.flops` on `lsd_jax.models.sizes`): the frozen encoder on the 2 x B x (K+1) input
   and target frames, the denoiser forward + backward (3 forward-equivalents) on B targets, the
   bootstrap teacher's two forwards on bootstrap_frac x B, and the model-history hook's forward
   on the K history frames of every clip (it is computed for the whole batch, then selected);
@@ -44,8 +44,8 @@ import numpy as np
 from ml_collections import config_flags
 
 from lsd_jax.datasets import pipeline
-from lsd_jax.models import export, lsd, sizes
-from lsd_jax.train import loop, scaling, sharding, tasks
+from lsd_jax.models import export, lsd
+from lsd_jax.train import flops, loop, scaling, sharding, tasks
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "experiments/configs/lsd.py:base", "An LSD experiment config.")
@@ -61,26 +61,6 @@ flags.DEFINE_integer("per_device_batch", 0, "> 0: the global batch is this times
                      "each run (weak scaling), instead of --batch_sizes.", lower_bound=0)
 flags.DEFINE_string("baseline", "", "A train_mfu JSON whose one-device run is the reference of "
                     "the scaling efficiency (default: this invocation's one-device run).")
-
-
-def model_flops(config, batch: int) -> dict[str, float]:
-  """Analytic FLOPs of one LSD train step (see the module docstring)."""
-  m, d = config.model, config.data
-  size = lsd.LSDConfig.from_config(config).model_size  # its autoencoder kind and patch
-  k = m.history_len
-  den = sizes.denoiser_flops(size, d.height, d.width, m.history_mode, k)
-  enc = sizes.autoencoder_flops(size, d.height, d.width)["encode"]
-  t = config.train
-  reps = t.get("prompt_repeats", 1)  # each host clip trains under this many prompts
-  n = batch * reps  # denoiser samples; the input clips are encoded once, the targets per prompt
-  out = {
-      "encoder": (batch + n) * (k + 1) * enc,
-      "denoiser_fwd_bwd": 3.0 * n * den,
-      "bootstrap_teacher": 2.0 * round(t.bootstrap_frac * n) * den,
-      "history_hook": float(n * k * den) if any(a["name"] == "model" for a in t.augment) else 0.0,
-  }
-  out["total"] = sum(out.values())
-  return out
 
 
 def _random_autoencoder(config, directory: str) -> None:
@@ -132,7 +112,7 @@ def time_batch(config, batch_size: int, devices=None) -> dict[str, float]:
         jax.block_until_ready((state, metrics))
         rates.append(FLAGS.iters / (time.perf_counter() - t0))
   steps_s = float(np.median(rates))
-  mf = model_flops(config, batch_size)
+  mf = flops.train_step_flops(config, batch_size)
   n_dev = mesh.devices.size
   peak = FLAGS.peak_tflops * 1e12 * n_dev
   return {"batch": batch_size, "devices": n_dev, "mesh": dict(mesh.shape), "steps_per_s": steps_s,

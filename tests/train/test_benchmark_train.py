@@ -26,14 +26,16 @@ def test_smoke_step_is_timed_and_flops_agree_with_xla(tmp_path):
 
 
 def test_model_patch_reaches_the_model_and_the_flop_count():
-  """`--config.model.patch=1` builds the patch-1 model and benchmark_train counts its FLOPs."""
+  """`--config.model.patch=1` builds the patch-1 model and benchmark_train's FLOPs
+  (`flops.train_step_flops`) count it. Read from the library, not the script: importing the script
+  here defined its flags in the test process beside another script's (`--iters` twice)."""
   sys.path.insert(0, ROOT)
-  from experiments import benchmark_train
   from experiments.configs import lsd as lsd_configs
   from lsd_jax.models import lsd
+  from lsd_jax.train import flops
   config = lsd_configs.get_config("smoke")
-  base = benchmark_train.model_flops(config, 4)["denoiser_fwd_bwd"]
+  base = flops.train_step_flops(config, 4)["denoiser_fwd_bwd"]
   config.model.patch = 1
   config.model.noise_scale = 0.5  # inference only: the export and the probe sample at it
   assert lsd.LSDConfig.from_config(config).patch == 1 and lsd.LSDConfig.from_config(config).noise_scale == 0.5
-  assert benchmark_train.model_flops(config, 4)["denoiser_fwd_bwd"] > 3.5 * base
+  assert flops.train_step_flops(config, 4)["denoiser_fwd_bwd"] > 3.5 * base
