@@ -12,6 +12,8 @@
 #                                            out (`out nomodel`) a call can carry it alone, so the calls
 #                                            after `setup cache` need no local step (V2_DIR=.carry/model/lsd_small
 #                                            for gpu_v3.sh; stretch 12)
+#   bash scripts/gpu_carry.sh join AT RUN DIR  a model collect_runs brought back (its parts under AT/RUN and its
+#                                            config in AT/runs.tgz) as the model folder DIR
 #   bash scripts/gpu_carry.sh size           the tree (tracked files present, untracked not ignored) and
 #                                            .carry, in MiB
 # Stretch 7's calls (scripts/gpu_v3.sh): `out nomodel`, then carry .carry/av .carry/library
@@ -56,10 +58,19 @@ case "${1:-}" in
   model)
     src=checkpoints/lsd_small; [ -d "$src" ] || src=$STASH/checkpoints/lsd_small
     rm -rf .carry/model && mkdir -p .carry/model && cp -r "$src" .carry/model/ && du -sh .carry/model ;;
+  join)  # join FILES_AT RUN DIR: a model that gpu_v3.sh collect_runs brought back (FILES_AT/RUN/params.part_*
+         # and RUN/export_config.json inside FILES_AT/runs.tgz) as the model folder DIR
+    at=${2:?usage: gpu_carry.sh join FILES_AT RUN DIR}; run=${3:?run name}; dest=${4:?model folder}
+    parts=$(ls "$at/$run"/params.part_* 2>/dev/null | sort || true)
+    [ -n "$parts" ] || { echo "no $at/$run/params.part_*"; exit 1; }
+    mkdir -p "$dest"
+    tar xzf "$at/runs.tgz" -O "$run/export_config.json" > "$dest/config.json" || { echo "no $run/export_config.json in $at/runs.tgz"; exit 1; }
+    cat $parts > "$dest/params.safetensors"
+    echo "$dest: $(echo "$parts" | wc -l) parts, $(du -h "$dest/params.safetensors" | cut -f1)" ;;
   size)
     tree=$( (git ls-files -z; git ls-files -z -o --exclude-standard) | while IFS= read -r -d '' f; do
               [ -f "$f" ] && stat -c %s "$f"; done | awk '{s += $1} END {print s + 0}')
     carry=0; if [ -d .carry ]; then carry=$(find .carry -type f -exec stat -c %s {} + | awk '{s += $1} END {print s + 0}'); fi
     awk -v t="$tree" -v c="$carry" 'BEGIN {printf "tree %.1f MiB, .carry %.1f MiB, together %.1f of 64 MiB\n", t / 2^20, c / 2^20, (t + c) / 2^20}' ;;
-  *) echo "usage: gpu_carry.sh build | out [nomodel] | in | model | size"; exit 2 ;;
+  *) echo "usage: gpu_carry.sh build | out [nomodel] | in | model | join AT RUN DIR | size"; exit 2 ;;
 esac

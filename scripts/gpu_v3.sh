@@ -260,13 +260,19 @@ for stage in "$@"; do
           --title="$n: particle statistics" --out="$W/particles_$n" 2>&1 | quiet | tail -2
         grep "Particle bar" "$W/particles_$n/eval.md" | cut -c1-400; done ;;
     collect_runs)  # metrics of everything, the light autoencoder and the all-effects run's weights
+      # COLLECT: the runs whose weights come back (default every run_*). Each one's config rides in
+      # runs.tgz (<run>/export_config.json), so a model is its parts alone (3 at 15 MB for the small
+      # one): runs.tgz and two models are 7 files of the 8 a call brings back (stretch 17 lost a
+      # model's third part to a ninth file). Rejoin here: `bash scripts/gpu_carry.sh join FILES_AT RUN DIR`.
+      for d in "$W"/${COLLECT:-run_*}; do [ -f "$d/export/params.safetensors" ] || continue
+        cp "$d/export/config.json" "$d/export_config.json"; done
       (cd "$W" && tar czf "$OUT/runs.tgz" --exclude='checkpoints' --exclude='export' --exclude='*.pid' \
          $(ls -d */ *.log *.json 2>/dev/null) 2>/dev/null)
-      # COLLECT: the runs whose weights come back (default every run_*; two models' parts are 8 files)
       for d in "$W"/${COLLECT:-run_*}; do [ -f "$d/export/params.safetensors" ] || continue; n=$(basename "$d"); mkdir -p "$OUT/$n"
-        cp "$d/export/config.json" "$OUT/$n/"; split -b ${PART_MB:-15}m "$d/export/params.safetensors" "$OUT/$n/params.part_"; done
+        split -b ${PART_MB:-15}m "$d/export/params.safetensors" "$OUT/$n/params.part_"; done
       [ -d "$AE/autoencoder" ] && tar czf "$OUT/ae_light.tgz" -C "$W" ae_light/autoencoder
-      find "$OUT" -type f | wc -l; du -sh "$OUT" ;;
+      nf=$(find "$OUT" -type f | wc -l); echo "$nf files in $OUT"; du -sh "$OUT"
+      if [ "$nf" -gt 8 ]; then echo "WARNING: $nf files; a call brings back 8: set COLLECT to fewer runs"; fi ;;
     v3) v3; wait_run v3; grep -E "held-out PSNR|steps/s" "$W/v3.log" | tail -3 | cut -c1-220 ;;
     eval)
       python3 experiments/eval_fidelity.py --model=$W/v3/export --manifest=$LIB --clips=4 --frames=24 \

@@ -59,6 +59,35 @@ def test_export_brings_a_model_back_in_parts(tmp_path):
   assert missing.returncode == 0 and "no student model at" in missing.stdout
 
 
+def test_v3_collect_runs_brings_two_models_back_in_seven_files_and_join_rejoins_them(tmp_path):
+  """`gpu_v3.sh collect_runs`: each run's config rides in runs.tgz, so runs.tgz and two 33 MiB
+  models are 7 files (a call brings back 8); `gpu_carry.sh join` makes a model folder of one again,
+  byte for byte."""
+  work = tmp_path / "w"
+  rng = np.random.default_rng(0)
+  for n in ("run_v3i", "run_v3i_b"):
+    (work / n / "export").mkdir(parents=True)
+    (work / n / "export" / "config.json").write_text(f'{{"run": "{n}"}}')
+    (work / n / "export" / "params.safetensors").write_bytes(rng.bytes(33 * 2**20))
+    (work / n / "train_metrics.jsonl").write_text("{}\n")
+  out = tmp_path / "out"
+  proc = subprocess.run(["bash", "scripts/gpu_v3.sh", "collect_runs"], cwd=ROOT,
+                        env=_env(tmp_path, W=str(work)), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  files = [p for p in out.rglob("*") if p.is_file()]
+  assert len(files) == 7 and "WARNING" not in proc.stdout, sorted(str(p) for p in files)
+  assert all(p.stat().st_size <= 16 * 2**20 for p in files)
+  model = tmp_path / "back" / "run_v3i_b"
+  join = subprocess.run(["bash", "scripts/gpu_carry.sh", "join", str(out), "run_v3i_b", str(model)], cwd=ROOT,
+                        env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+  assert join.returncode == 0, join.stdout + join.stderr
+  assert (model / "config.json").read_text() == '{"run": "run_v3i_b"}'
+  assert filecmp.cmp(model / "params.safetensors", work / "run_v3i_b" / "export" / "params.safetensors", shallow=False)
+  missing = subprocess.run(["bash", "scripts/gpu_carry.sh", "join", str(out), "run_none", str(tmp_path / "x")], cwd=ROOT,
+                           env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+  assert missing.returncode == 1 and "no " in missing.stdout
+
+
 def test_stages_find_the_model_in_the_tree_or_staged(tmp_path):
   show = 'source scripts/gpu_wheels.sh; echo "$SHIPPED $LIBRARY"'
   here = subprocess.run(["bash", "-c", show], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
