@@ -188,13 +188,13 @@ def test_v3_recipe_trains_end_to_end(smoke_light_ae, tmp_path):
   assert [v for v in hist["heldout_psnr_mean"] if v is not None]
   # warm-started from that export, a run probes the warm start first (step 0, its baseline), and
   # the probe at step 0 is the export's last probe (the EMA weights it exported)
-  cfg.init_from, cfg.total_steps = summary["export"], 10
+  # (no training step: the probe comes before the first, and the step never compiles)
+  cfg.init_from, cfg.total_steps = summary["export"], 0
   work2 = str(tmp_path / "warm")
   loop.train(cfg, work2, small_prompt_table())
   warm = writers.read_jsonl(os.path.join(work2, "train_metrics.jsonl"))
-  assert warm["step"][0] == 0 and warm["heldout_psnr_mean"][0] is not None
+  assert warm["step"] == [0] and warm["heldout_psnr_mean"][0] is not None
   assert warm["heldout_psnr_mean"][0] == pytest.approx(hist["heldout_psnr_mean"][-1], abs=0.02)
-  assert warm["heldout_psnr_mean"][-1] is not None  # and at its end, step 10
 
 
 def test_flow_noise_scale_per_sample_from_its_temporal_effect():
