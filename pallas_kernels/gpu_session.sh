@@ -83,16 +83,19 @@ for stage in "$@"; do
         --resolutions=256x256 --steps=1,2 --impls=xla,mosaic,megastep --iters=200 --out_dir="$OUT" \
         --label=megastep 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -16;;
     # The whole latency grid (small, base, large x 256x256, 512x512, 832x480 x S = 1, 2, 4,
-    # XLA vs the kernel path), longer than one call: it resumes from reports/latency/grid/ (carried
-    # in the tree; copy $OUT's files back there and commit after each call), GRID_S seconds a call.
-    # A persistent compilation cache in /tmp (kept on a warm machine between calls) makes the
-    # resumed run's XLA reference, and a cell cut off by the time-out, cheap to compile again.
-    grid) mkdir -p reports/latency/grid
+    # XLA vs the kernel path), longer than one call: it resumes from GRID_DIR (default /tmp/grid,
+    # kept on a warm machine between calls; not reports/latency/grid/, whose finished H100 table a
+    # resumed run would only render again), seeded once from GRID_FROM (a carried latency_grid.json
+    # of an earlier stretch on the same GPU kind, e.g. .carry/grid/latency_grid.json), GRID_S seconds
+    # a call. A persistent compilation cache in /tmp makes the resumed run's XLA reference, and a
+    # cell cut off by the time-out, cheap to compile again.
+    grid) D=${GRID_DIR:-/tmp/grid}; mkdir -p "$D"
+      if [ -n "${GRID_FROM:-}" ] && [ ! -f "$D/latency_grid.json" ]; then cp "$GRID_FROM" "$D/latency_grid.json" || exit 1; fi
       persistent_cache
       timeout ${GRID_S:-540} python3 experiments/benchmark_latency.py --sizes=small,base,large \
         --resolutions=256x256,512x512,832x480 --steps=1,2,4 --impls=xla,auto --iters=100 \
-        --out_dir=reports/latency/grid --label=grid --resume 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -12
-      cp reports/latency/grid/latency_grid.* "$OUT/";;
+        --out_dir="$D" --label=grid --resume 2>&1 | grep -v -E "^[IW][0-9]{4}" | tail -12
+      cp "$D"/latency_grid.* "$OUT/";;
     # Where the time goes: every GPU kernel (CUPTI: name, launches, ms, category) of the step and
     # the S = 2 frame, XLA vs the kernel path, small and large at 256x256 and 832x480 (the large
     # 832x480 frame is the 16 ms target). Writes latency_profile{.json,.md,_kernels.md}.

@@ -93,3 +93,36 @@ def test_timeline_stage_leaves_the_traces_out_when_nothing_fits(tmp_path):
   with tarfile.open(out / "timeline_report.tgz") as t:
     left = t.extractfile("./traces_left_out.txt").read().decode().split()
   assert len(left) == 4 and "packed at level small_perfetto; 4 trace files left out" in stdout  # 2 runs' traces
+
+
+GRID_STUB = r"""#!/bin/sh
+echo "$@" >> "$STUB_LOG"
+for a in "$@"; do case $a in --out_dir=*) d=${a#--out_dir=};; esac; done
+if [ -f "$d/latency_grid.json" ]; then echo "resumed $(cat "$d/latency_grid.json")" >> "$STUB_LOG"; fi
+echo '{"rows": ["new"]}' > "$d/latency_grid.json"; echo "| grid |" > "$d/latency_grid.md"
+"""
+
+
+def test_grid_stage_resumes_its_own_folder_seeded_from_a_carried_file(tmp_path):
+  """`gpu_session.sh grid` measures into GRID_DIR (not reports/latency/grid/, whose finished H100
+  table a resumed run would only render again), seeds it once from GRID_FROM, and brings both
+  files back; a second call on the warm machine resumes the folder, not the seed."""
+  stub = tmp_path / "bin"
+  stub.mkdir()
+  (stub / "python3").write_text(GRID_STUB)
+  (stub / "python3").chmod(0o755)
+  seed = tmp_path / "carried.json"
+  seed.write_text('{"rows": ["h200 partial"]}')
+  grid, out, log = tmp_path / "grid", tmp_path / "out", tmp_path / "calls.log"
+  env = dict(os.environ, OUT=str(out), GRID_DIR=str(grid), GRID_FROM=str(seed), STUB_LOG=str(log),
+             PATH=f"{stub}{os.pathsep}{os.environ['PATH']}", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
+  for _ in range(2):
+    out.mkdir(exist_ok=True)
+    proc = subprocess.run(["bash", "pallas_kernels/gpu_session.sh", "grid"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+  calls = log.read_text().splitlines()
+  assert f"--out_dir={grid}" in calls[0] and "--resume" in calls[0] and "reports/latency/grid" not in calls[0]
+  assert calls[1] == 'resumed {"rows": ["h200 partial"]}'  # the first call resumed the carried seed
+  assert calls[3] == 'resumed {"rows": ["new"]}'  # the second, its own folder (the seed copied once)
+  assert sorted(p.name for p in out.iterdir()) == ["latency_grid.json", "latency_grid.md"]
