@@ -20,6 +20,16 @@ def _env(tmp_path, **extra):
   return dict(os.environ, LSD_WHEELS="skip", OUT=str(tmp_path / "out"), **extra)
 
 
+def _stub_python3(tmp_path, script: str) -> str:
+  """A `python3` that runs `script` (sh) instead, first on the returned PATH: a stage's calls are
+  recorded and nothing trains or evaluates."""
+  stub = tmp_path / "bin"
+  stub.mkdir()
+  (stub / "python3").write_text(script)
+  (stub / "python3").chmod(0o755)
+  return f"{stub}{os.pathsep}{os.environ['PATH']}"
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
 def test_bash_syntax(script):
   proc = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
@@ -202,17 +212,14 @@ def test_v3_start_runs_the_arms_asked_for(tmp_path):
   """`gpu_v3.sh start`: one all-effects run; with AB_EXTRA a second arm beside it (run_<config>_b,
   the same flags plus AB_EXTRA); with RUN_MIN=0 none. `python3` is a stub that records its
   arguments, so nothing trains."""
-  stub = tmp_path / "bin"
-  stub.mkdir()
-  (stub / "python3").write_text('#!/bin/sh\necho "$@"\n')
-  (stub / "python3").chmod(0o755)
+  path = _stub_python3(tmp_path, '#!/bin/sh\necho "$@"\n')
 
   def start(**knobs):
     work = tmp_path / f"w{len(list(tmp_path.glob('w*')))}"
     work.mkdir()
     (work / "cache.log").write_text("cache ready\n")
     knobs = {"CAP_MIN": "0", **knobs}
-    env = _env(tmp_path, W=str(work), START_SETTLE="0", PATH=f"{stub}{os.pathsep}{os.environ['PATH']}", CONFIG="v3e",
+    env = _env(tmp_path, W=str(work), START_SETTLE="0", PATH=path, CONFIG="v3e",
                AE_MIN="0", RUN_EXTRA="--config.optim.lr=1.5e-4", **knobs)
     proc = subprocess.run(["bash", "scripts/gpu_v3.sh", "start"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
@@ -246,17 +253,14 @@ def test_v3_anchored_evaluates_model_folders_only(tmp_path):
   """`gpu_v3.sh anchored`: a run's export is evaluated with the recorded text embeddings; a run
   folder that holds only its training config.json (no weights: still training, or killed) is
   skipped, not handed to eval_fidelity as a model (stretch 12's call did that)."""
-  stub = tmp_path / "bin"
-  stub.mkdir()
-  (stub / "python3").write_text('#!/bin/sh\necho "mean $@"\n')
-  (stub / "python3").chmod(0o755)
+  path = _stub_python3(tmp_path, '#!/bin/sh\necho "mean $@"\n')
   work = tmp_path / "w"
   (work / "run_live").mkdir(parents=True)
   (work / "run_live" / "config.json").write_text("{}")  # training, no export yet
   (work / "run_done" / "export").mkdir(parents=True)
   for f in ("config.json", "params.safetensors"):
     (work / "run_done" / "export" / f).write_text("x")
-  env = _env(tmp_path, W=str(work), PATH=f"{stub}{os.pathsep}{os.environ['PATH']}")
+  env = _env(tmp_path, W=str(work), PATH=path)
   proc = subprocess.run(["bash", "scripts/gpu_v3.sh", "anchored"], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=60)
   assert proc.returncode == 0, proc.stderr
@@ -271,15 +275,12 @@ def test_v3_protocol_runs_raw_and_anchored_for_each_export_and_returns(tmp_path)
   """`gpu_v3.sh protocol`: each run export gets the raw and the anchored protocol (both with the
   train twins), side by side in the background, and the stage returns once both have ended (it
   waits on their pids; a run still training, without an export, is skipped)."""
-  stub = tmp_path / "bin"
-  stub.mkdir()
-  (stub / "python3").write_text('#!/bin/sh\nsleep 1\necho "| **mean** | $@"\n')
-  (stub / "python3").chmod(0o755)
+  path = _stub_python3(tmp_path, '#!/bin/sh\nsleep 1\necho "| **mean** | $@"\n')
   work = tmp_path / "w"
   (work / "run_live").mkdir(parents=True)
   (work / "run_v3i" / "export").mkdir(parents=True)
   (work / "run_v3i" / "export" / "params.safetensors").write_text("x")
-  env = _env(tmp_path, W=str(work), PATH=f"{stub}{os.pathsep}{os.environ['PATH']}")
+  env = _env(tmp_path, W=str(work), PATH=path)
   proc = subprocess.run(["bash", "scripts/gpu_v3.sh", "protocol"], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=60)
   assert proc.returncode == 0, proc.stderr
@@ -297,15 +298,12 @@ def test_v3_anneal_continues_each_finished_run(tmp_path):
   """`gpu_v3.sh anneal`: each ANNEAL_FROM run with an export gets a `<run>_anneal` run from that
   export, with ANNEAL_CONFIG and the anneal's rate and steps; a run without an export is named and
   skipped. `python3` is a stub that records its arguments, so nothing trains."""
-  stub = tmp_path / "bin"
-  stub.mkdir()
-  (stub / "python3").write_text('#!/bin/sh\necho "$@"\n')
-  (stub / "python3").chmod(0o755)
+  path = _stub_python3(tmp_path, '#!/bin/sh\necho "$@"\n')
   work = tmp_path / "w"
   (work / "run_v3g" / "export").mkdir(parents=True)
   (work / "run_v3g" / "export" / "params.safetensors").write_text("x")
   (work / "run_v3g_b").mkdir()  # killed before its export
-  env = _env(tmp_path, W=str(work), START_SETTLE="0", PATH=f"{stub}{os.pathsep}{os.environ['PATH']}",
+  env = _env(tmp_path, W=str(work), START_SETTLE="0", PATH=path,
              ANNEAL_FROM="run_v3g run_v3g_b", ANNEAL_STEPS="1200", ANNEAL_LR="3e-5")
   proc = subprocess.run(["bash", "scripts/gpu_v3.sh", "anneal"], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=60)
@@ -327,10 +325,7 @@ def test_v3_anchored_skips_the_warm_start_when_asked(tmp_path):
   """`gpu_v3.sh anchored` evaluates the warm start (WARM_DIR, default /tmp/v2) beside the runs,
   and with ANCHOR_WARM=0 leaves it out (measured already: stretch 13 spent 70 s on it); RUNS (a
   glob inside $W) picks the runs."""
-  stub = tmp_path / "bin"
-  stub.mkdir()
-  (stub / "python3").write_text('#!/bin/sh\necho "mean $@"\n')
-  (stub / "python3").chmod(0o755)
+  path = _stub_python3(tmp_path, '#!/bin/sh\necho "mean $@"\n')
   work, warm = tmp_path / "w", tmp_path / "v2"
   (work / "run_done" / "export").mkdir(parents=True)
   (work / "run_done" / "export" / "params.safetensors").write_text("x")
@@ -338,7 +333,7 @@ def test_v3_anchored_skips_the_warm_start_when_asked(tmp_path):
   (warm / "params.safetensors").write_text("x")
 
   def models(**knobs):
-    env = _env(tmp_path, W=str(work), WARM_DIR=str(warm), PATH=f"{stub}{os.pathsep}{os.environ['PATH']}", **knobs)
+    env = _env(tmp_path, W=str(work), WARM_DIR=str(warm), PATH=path, **knobs)
     proc = subprocess.run(["bash", "scripts/gpu_v3.sh", "anchored"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -359,13 +354,10 @@ def test_v3_anchored_skips_the_warm_start_when_asked(tmp_path):
 def test_drift_stage_passes_the_inference_knobs(tmp_path, knobs, want):
   """gpu_eval.sh drift with a stub python3 that records its arguments: DRIFT_TAU and DRIFT_NOISE
   reach evaluate.py (and its title); unset, the model's own values are used (no flag)."""
-  stub = tmp_path / "bin"
-  stub.mkdir()
-  (stub / "python3").write_text('#!/bin/sh\necho "$@" >> "$STUB_LOG"\n')
-  (stub / "python3").chmod(0o755)
+  path = _stub_python3(tmp_path, '#!/bin/sh\necho "$@" >> "$STUB_LOG"\n')
   log = tmp_path / "calls.log"
   env = _env(tmp_path, STUB_LOG=str(log), CKPT="some/model", DRIFT_DIR=str(tmp_path / "drift"),
-             PATH=f"{stub}{os.pathsep}{os.environ['PATH']}", **knobs)
+             PATH=path, **knobs)
   proc = subprocess.run(["bash", "scripts/gpu_eval.sh", "drift"], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=60)
   assert proc.returncode == 0, proc.stdout + proc.stderr
