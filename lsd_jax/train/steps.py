@@ -306,13 +306,22 @@ def swap_history(key, y_NxTx, reps: int, p, k: int):
   return jnp.concatenate([hist, y_NxTx[:, k:]], axis=1)
 
 
+def _particle_flow_scale(cfg: LSDStepConfig) -> float:
+  return cfg.noise_scale if cfg.particle_noise_scale is None else cfg.particle_noise_scale
+
+
+def flow_noise_scaled(cfg: LSDStepConfig) -> bool:
+  """Whether the step trains on a scaled flow noise (`flow_noise_scales` is not None)."""
+  return cfg.noise_scale != 1.0 or _particle_flow_scale(cfg) != 1.0
+
+
 def flow_noise_scales(temporal_id_N, cfg: LSDStepConfig):
   """Each sample's flow noise scale ([N]) from its temporal effect id: `cfg.particle_noise_scale`
   for a particle effect (alone or composed), else `cfg.noise_scale`; None when both are 1 (the
   standard normal, and the program of a run that never set them)."""
-  particle = cfg.noise_scale if cfg.particle_noise_scale is None else cfg.particle_noise_scale
-  if cfg.noise_scale == 1.0 and particle == 1.0:
+  if not flow_noise_scaled(cfg):
     return None
+  particle = _particle_flow_scale(cfg)
   ids = jnp.asarray([effects.TEMPORAL_EFFECTS.index(n) for n in effects.PARTICLE_EFFECTS], jnp.int32)
   is_particle = jnp.any(jnp.asarray(temporal_id_N, jnp.int32)[:, None] == ids[None, :], axis=1)
   return jnp.where(is_particle, jnp.float32(particle), jnp.float32(cfg.noise_scale))

@@ -124,11 +124,6 @@ def step_config(config, model: lsd.LSDConfig | None = None,
       effects_present=_present(table))
 
 
-def flow_scaled(scfg: steps.LSDStepConfig) -> bool:
-  """Whether a step config trains on a scaled flow noise (`steps.flow_noise_scales`)."""
-  return scfg.noise_scale != 1.0 or scfg.particle_noise_scale not in (None, 1.0)
-
-
 def _present(table: pipeline.PromptTable | None):
   return None if table is None else effects.present_effects(table.frame_ids, table.temporal_ids)
 
@@ -293,7 +288,7 @@ def distill_task(config, table: pipeline.PromptTable) -> Task:
   _, teacher = lsd.build(t_cfg)
   dcfg = distill.DistillConfig(teacher_steps=config.distill.teacher_steps, data_weight=config.distill.data_weight)
   scfg = step_config(config, cfg, table)
-  if flow_scaled(scfg):  # the student follows the teacher's trajectory from the standard draw
+  if steps.flow_noise_scaled(scfg):  # the student follows the teacher's trajectory from the standard draw
     raise ValueError("train.noise_scale / train.particle_noise_scale are for the lsd task: distillation "
                      "samples the teacher's trajectories from the standard normal")
   step = functools.partial(steps.distill_train_step, den=den, teacher=teacher, ae=ae, tx=tx, cfg=scfg, dcfg=dcfg)
